@@ -1,0 +1,5 @@
+"""Residual (training-time) model families and their registry."""
+from . import repvgg, resnet, rmnet  # noqa: F401  (importing registers the models)
+from .registry import INPUT_SIZE, STEMS, UnknownModelError, create_model, list_models, model_family
+
+__all__ = ["create_model", "list_models", "model_family", "UnknownModelError", "STEMS", "INPUT_SIZE"]

@@ -1,0 +1,102 @@
+"""ResNet and ResNeXt built from torchvision's own blocks.
+
+State-dict keys equal torchvision's (`conv1`, `bn1`, `layerN.i.convK`, `downsample.0/1`, `fc`), so
+torchvision checkpoints load unchanged, and the converter's torchvision block rules cover these
+models too. The CIFAR stem is a stride-1 3x3 conv without max-pool; CIFAR ResNet-20..110 have three
+stages 16/32/64 wide (He et al. 2016) with 1x1-conv projection shortcuts.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Type, Union
+
+import torch
+import torch.nn as nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from .registry import register_model
+
+Block = Type[Union[BasicBlock, Bottleneck]]
+
+
+class ResNet(nn.Module):
+    def __init__(self, block: Block, layers: Sequence[int], num_classes: int = 1000,
+                 stem: str = "imagenet", widths: Sequence[int] = (64, 128, 256, 512),
+                 groups: int = 1, width_per_group: int = 64, zero_init_residual: bool = False):
+        super().__init__()
+        self.groups, self.base_width = groups, width_per_group
+        self.inplanes = widths[0]
+        if stem == "cifar":
+            self.conv1 = nn.Conv2d(3, self.inplanes, 3, 1, 1, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(3, self.inplanes, 7, 2, 3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.bn1 = nn.BatchNorm2d(self.inplanes)
+        self.relu = nn.ReLU(inplace=True)
+        self.num_stages = len(layers)
+        for i, (n, w) in enumerate(zip(layers, widths)):
+            setattr(self, f"layer{i + 1}", self._make_layer(block, w, n, 1 if i == 0 else 2))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(widths[-1] * block.expansion, num_classes)
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if zero_init_residual:
+            for m in self.modules():
+                last_bn = getattr(m, "bn3", None) if isinstance(m, Bottleneck) else getattr(m, "bn2", None)
+                if isinstance(m, (BasicBlock, Bottleneck)):
+                    nn.init.zeros_(last_bn.weight)
+
+    def _make_layer(self, block: Block, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
+                nn.BatchNorm2d(planes * block.expansion))
+        layers = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes, groups=self.groups, base_width=self.base_width)
+                   for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for i in range(self.num_stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+@register_model
+def resnet18(**kw): return ResNet(BasicBlock, [2, 2, 2, 2], **kw)
+@register_model
+def resnet34(**kw): return ResNet(BasicBlock, [3, 4, 6, 3], **kw)
+@register_model
+def resnet50(**kw): return ResNet(Bottleneck, [3, 4, 6, 3], **kw)
+@register_model
+def resnet101(**kw): return ResNet(Bottleneck, [3, 4, 23, 3], **kw)
+@register_model
+def resnet152(**kw): return ResNet(Bottleneck, [3, 8, 36, 3], **kw)
+@register_model
+def resnext50_32x4d(**kw): return ResNet(Bottleneck, [3, 4, 6, 3], groups=32, width_per_group=4, **kw)
+@register_model
+def resnext101_32x8d(**kw): return ResNet(Bottleneck, [3, 4, 23, 3], groups=32, width_per_group=8, **kw)
+
+
+def _cifar_resnet(depth: int, stem: str = "cifar", **kw) -> ResNet:
+    if stem != "cifar":
+        raise ValueError(f"resnet{depth} is the CIFAR ResNet of He et al.; it has no {stem!r} stem")
+    n = (depth - 2) // 6
+    return ResNet(BasicBlock, [n, n, n], widths=(16, 32, 64), stem="cifar", **kw)
+
+
+@register_model
+def resnet20(**kw): return _cifar_resnet(20, **kw)
+@register_model
+def resnet32(**kw): return _cifar_resnet(32, **kw)
+@register_model
+def resnet44(**kw): return _cifar_resnet(44, **kw)
+@register_model
+def resnet56(**kw): return _cifar_resnet(56, **kw)
+@register_model
+def resnet110(**kw): return _cifar_resnet(110, **kw)

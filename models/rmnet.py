@@ -1,0 +1,90 @@
+"""RMNet: ResNet-shaped networks of RMNeXt-style inverted residual blocks (paper §4.2, Table 4).
+
+`rmnet{D}x{W}_{C}`: D = 3 x blocks + 2 layers; W = expansion ratio r (a block trains with
+(r - 1) x out middle channels, so the converted block, which adds the reserved input channels, is
+r x out wide in stride-1 blocks); C = channels per group of the grouped 3x3 in stage 1, doubled
+every stage. Attribute names follow the authors' code (`layer0`, `convK`/`bnK`, `downsample`).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from .registry import register_model
+from .repvgg import RepVGGBlock
+
+
+class RMBlock(nn.Module):
+    """1x1 -> grouped 3x3 (carries the stride) -> 1x1, BN after each, ReLU after the first two and
+    after the addition; the shortcut is identity or 1x1 conv + BN."""
+
+    def __init__(self, cin: int, cout: int, stride: int, ratio: int, group_width: int):
+        super().__init__()
+        mid = (ratio - 1) * cout
+        if mid % group_width:
+            raise ValueError(f"middle width {mid} is not a multiple of the group width {group_width}")
+        self.conv1 = nn.Conv2d(cin, mid, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.conv2 = nn.Conv2d(mid, mid, 3, stride, 1, groups=mid // group_width, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.conv3 = nn.Conv2d(mid, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + shortcut)
+
+
+class RMNet(nn.Module):
+    def __init__(self, blocks: Sequence[int], ratio: int, group_width: int, num_classes: int = 1000,
+                 stem: str = "imagenet", widths: Sequence[int] = (64, 128, 256, 512)):
+        super().__init__()
+        if stem == "cifar":
+            self.layer0 = nn.Sequential(RepVGGBlock(3, widths[0], 1))
+        else:
+            self.layer0 = nn.Sequential(RepVGGBlock(3, widths[0], 2), RepVGGBlock(widths[0], widths[0], 2))
+        cin = widths[0]
+        for i, (n, w) in enumerate(zip(blocks, widths)):
+            gw = group_width * 2 ** i
+            stage = []
+            for j in range(n):
+                stage.append(RMBlock(cin, w, 2 if (j == 0 and i > 0) else 1, ratio, gw))
+                cin = w
+            setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
+        self.num_stages = len(blocks)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(widths[-1], num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer0(x)
+        for i in range(self.num_stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+        return self.fc(torch.flatten(self.gap(x), 1))
+
+
+@register_model
+def rmnet26x3_32(**kw): return RMNet([2, 2, 2, 2], 3, 32, **kw)
+@register_model
+def rmnet41x4_8(**kw): return RMNet([2, 3, 5, 3], 4, 8, **kw)
+@register_model
+def rmnet41x5_16(**kw): return RMNet([2, 3, 5, 3], 5, 16, **kw)
+@register_model
+def rmnet50x5_32(**kw): return RMNet([3, 4, 6, 3], 5, 32, **kw)
+@register_model
+def rmnet50x6_32(**kw): return RMNet([3, 4, 6, 3], 6, 32, **kw)
+@register_model
+def rmnet101x6_16(**kw): return RMNet([3, 4, 23, 3], 6, 16, **kw)
+@register_model
+def rmnet152x6_32(**kw): return RMNet([3, 8, 36, 3], 6, 32, **kw)

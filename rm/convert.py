@@ -1,0 +1,197 @@
+"""`convert(model)`: residual model in, new plain model out (the input model is not modified).
+
+Converters are registered per module type (`@register_converter(Type, ...)`): each turns one
+module into a list of items, which are `ConvLayer`s (the IR) or plain modules (pooling, Flatten,
+Linear, ReLU). The walker tracks whether the tensor between modules is known to be non-negative,
+which decides whether reserved channels can ride through a ReLU or need PReLU with slope 1.
+A peephole folds BatchNorm2d/ReLU/PReLU modules that follow a conv into its `ConvLayer`.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+from typing import Callable, Union
+
+import torch
+import torch.nn as nn
+
+from .layer import BNParams, ConvLayer, relu_slopes
+from .ops import ConversionError
+from .rules import SCHEMES
+
+Item = Union[ConvLayer, nn.Module]
+Converter = Callable[[nn.Module, "Context"], list[Item]]
+
+_CONVERTERS: dict[type, Converter] = {}
+
+# Modules copied into the plain chain as they are; the bool says whether they keep a
+# non-negative input non-negative.
+_PASSTHROUGH: dict[type, bool] = {
+    nn.MaxPool2d: True, nn.AvgPool2d: True, nn.AdaptiveAvgPool2d: True, nn.AdaptiveMaxPool2d: True,
+    nn.Flatten: True, nn.Linear: False, nn.ReLU: True,
+}
+_DROPPED = (nn.Identity, nn.Dropout)  # no-ops in eval mode
+
+
+def register_converter(*types: type) -> Callable[[Converter], Converter]:
+    def deco(fn: Converter) -> Converter:
+        for t in types:
+            _CONVERTERS[t] = fn
+        return fn
+    return deco
+
+
+def registered_types() -> list[type]:
+    return list(_CONVERTERS)
+
+
+@dataclass
+class Context:
+    fuse_bn: bool = True
+    downsample: str = "reserve_input"
+    nonneg: bool = False  # is the current tensor known to be >= 0?
+    path: list[str] = field(default_factory=list)
+
+    def convert(self, module: nn.Module, name: str = "") -> list[Item]:
+        """Convert one module (any registered or pass-through type) at the current position."""
+        self.path.append(name or type(module).__name__)
+        try:
+            items = _convert_one(module, self)
+        finally:
+            self.path.pop()
+        return items
+
+    def convert_seq(self, modules, names=None) -> list[Item]:
+        items: list[Item] = []
+        names = names or [""] * len(modules)
+        for name, module in zip(names, modules):
+            for item in self.convert(module, name):
+                _append(items, item, self)
+        return items
+
+
+def _convert_one(module: nn.Module, ctx: Context) -> list[Item]:
+    for cls in type(module).__mro__:
+        if cls in _CONVERTERS:
+            before = ctx.nonneg
+            items = _CONVERTERS[cls](module, ctx)
+            ctx.nonneg = _nonneg_after(items, before)
+            return items
+    if isinstance(module, _DROPPED):
+        return []
+    if isinstance(module, nn.Conv2d):
+        ctx.nonneg = False
+        return [ConvLayer.from_conv(module)]
+    if isinstance(module, (nn.BatchNorm2d, nn.PReLU)):
+        ctx.nonneg = False
+        return [module]  # folded into the preceding conv by `_append`
+    for cls, keeps in _PASSTHROUGH.items():
+        if type(module) is cls:
+            ctx.nonneg = (ctx.nonneg and keeps) or cls is nn.ReLU
+            return [module]
+    if type(module) is nn.Sequential:
+        return ctx.convert_seq(list(module), [n for n, _ in module.named_children()])
+    raise ConversionError(
+        f"no RM converter for module {'.'.join(ctx.path)} of type {type(module).__qualname__}; "
+        f"register one with rm.register_converter")
+
+
+def _nonneg_after(items: list[Item], before: bool) -> bool:
+    state = before
+    for item in items:
+        if isinstance(item, ConvLayer):
+            state = item.output_nonneg
+        elif isinstance(item, nn.ReLU):
+            state = True
+        elif isinstance(item, (nn.Linear, nn.BatchNorm2d)):
+            state = False
+    return state
+
+
+def _append(items: list[Item], item: Item, ctx: Context) -> None:
+    last = items[-1] if items else None
+    if isinstance(last, ConvLayer) and last.act is None:
+        if isinstance(item, nn.BatchNorm2d) and last.bn is None:
+            items[-1] = replace(last, bn=BNParams.from_module(item))
+            return
+        if isinstance(item, nn.ReLU):
+            items[-1] = last.with_act(relu_slopes(last.out_channels))
+            return
+        if isinstance(item, nn.PReLU):
+            slopes = item.weight.detach().to(torch.float64).expand(last.out_channels).clone()
+            items[-1] = last.with_act(slopes)
+            return
+    if isinstance(item, (nn.BatchNorm2d, nn.PReLU)):
+        raise ConversionError(f"{type(item).__name__} at {'.'.join(ctx.path)} does not follow a conv "
+                              "and cannot be folded into the plain chain")
+    items.append(item)
+
+
+def convert(model: nn.Module, fuse_bn: bool = True, downsample: str = "reserve_input") -> nn.Sequential:
+    """Return a plain nn.Sequential (Conv2d, [BatchNorm2d,] ReLU/PReLU, pooling, Flatten, Linear)
+    computing the same function as `model` in eval mode. `model` is not modified.
+
+    fuse_bn=False keeps a BatchNorm2d after every conv (the original one where a conv maps onto one
+    trained conv+BN, an identity one (paper eq. 2) where convs were merged) for fine-tuning/pruning.
+    downsample: "reserve_input" (paper Fig. 2b, default) or "reserve_shortcut" (Fig. 2a).
+    """
+    if model.training:
+        raise ConversionError("model is in training mode: BatchNorm would use batch statistics. "
+                              "Call model.eval() before converting.")
+    if downsample not in SCHEMES:
+        raise ValueError(f"downsample must be one of {SCHEMES}, got {downsample!r}")
+    ctx = Context(fuse_bn=fuse_bn, downsample=downsample)
+    with torch.no_grad():
+        items = ctx.convert(model, type(model).__name__)
+        param = next(model.parameters(), None)
+        dtype = param.dtype if param is not None else torch.float32
+        device = param.device if param is not None else torch.device("cpu")
+        plain = emit(items, fuse_bn).to(device=device, dtype=dtype)
+    plain.eval()
+    return plain
+
+
+def emit(items: list[Item], fuse_bn: bool) -> nn.Sequential:
+    modules: list[nn.Module] = []
+    for item in items:
+        if isinstance(item, ConvLayer):
+            modules += _emit_conv(item, fuse_bn)
+        else:
+            module = copy.deepcopy(item)
+            if isinstance(module, nn.ReLU):
+                module.inplace = True
+            modules.append(module)
+    return nn.Sequential(*modules)
+
+
+def _emit_conv(layer: ConvLayer, fuse_bn: bool) -> list[nn.Module]:
+    out = layer.out_channels
+    conv = nn.Conv2d(layer.in_channels, out, layer.kernel, layer.stride, layer.padding, layer.dilation,
+                     layer.groups, bias=fuse_bn)
+    modules: list[nn.Module] = [conv]
+    if fuse_bn:
+        w, b = layer.fused()
+        conv.weight.copy_(w)
+        conv.bias.copy_(b)
+    else:
+        bn_params = layer.bn or BNParams.identity(out)
+        if layer.bn is None:  # merged conv: its bias becomes the identity BN's shift
+            bn_params = replace(bn_params, bias=layer.bias.clone())
+            bias_in_mean = torch.zeros(out, dtype=torch.float64)
+        else:  # BN(z + b) == BN with running mean shifted by -b
+            bias_in_mean = layer.bias
+        bn = nn.BatchNorm2d(out, eps=bn_params.eps)
+        bn.weight.copy_(bn_params.weight)
+        bn.bias.copy_(bn_params.bias)
+        bn.running_mean.copy_(bn_params.mean - bias_in_mean)
+        bn.running_var.copy_(bn_params.var)
+        conv.weight.copy_(layer.weight)
+        modules.append(bn)
+    if layer.act is not None:
+        if bool((layer.act == 0).all()):
+            modules.append(nn.ReLU(inplace=True))
+        elif not bool((layer.act == 1).all()):
+            prelu = nn.PReLU(out)
+            prelu.weight.copy_(layer.act)
+            modules.append(prelu)
+    return modules

@@ -1,0 +1,150 @@
+"""The RM operation (paper §3.1-3.2) and RepVGG branch fusion, on `ConvLayer`s.
+
+A residual block  y = act(main(x) + shortcut(x))  with main = L1 -> ... -> Ln (Ln linear) becomes
+a plain chain of n layers:
+  * reserve: L1 gets extra output channels that carry the reserved tensor r, identity BN and an
+    activation that keeps it (ReLU when r >= 0, else PReLU with slope 1);
+  * pass: L2..L(n-1) get Dirac filters that copy r (in their own groups when the conv is grouped),
+    taking on each layer's stride so that r follows the main branch's resolution;
+  * merge: Ln gets extra input channels whose kernel adds r back: Dirac for an identity shortcut,
+    or the shortcut's 1x1 conv (BN folded) in place of the removed downsample branch.
+Two downsample schemes (§3.2): "reserve_input" (Fig. 2b, the default) reserves x itself and merges
+with the 1x1 shortcut kernel; "reserve_shortcut" (Fig. 2a) computes the shortcut in L1 and
+reserves its (signed) output with PReLU slope 1, merging with a Dirac kernel.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Optional
+
+import torch
+
+from .layer import BNParams, ConvLayer, identity_slopes, relu_slopes
+from .ops import ConversionError, block_diag, dirac, embed_kernel, kernel_center, to_dense
+
+SCHEMES = ("reserve_input", "reserve_shortcut")
+
+
+def _cat_act(a: Optional[torch.Tensor], b: torch.Tensor, channels_a: int) -> torch.Tensor:
+    return torch.cat([a if a is not None else identity_slopes(channels_a), b])
+
+
+def _cat_bn(layer: ConvLayer, extra: int) -> Optional[BNParams]:
+    if layer.bn is None:
+        return None
+    return layer.bn.cat(BNParams.identity(extra, layer.bn.eps))
+
+
+def reserve(layer: ConvLayer, weight: torch.Tensor, bias: torch.Tensor, act: torch.Tensor) -> ConvLayer:
+    """Add output channels computed from the same input by a 1x1 (or same-size) `weight`."""
+    center = kernel_center(layer)
+    extra = embed_kernel(weight, layer.kernel, center)
+    return replace(layer, weight=torch.cat([to_dense(layer.weight, layer.groups), extra]),
+                   bias=torch.cat([layer.bias, bias]), groups=1,
+                   bn=_cat_bn(layer, weight.shape[0]), act=_cat_act(layer.act, act, layer.out_channels))
+
+
+def pass_through(layer: ConvLayer, channels: int, act: torch.Tensor) -> ConvLayer:
+    """Extend `layer` to also copy `channels` extra input channels to extra outputs (Dirac)."""
+    center = kernel_center(layer)
+    in_pg, out_pg = layer.weight.shape[1], layer.out_channels // layer.groups
+    if in_pg == out_pg and channels % in_pg == 0:
+        # The reserved channels get their own Dirac groups of the same width (Table 4); a dense
+        # conv becomes one group among them, which costs far less than a dense block-diagonal.
+        weight = torch.cat([layer.weight, dirac(channels, layer.kernel, center, group_size=in_pg)])
+        groups = layer.groups + channels // in_pg
+    else:
+        weight = block_diag(to_dense(layer.weight, layer.groups), dirac(channels, layer.kernel, center))
+        groups = 1
+    zeros = torch.zeros(channels, dtype=torch.float64)
+    return replace(layer, weight=weight, bias=torch.cat([layer.bias, zeros]), groups=groups,
+                   bn=_cat_bn(layer, channels), act=_cat_act(layer.act, act, layer.out_channels))
+
+
+def merge(layer: ConvLayer, weight: torch.Tensor, bias: torch.Tensor, act: Optional[torch.Tensor]) -> ConvLayer:
+    """Add extra input channels whose 1x1 `weight` is summed into `layer`'s (BN-folded) output."""
+    center = kernel_center(layer)
+    w, b = layer.fused()
+    extra = embed_kernel(weight, layer.kernel, center)
+    return ConvLayer(torch.cat([to_dense(w, layer.groups), extra], dim=1), b + bias, layer.stride,
+                     layer.padding, layer.dilation, 1, None, act)
+
+
+def rm_residual(main: list[ConvLayer], shortcut: Optional[ConvLayer], act: Optional[torch.Tensor],
+                input_nonneg: bool, scheme: str = "reserve_input") -> list[ConvLayer]:
+    """Plain chain equal to act(main(x) + shortcut(x)); shortcut None means identity."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"downsample scheme must be one of {SCHEMES}, got {scheme!r}")
+    if main[-1].act is not None or any(layer.act is None for layer in main[:-1]):
+        raise ConversionError("a residual branch must be conv layers with activations, ending linear")
+    c_in, c_out = main[0].in_channels, main[-1].out_channels
+    stride = tuple(math.prod(layer.stride[i] for layer in main) for i in range(2))
+    if shortcut is None:
+        if c_in != c_out or stride != (1, 1):
+            raise ConversionError(f"identity shortcut but the branch maps {c_in}->{c_out} channels "
+                                  f"with stride {stride}")
+        s_w = dirac(c_in, (1, 1), (0, 0))
+        s_b = torch.zeros(c_in, dtype=torch.float64)
+    else:
+        if shortcut.kernel != (1, 1) or shortcut.padding != (0, 0) or shortcut.groups != 1:
+            raise ConversionError("only 1x1, unpadded, ungrouped shortcut convs can be merged")
+        if shortcut.stride != stride:
+            raise ConversionError(f"shortcut stride {shortcut.stride} differs from the branch's {stride}")
+        s_w, s_b = shortcut.fused()
+
+    if len(main) == 1:  # a one-layer branch needs no reserving: add the shortcut kernel directly
+        w, b = main[0].fused()
+        w = to_dense(w, main[0].groups) + embed_kernel(s_w, main[0].kernel, kernel_center(main[0]))
+        return [replace(main[0], weight=w, bias=b + s_b, groups=1, bn=None, act=act)]
+
+    if scheme == "reserve_shortcut" and shortcut is not None:
+        # Fig. 2a: L1 computes the shortcut; its output may be negative, so PReLU keeps it.
+        n_res, first_w, first_b = c_out, s_w, s_b
+        res_act, merge_w = identity_slopes(c_out), dirac(c_out, (1, 1), (0, 0))
+        merge_b = torch.zeros(c_out, dtype=torch.float64)
+    else:
+        n_res, first_w = c_in, dirac(c_in, (1, 1), (0, 0))
+        first_b = torch.zeros(c_in, dtype=torch.float64)
+        res_act = relu_slopes(c_in) if input_nonneg else identity_slopes(c_in)
+        merge_w, merge_b = s_w, s_b
+
+    chain = [reserve(main[0], first_w, first_b, res_act)]
+    chain += [pass_through(layer, n_res, res_act) for layer in main[1:-1]]
+    chain.append(merge(main[-1], merge_w, merge_b, act))
+    return chain
+
+
+def identity_kernel(out_channels: int, in_per_group: int, kernel: tuple[int, int],
+                    center: tuple[int, int], in_offset: int = 0) -> torch.Tensor:
+    """Kernel of an identity branch: output j reads input in_offset + j (within its group)."""
+    w = torch.zeros(out_channels, in_per_group, *kernel, dtype=torch.float64)
+    idx = torch.arange(out_channels)
+    w[idx, (idx + in_offset) % in_per_group, center[0], center[1]] = 1.0
+    return w
+
+
+def fuse_branches(branches: list[ConvLayer], identity: Optional[BNParams] = None,
+                  identity_offset: int = 0) -> ConvLayer:
+    """RepVGG re-parameterisation: parallel conv+BN branches (and an identity BN) summed -> one conv.
+
+    Branches share input, stride and groups; smaller kernels are embedded at the largest one's
+    centre. Output j of the identity branch is BN(x[identity_offset + j]).
+    """
+    big = max(branches, key=lambda layer: layer.kernel[0] * layer.kernel[1])
+    center = kernel_center(big)
+    weight = torch.zeros_like(big.weight)
+    bias = torch.zeros(big.out_channels, dtype=torch.float64)
+    for layer in branches:
+        if layer.groups != big.groups or layer.stride != big.stride:
+            raise ConversionError("RepVGG branches must share groups and stride")
+        kernel_center(layer)
+        w, b = layer.fused()
+        weight += embed_kernel(w, big.kernel, center) if layer.kernel != big.kernel else w
+        bias += b
+    if identity is not None:
+        scale, shift = identity.scale_shift()
+        ident = identity_kernel(big.out_channels, big.weight.shape[1], big.kernel, center, identity_offset)
+        weight += ident * scale.view(-1, 1, 1, 1)
+        bias += shift
+    return ConvLayer(weight, bias, big.stride, big.padding, big.dilation, big.groups)

@@ -1,0 +1,55 @@
+"""Numerical equivalence check between a residual model and its plain conversion."""
+from __future__ import annotations
+
+import copy
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+
+def _input_size(model: nn.Module) -> int:
+    return getattr(model, "rmnet_cfg", {}).get("input_size", 224)
+
+
+@torch.no_grad()
+def verify(model: nn.Module, plain: nn.Module, input_size: int | None = None, batch: int = 2,
+           dtypes: Iterable[torch.dtype] = (torch.float64, torch.float32), seed: int = 0,
+           scale: float = 1.0) -> dict[str, dict[str, float]]:
+    """Max absolute and relative error of `plain` against `model` on random N(0, scale^2) input.
+
+    Relative error is max|plain - model| / max|model|. Both models run in eval mode on copies, so
+    neither argument is modified.
+    """
+    size = input_size or _input_size(model)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, size, size, generator=gen, dtype=torch.float64) * scale
+    device = next(model.parameters()).device
+    report = {}
+    for dtype in dtypes:
+        a = copy.deepcopy(model).to(dtype).eval()
+        b = copy.deepcopy(plain).to(dtype).eval()
+        xi = x.to(device=device, dtype=dtype)
+        ref, out = a(xi).double(), b(xi).double()
+        err = (ref - out).abs().max().item()
+        report[str(dtype).replace("torch.", "")] = {
+            "max_abs": err, "max_rel": err / max(ref.abs().max().item(), 1e-30)}
+    return report
+
+
+def verify_conversion(model: nn.Module, input_size: int | None = None, batch: int = 2, seed: int = 0,
+                      dtypes: Iterable[torch.dtype] = (torch.float64, torch.float32),
+                      **convert_kwargs) -> dict[str, dict[str, float]]:
+    """Convert a copy of `model` in each dtype and compare it with that copy.
+
+    Converting in float64 keeps the fused weights in float64, so the float64 figure measures the
+    conversion itself rather than the float32 rounding of the deploy weights.
+    """
+    from .convert import convert
+
+    report = {}
+    for dtype in dtypes:
+        ref = copy.deepcopy(model).to(dtype).eval()
+        plain = convert(ref, **convert_kwargs)
+        report.update(verify(ref, plain, input_size, batch, (dtype,), seed))
+    return report
