@@ -1,5 +1,17 @@
 """Residual (training-time) model families and their registry."""
 from . import repvgg, resnet, rmnet  # noqa: F401  (importing registers the models)
-from .registry import INPUT_SIZE, STEMS, UnknownModelError, create_model, list_models, model_family
+from .registry import (
+    INPUT_SIZE,
+    STEMS,
+    UnknownModelError,
+    create_model,
+    list_models,
+    model_family,
+    model_stems,
+)
 
-__all__ = ["create_model", "list_models", "model_family", "UnknownModelError", "STEMS", "INPUT_SIZE"]
+__all__ = ["create_model", "list_models", "model_family", "model_stems", "UnknownModelError", "STEMS", "INPUT_SIZE"]
+
+from .timm_compat import register_with_timm  # noqa: E402
+
+register_with_timm()

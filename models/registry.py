@@ -17,6 +17,7 @@ INPUT_SIZE = {"imagenet": 224, "cifar": 32}
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _FAMILY: dict[str, str] = {}
+_STEMS: dict[str, tuple[str, ...]] = {}
 
 
 class UnknownModelError(KeyError):
@@ -26,13 +27,20 @@ class UnknownModelError(KeyError):
         return str(self.args[0])
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    name = fn.__name__
-    if name in _MODELS:
-        raise ValueError(f"model {name!r} is registered twice")
-    _MODELS[name] = fn
-    _FAMILY[name] = fn.__module__.rsplit(".", 1)[-1]
-    return fn
+def register_model(fn: Callable[..., nn.Module] | None = None, *, stems: tuple[str, ...] = STEMS):
+    """Register `fn` under its own name; `stems` lists the stems the variant exists for.
+
+    Use as `@register_model` or `@register_model(stems=("cifar",))`.
+    """
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        name = fn.__name__
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is registered twice")
+        _MODELS[name] = fn
+        _FAMILY[name] = fn.__module__.rsplit(".", 1)[-1]
+        _STEMS[name] = tuple(stems)
+        return fn
+    return deco(fn) if fn is not None else deco
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -42,6 +50,12 @@ def list_models(pattern: str = "*") -> list[str]:
 def model_family(name: str) -> str:
     _check_name(name)
     return _FAMILY[name]
+
+
+def model_stems(name: str) -> tuple[str, ...]:
+    """Stems `name` can be built with; the first is its natural one."""
+    _check_name(name)
+    return _STEMS[name]
 
 
 def _check_name(name: str) -> None:
@@ -61,6 +75,8 @@ def check_stem(stem: str) -> str:
 def create_model(name: str, num_classes: int = 1000, stem: str = "imagenet", **kwargs) -> nn.Module:
     _check_name(name)
     check_stem(stem)
+    if stem not in _STEMS[name]:
+        raise ValueError(f"{name} has no {stem!r} stem; it exists with: {', '.join(_STEMS[name])}")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     model = _MODELS[name](num_classes=num_classes, stem=stem, **kwargs)

@@ -5,7 +5,7 @@ Attribute names follow the RepVGG authors (`stage0`, `rbr_dense.conv`, `rbr_1x1`
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -65,7 +65,7 @@ class PartialRepVGGBlock(nn.Module):
 
 class RepVGG(nn.Module):
     def __init__(self, num_blocks: Sequence[int], widths: Sequence[int], num_classes: int = 1000,
-                 stem: str = "imagenet", groups_at: Optional[dict[int, int]] = None,
+                 stem: str = "imagenet", groups_at: dict[int, int] | None = None,
                  rm_ratio: float = 0.0):
         """`widths` are the four stage widths; the stem is min(64, widths[0]) wide.
 

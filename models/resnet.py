@@ -83,20 +83,18 @@ def resnext50_32x4d(**kw): return ResNet(Bottleneck, [3, 4, 6, 3], groups=32, wi
 def resnext101_32x8d(**kw): return ResNet(Bottleneck, [3, 4, 23, 3], groups=32, width_per_group=8, **kw)
 
 
-def _cifar_resnet(depth: int, stem: str = "cifar", **kw) -> ResNet:
-    if stem != "cifar":
-        raise ValueError(f"resnet{depth} is the CIFAR ResNet of He et al.; it has no {stem!r} stem")
+def _cifar_resnet(depth: int, **kw) -> ResNet:
     n = (depth - 2) // 6
-    return ResNet(BasicBlock, [n, n, n], widths=(16, 32, 64), stem="cifar", **kw)
+    return ResNet(BasicBlock, [n, n, n], widths=(16, 32, 64), **kw)
 
 
-@register_model
+@register_model(stems=("cifar",))
 def resnet20(**kw): return _cifar_resnet(20, **kw)
-@register_model
+@register_model(stems=("cifar",))
 def resnet32(**kw): return _cifar_resnet(32, **kw)
-@register_model
+@register_model(stems=("cifar",))
 def resnet44(**kw): return _cifar_resnet(44, **kw)
-@register_model
+@register_model(stems=("cifar",))
 def resnet56(**kw): return _cifar_resnet(56, **kw)
-@register_model
+@register_model(stems=("cifar",))
 def resnet110(**kw): return _cifar_resnet(110, **kw)

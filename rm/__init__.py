@@ -1,9 +1,10 @@
 """The RM converter: residual model in, plain (VGG-like) deploy model out, same outputs."""
 from . import blocks  # noqa: F401  (importing registers the block converters)
 from .convert import Context, convert, register_converter, registered_types
+from .deploy import load_deploy, save_deploy
 from .layer import BNParams, ConvLayer
 from .ops import ConversionError
 from .verify import verify, verify_conversion
 
 __all__ = ["convert", "verify", "verify_conversion", "register_converter", "registered_types", "Context", "ConvLayer",
-           "BNParams", "ConversionError"]
+           "BNParams", "ConversionError", "save_deploy", "load_deploy"]

@@ -14,6 +14,7 @@ from typing import Callable, Union
 
 import torch
 import torch.nn as nn
+from torch.nn.utils import skip_init
 
 from .layer import BNParams, ConvLayer, relu_slopes
 from .ops import ConversionError
@@ -118,7 +119,7 @@ def _append(items: list[Item], item: Item, ctx: Context) -> None:
             items[-1] = last.with_act(relu_slopes(last.out_channels))
             return
         if isinstance(item, nn.PReLU):
-            slopes = item.weight.detach().to(torch.float64).expand(last.out_channels).clone()
+            slopes = item.weight.detach().to("cpu", torch.float64).expand(last.out_channels).clone()
             items[-1] = last.with_act(slopes)
             return
     if isinstance(item, (nn.BatchNorm2d, nn.PReLU)):
@@ -141,12 +142,14 @@ def convert(model: nn.Module, fuse_bn: bool = True, downsample: str = "reserve_i
     if downsample not in SCHEMES:
         raise ValueError(f"downsample must be one of {SCHEMES}, got {downsample!r}")
     ctx = Context(fuse_bn=fuse_bn, downsample=downsample)
-    with torch.no_grad():
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None else torch.float32
+    device = param.device if param is not None else torch.device("cpu")
+    # New tensors (Dirac kernels, zero blocks) are made on the model's device: conversion runs on
+    # a GPU for GPU models, and on the meta device for shape-only analysis of huge models.
+    with torch.no_grad(), torch.device(device):
         items = ctx.convert(model, type(model).__name__)
-        param = next(model.parameters(), None)
-        dtype = param.dtype if param is not None else torch.float32
-        device = param.device if param is not None else torch.device("cpu")
-        plain = emit(items, fuse_bn).to(device=device, dtype=dtype)
+        plain = emit(items, fuse_bn).to(dtype=dtype)
     plain.eval()
     return plain
 
@@ -166,8 +169,10 @@ def emit(items: list[Item], fuse_bn: bool) -> nn.Sequential:
 
 def _emit_conv(layer: ConvLayer, fuse_bn: bool) -> list[nn.Module]:
     out = layer.out_channels
-    conv = nn.Conv2d(layer.in_channels, out, layer.kernel, layer.stride, layer.padding, layer.dilation,
-                     layer.groups, bias=fuse_bn)
+    # Built in float64 so no weight is rounded before the final cast.
+    f64 = dict(dtype=torch.float64, device=layer.weight.device)
+    conv = skip_init(nn.Conv2d, layer.in_channels, out, layer.kernel, layer.stride, layer.padding,
+                     layer.dilation, layer.groups, bias=fuse_bn, **f64)
     modules: list[nn.Module] = [conv]
     if fuse_bn:
         w, b = layer.fused()
@@ -180,7 +185,7 @@ def _emit_conv(layer: ConvLayer, fuse_bn: bool) -> list[nn.Module]:
             bias_in_mean = torch.zeros(out, dtype=torch.float64)
         else:  # BN(z + b) == BN with running mean shifted by -b
             bias_in_mean = layer.bias
-        bn = nn.BatchNorm2d(out, eps=bn_params.eps)
+        bn = nn.BatchNorm2d(out, eps=bn_params.eps, **f64)
         bn.weight.copy_(bn_params.weight)
         bn.bias.copy_(bn_params.bias)
         bn.running_mean.copy_(bn_params.mean - bias_in_mean)
@@ -191,7 +196,7 @@ def _emit_conv(layer: ConvLayer, fuse_bn: bool) -> list[nn.Module]:
         if bool((layer.act == 0).all()):
             modules.append(nn.ReLU(inplace=True))
         elif not bool((layer.act == 1).all()):
-            prelu = nn.PReLU(out)
+            prelu = nn.PReLU(out, **f64)
             prelu.weight.copy_(layer.act)
             modules.append(prelu)
     return modules

@@ -7,7 +7,6 @@ a chain that keeps BatchNorm for fine-tuning and pruning (`fuse_bn=False`).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -30,7 +29,7 @@ class BNParams:
     eps: float
 
     @classmethod
-    def from_module(cls, bn: nn.BatchNorm2d) -> "BNParams":
+    def from_module(cls, bn: nn.BatchNorm2d) -> BNParams:
         if bn.running_mean is None or bn.running_var is None:
             raise ValueError("BatchNorm2d without running statistics (track_running_stats=False) "
                              "cannot be converted: its output depends on the batch")
@@ -42,7 +41,7 @@ class BNParams:
                    bn.running_var.detach().to(**f64), float(bn.eps))
 
     @classmethod
-    def identity(cls, channels: int, eps: float = 1e-5) -> "BNParams":
+    def identity(cls, channels: int, eps: float = 1e-5) -> BNParams:
         """Paper eq. 2 with statistics (0, 1): weight = sqrt(var + eps), bias = mean."""
         f64 = dict(dtype=torch.float64)
         var = torch.ones(channels, **f64)
@@ -53,7 +52,7 @@ class BNParams:
         scale = self.weight / torch.sqrt(self.var + self.eps)
         return scale, self.bias - self.mean * scale
 
-    def cat(self, other: "BNParams") -> "BNParams":
+    def cat(self, other: BNParams) -> BNParams:
         if self.eps != other.eps:
             # Rescale `other` to this eps so the pair stays one exact BatchNorm2d.
             w = other.weight * torch.sqrt((other.var + self.eps) / (other.var + other.eps))
@@ -76,11 +75,11 @@ class ConvLayer:
     padding: Pair = (0, 0)
     dilation: Pair = (1, 1)
     groups: int = 1
-    bn: Optional[BNParams] = None
-    act: Optional[torch.Tensor] = None
+    bn: BNParams | None = None
+    act: torch.Tensor | None = None
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d] = None) -> "ConvLayer":
+    def from_conv(cls, conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None) -> ConvLayer:
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError(f"only zero padding given as numbers is supported, got {conv}")
         w = conv.weight.detach().to(torch.float64)
@@ -108,23 +107,25 @@ class ConvLayer:
         scale, shift = self.bn.scale_shift()
         return self.weight * scale.view(-1, 1, 1, 1), self.bias * scale + shift
 
-    def fold_bn(self) -> "ConvLayer":
+    def fold_bn(self) -> ConvLayer:
         w, b = self.fused()
         return replace(self, weight=w, bias=b, bn=None)
 
-    def with_act(self, slopes: torch.Tensor) -> "ConvLayer":
+    def with_act(self, slopes: torch.Tensor) -> ConvLayer:
         if self.act is not None:
             raise ValueError("layer already has an activation")
-        return replace(self, act=slopes.to(torch.float64))
+        return replace(self, act=slopes.to(device="cpu", dtype=torch.float64))
 
     @property
     def output_nonneg(self) -> bool:
         return self.act is not None and bool((self.act == 0).all())
 
 
+# Activation slopes are tiny and inspected as Python bools, so they always live on the CPU, even
+# when the weights are on a GPU or the meta device.
 def relu_slopes(channels: int) -> torch.Tensor:
-    return torch.zeros(channels, dtype=torch.float64)
+    return torch.zeros(channels, dtype=torch.float64, device="cpu")
 
 
 def identity_slopes(channels: int) -> torch.Tensor:
-    return torch.ones(channels, dtype=torch.float64)
+    return torch.ones(channels, dtype=torch.float64, device="cpu")

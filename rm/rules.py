@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Optional
 
 import torch
 
@@ -26,11 +25,11 @@ from .ops import ConversionError, block_diag, dirac, embed_kernel, kernel_center
 SCHEMES = ("reserve_input", "reserve_shortcut")
 
 
-def _cat_act(a: Optional[torch.Tensor], b: torch.Tensor, channels_a: int) -> torch.Tensor:
+def _cat_act(a: torch.Tensor | None, b: torch.Tensor, channels_a: int) -> torch.Tensor:
     return torch.cat([a if a is not None else identity_slopes(channels_a), b])
 
 
-def _cat_bn(layer: ConvLayer, extra: int) -> Optional[BNParams]:
+def _cat_bn(layer: ConvLayer, extra: int) -> BNParams | None:
     if layer.bn is None:
         return None
     return layer.bn.cat(BNParams.identity(extra, layer.bn.eps))
@@ -62,7 +61,7 @@ def pass_through(layer: ConvLayer, channels: int, act: torch.Tensor) -> ConvLaye
                    bn=_cat_bn(layer, channels), act=_cat_act(layer.act, act, layer.out_channels))
 
 
-def merge(layer: ConvLayer, weight: torch.Tensor, bias: torch.Tensor, act: Optional[torch.Tensor]) -> ConvLayer:
+def merge(layer: ConvLayer, weight: torch.Tensor, bias: torch.Tensor, act: torch.Tensor | None) -> ConvLayer:
     """Add extra input channels whose 1x1 `weight` is summed into `layer`'s (BN-folded) output."""
     center = kernel_center(layer)
     w, b = layer.fused()
@@ -71,7 +70,7 @@ def merge(layer: ConvLayer, weight: torch.Tensor, bias: torch.Tensor, act: Optio
                      layer.padding, layer.dilation, 1, None, act)
 
 
-def rm_residual(main: list[ConvLayer], shortcut: Optional[ConvLayer], act: Optional[torch.Tensor],
+def rm_residual(main: list[ConvLayer], shortcut: ConvLayer | None, act: torch.Tensor | None,
                 input_nonneg: bool, scheme: str = "reserve_input") -> list[ConvLayer]:
     """Plain chain equal to act(main(x) + shortcut(x)); shortcut None means identity."""
     if scheme not in SCHEMES:
@@ -124,7 +123,7 @@ def identity_kernel(out_channels: int, in_per_group: int, kernel: tuple[int, int
     return w
 
 
-def fuse_branches(branches: list[ConvLayer], identity: Optional[BNParams] = None,
+def fuse_branches(branches: list[ConvLayer], identity: BNParams | None = None,
                   identity_offset: int = 0) -> ConvLayer:
     """RepVGG re-parameterisation: parallel conv+BN branches (and an identity BN) summed -> one conv.
 

@@ -1,0 +1,1 @@
+"""Training/evaluation machinery: loops, distributed helpers, checkpoint I/O, optimisers."""

@@ -1,0 +1,85 @@
+"""Deploy artifacts: a plain model saved as an architecture spec plus a state dict.
+
+The file holds only dicts, lists, strings, numbers and tensors, so `torch.load(weights_only=True)`
+reads it and `load_deploy` rebuilds the chain from torch.nn modules alone: no class of this project
+is needed to run a deployed model.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from engine.checkpoint import atomic_save, load_file
+
+FORMAT = "rmnet-deploy"
+VERSION = 1
+
+_SPEC_FIELDS: dict[type, tuple[str, ...]] = {
+    nn.Conv2d: ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups"),
+    nn.BatchNorm2d: ("num_features", "eps", "momentum"),
+    nn.ReLU: (),
+    nn.PReLU: ("num_parameters",),
+    nn.MaxPool2d: ("kernel_size", "stride", "padding", "dilation", "ceil_mode"),
+    nn.AvgPool2d: ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"),
+    nn.AdaptiveAvgPool2d: ("output_size",),
+    nn.AdaptiveMaxPool2d: ("output_size",),
+    nn.Flatten: ("start_dim", "end_dim"),
+    nn.Linear: ("in_features", "out_features"),
+}
+_BY_NAME = {cls.__name__: cls for cls in _SPEC_FIELDS}
+
+
+class DeployFormatError(ValueError):
+    """The file is not a deploy artifact this version can read."""
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def to_spec(plain: nn.Sequential) -> list[dict[str, Any]]:
+    spec = []
+    for i, module in enumerate(plain):
+        fields = _SPEC_FIELDS.get(type(module))
+        if fields is None:
+            raise TypeError(f"layer {i} ({type(module).__name__}) is not a plain-chain module")
+        entry = {"type": type(module).__name__, **{f: _plain(getattr(module, f)) for f in fields}}
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            entry["bias"] = module.bias is not None
+        spec.append(entry)
+    return spec
+
+
+def from_spec(spec: list[dict[str, Any]]) -> nn.Sequential:
+    layers = []
+    for i, entry in enumerate(spec):
+        entry = dict(entry)
+        cls = _BY_NAME.get(entry.pop("type", None))
+        if cls is None:
+            raise DeployFormatError(f"layer {i} has an unknown type; known: {sorted(_BY_NAME)}")
+        layers.append(cls(**entry))
+    return nn.Sequential(*layers)
+
+
+def save_deploy(plain: nn.Sequential, path: str, meta: dict[str, Any] | None = None) -> None:
+    """Write `plain` (from `rm.convert`) with free-form metadata (model name, classes, input size,
+    verified conversion error, ...)."""
+    state = {k: v.detach().cpu() for k, v in plain.state_dict().items()}
+    atomic_save({"format": FORMAT, "version": VERSION, "spec": to_spec(plain), "state_dict": state,
+                 "meta": dict(meta or {})}, path)
+
+
+def load_deploy(path: str, map_location: str | torch.device = "cpu") -> tuple[nn.Sequential, dict[str, Any]]:
+    """Rebuild a deploy artifact; returns (plain model in eval mode, metadata)."""
+    blob = load_file(path, map_location)
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise DeployFormatError(f"{path} is not an RMNet deploy artifact (no format={FORMAT!r} entry)")
+    if blob.get("version", 0) > VERSION:
+        raise DeployFormatError(f"{path} has deploy format version {blob['version']}; this code reads "
+                                f"up to {VERSION}: update RMNet")
+    model = from_spec(blob["spec"])
+    model.load_state_dict(blob["state_dict"])
+    dtype = next(iter(blob["state_dict"].values())).dtype if blob["state_dict"] else torch.float32
+    return model.to(dtype).eval(), blob.get("meta", {})
