@@ -90,7 +90,8 @@ def _convert_one(module: nn.Module, ctx: Context) -> list[Item]:
         if type(module) is cls:
             ctx.nonneg = (ctx.nonneg and keeps) or cls is nn.ReLU
             return [module]
-    if type(module) is nn.Sequential:
+    if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
+        # Any Sequential (or subclass that keeps Sequential's forward) is its children in order.
         return ctx.convert_seq(list(module), [n for n, _ in module.named_children()])
     raise ConversionError(
         f"no RM converter for module {'.'.join(ctx.path)} of type {type(module).__qualname__}; "
