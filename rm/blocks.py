@@ -25,9 +25,14 @@ from .rules import fuse_branches, rm_residual
 def _shortcut(downsample) -> ConvLayer | None:
     if downsample is None:
         return None
+    if isinstance(downsample, nn.Sequential) and len(downsample) == 1 and isinstance(downsample[0], nn.BatchNorm2d):
+        # Identity shortcut with a BN (network slimming, paper §3.4): a 1x1 Dirac conv + that BN.
+        bn = downsample[0]
+        c = bn.num_features
+        return ConvLayer(dirac(c, (1, 1), (0, 0)), torch.zeros(c, dtype=torch.float64), bn=BNParams.from_module(bn))
     if not (isinstance(downsample, nn.Sequential) and len(downsample) == 2
             and isinstance(downsample[0], nn.Conv2d) and isinstance(downsample[1], nn.BatchNorm2d)):
-        raise TypeError(f"expected a downsample of Conv2d + BatchNorm2d, got {downsample}")
+        raise TypeError(f"expected a downsample of Conv2d + BatchNorm2d or of BatchNorm2d alone, got {downsample}")
     return ConvLayer.from_conv(downsample[0], downsample[1])
 
 
