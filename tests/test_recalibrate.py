@@ -3,11 +3,11 @@ while the plain model keeps computing exactly what the residual model computes."
 import pytest
 import torch
 import torch.nn as nn
-from conftest import randomize_bn
 
 import models
 import rm
 from rm.recalibrate import identity_channels, recalibrate_identity_bn
+from tests.conftest import randomize_bn
 
 
 def _data(n_batches=3, batch=4, seed=1):
