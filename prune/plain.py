@@ -1,0 +1,153 @@
+"""Network slimming of a plain chain (the output of `rm.convert(model, fuse_bn=False)`).
+
+The chain is units of Conv2d -> BatchNorm2d -> [ReLU | PReLU], with pooling/Flatten between them
+and a Linear head. Output channels of a unit are scored by |BN scale|; removed channels take out
+the conv's output filter, the BN and PReLU entries and the next conv's (or the Linear's) input
+slice, and their constant act(beta) is folded into the reader (see `surgery`). With no residual
+additions left, every unit's channels are free: this is why RM raises the pruning ratio.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from .masks import global_threshold, keep_at_least_one, resolve_grouped
+from .surgery import (
+    PruneError,
+    act_constant,
+    conv_constant_response,
+    slice_bn,
+    slice_conv,
+    slice_linear,
+    slice_prelu,
+)
+
+# Modules that may sit between a unit and the layer reading it (see `_keeps_constant`).
+_BETWEEN = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Dropout,
+            nn.Identity)
+
+
+@dataclass
+class _Unit:
+    conv: int
+    bn: int
+    act: int | None
+    exact_const: bool = True  # is a constant output channel folded exactly into the reader?
+
+
+@dataclass
+class PruneResult:
+    model: nn.Module
+    threshold: float
+    layers: list[dict] = field(default_factory=list)  # per conv: name, channels before/after, groups
+    removed: int = 0  # channels removed
+    total: int = 0  # prunable channels before pruning
+    approximate: int = 0  # removed channels with a non-zero constant folded across zero padding
+
+    @property
+    def channel_ratio(self) -> float:
+        return self.removed / max(self.total, 1)
+
+
+def _keeps_constant(module: nn.Module) -> bool:
+    """Does a constant channel stay the same constant through `module`? Not through an average
+    pool that counts zero padding."""
+    if isinstance(module, nn.AvgPool2d):
+        return not (module.count_include_pad and any(p > 0 for p in nn.modules.utils._pair(module.padding)))
+    return True
+
+
+def parse_chain(model: nn.Sequential) -> tuple[list[_Unit], int | None]:
+    """Units of the chain and the index of the Linear head (None when the chain ends in a conv unit)."""
+    if not isinstance(model, nn.Sequential):
+        raise PruneError(f"expected a plain nn.Sequential (rm.convert(model, fuse_bn=False)), got {type(model).__name__}")
+    layers, units, i, head = list(model), [], 0, None
+    while i < len(layers):
+        m = layers[i]
+        if isinstance(m, nn.Conv2d):
+            if i + 1 >= len(layers) or not isinstance(layers[i + 1], nn.BatchNorm2d):
+                raise PruneError(f"conv at layer {i} is not followed by BatchNorm2d: pruning ranks channels by "
+                                 "BN scale, convert with rm.convert(model, fuse_bn=False)")
+            if not layers[i + 1].affine:
+                raise PruneError(f"BatchNorm2d at layer {i + 1} has no affine scale to rank channels by")
+            act = i + 2 if i + 2 < len(layers) and isinstance(layers[i + 2], (nn.ReLU, nn.PReLU)) else None
+            units.append(_Unit(i, i + 1, act))
+            i = (act if act is not None else i + 1) + 1
+        elif isinstance(m, _BETWEEN):
+            if units and not _keeps_constant(m):
+                units[-1].exact_const = False
+            i += 1
+        elif isinstance(m, nn.Linear):
+            head = i
+            break
+        else:
+            raise PruneError(f"layer {i} ({type(m).__name__}) is not part of a plain conv chain; expected Conv2d, "
+                             "BatchNorm2d, ReLU/PReLU, pooling, Flatten or Linear")
+    for unit, nxt in zip(units, units[1:]):
+        conv = layers[nxt.conv]
+        unit.exact_const = unit.exact_const and all(p == 0 for p in conv.padding)
+    return units, head
+
+
+def channel_scores(model: nn.Sequential) -> list[torch.Tensor]:
+    """|BN scale| of every unit's output channels, in chain order."""
+    units, _ = parse_chain(model)
+    return [model[u.bn].weight.detach().abs().double().cpu() for u in units]
+
+
+def _masks(model: nn.Sequential, units: list[_Unit], head: int | None, threshold: float) -> list[torch.Tensor]:
+    scores = channel_scores(model)
+    convs = [model[u.conv] for u in units]
+    # Output channels are free unless they are the network output or sit between two grouped convs.
+    free = [k + 1 < len(units) and not (convs[k].groups > 1 and convs[k + 1].groups > 1) for k in range(len(units))]
+    free[-1] = head is not None
+    keep = [(s >= threshold) | (not f) for s, f in zip(scores, free)]
+    for k, conv in enumerate(convs):
+        if conv.groups > 1:
+            ones = torch.ones(conv.in_channels, dtype=torch.bool)
+            in_keep, in_score = (keep[k - 1], scores[k - 1]) if k else (ones, ones.double())
+            new_in, keep[k] = resolve_grouped(conv.groups, in_keep, in_score, k > 0 and free[k - 1],
+                                              keep[k], scores[k], free[k])
+            if k:
+                keep[k - 1] = new_in
+    return [keep_at_least_one(m, s) for m, s in zip(keep, scores)]
+
+
+def prune_plain(model: nn.Sequential, threshold: float | None = None, ratio: float | None = None) -> PruneResult:
+    """Return a smaller copy of `model` without the channels whose |BN scale| < threshold (or the
+    `ratio` fraction of all channels with the smallest scales). `model` is not modified."""
+    if (threshold is None) == (ratio is None):
+        raise ValueError("give exactly one of threshold= or ratio=")
+    units, head = parse_chain(model)
+    if not units:
+        raise PruneError("the chain has no conv layers to prune")
+    if threshold is None:
+        threshold = global_threshold(channel_scores(model), ratio)
+    keep = _masks(model, units, head, threshold)
+    out = copy.deepcopy(model)
+    result = PruneResult(out, threshold)
+    prev_keep = torch.ones(model[units[0].conv].in_channels, dtype=torch.bool)
+    prev_const = torch.zeros(len(prev_keep), dtype=torch.float64)
+    for unit, kept in zip(units, keep):
+        conv, bn = model[unit.conv], model[unit.bn]
+        act = model[unit.act] if unit.act is not None else None
+        shift = conv_constant_response(conv, prev_const * ~prev_keep)
+        out[unit.conv] = slice_conv(conv, kept, prev_keep)
+        out[unit.bn] = slice_bn(bn, kept, shift)
+        if isinstance(act, nn.PReLU):
+            out[unit.act] = slice_prelu(act, kept)
+        const, removed = act_constant(bn, act), ~kept
+        result.removed += int(removed.sum())
+        result.total += kept.numel()
+        if not unit.exact_const:
+            result.approximate += int((removed & (const != 0)).sum())
+        prev_keep, prev_const = kept, const
+        result.layers.append({"layer": unit.conv, "kernel": list(conv.kernel_size), "groups": conv.groups,
+                              "groups_kept": out[unit.conv].groups, "channels": kept.numel(),
+                              "kept": int(kept.sum())})
+    if head is not None:
+        out[head] = slice_linear(model[head], prev_keep, prev_const)
+    return result
