@@ -68,3 +68,72 @@ def extract_state_dict(blob: Any, path: str = "<checkpoint>") -> dict[str, torch
     if all(k.startswith("module.") for k in blob):
         blob = {k[len("module."):]: v for k, v in blob.items()}
     return blob
+
+
+# --- training checkpoints -------------------------------------------------------------------------
+# Plain models (a deploy artifact being fine-tuned, or a model trained in converted form) are not
+# rebuilt from the registry: their checkpoints also carry "spec", the layer list of rm.deploy, and
+# model_cfg["plain"] = True.
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU and CUDA generator states as tensors and plain containers."""
+    import random
+
+    import numpy as np
+
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [name, torch.from_numpy(keys.copy()), pos, has_gauss, cached],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str, **entries: Any) -> None:
+    """Atomically write a training checkpoint {"format", "version", **entries} (keys as documented
+    at the top of this module)."""
+    atomic_save({"format": TRAIN_FORMAT, "version": 1, **entries}, path)
+
+
+def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a training checkpoint of this project; CheckpointError for anything else."""
+    blob = load_file(path, map_location)
+    if not isinstance(blob, dict) or blob.get("format") != TRAIN_FORMAT:
+        raise CheckpointError(f"{path} is not an RMNet training checkpoint (no format={TRAIN_FORMAT!r}); "
+                              f"use extract_state_dict for bare weights")
+    return blob
+
+
+def model_from_checkpoint(blob: dict[str, Any], path: str = "<checkpoint>", ema: bool = False) -> torch.nn.Module:
+    """Rebuild the checkpoint's model (registry model or plain chain) in eval mode, with its trained
+    weights or (`ema=True`) the EMA weights."""
+    import models
+    from rm.deploy import from_spec
+
+    cfg = dict(blob.get("model_cfg") or {})
+    if blob.get("spec") is not None:
+        model = from_spec(blob["spec"])
+    elif "name" in cfg:
+        kwargs = {k: v for k, v in cfg.items() if k not in ("name", "num_classes", "stem", "input_size", "plain")}
+        model = models.create_model(cfg["name"], num_classes=cfg["num_classes"], stem=cfg["stem"], **kwargs)
+    else:
+        raise CheckpointError(f"{path} says neither which model it holds (model_cfg.name) nor its layers (spec)")
+    if ema and not isinstance(blob.get("ema"), dict):
+        raise CheckpointError(f"{path} has no EMA weights (trained with ema_decay=0)")
+    try:
+        model.load_state_dict(extract_state_dict(blob["ema"] if ema else blob, path))
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit {cfg.get('name', 'the plain model')}: {e}") from None
+    model.rmnet_cfg = cfg
+    return model.eval()

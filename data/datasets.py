@@ -1,0 +1,93 @@
+"""Dataset builders from a data config (`conf/data/*.yaml`).
+
+A missing or malformed dataset raises `DatasetError` naming the path tried and the layout expected,
+before any training starts.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Any, Callable
+
+from torch.utils.data import Dataset
+
+from .synthetic import SyntheticDataset
+
+SPLITS = ("train", "val")
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+_CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+_CIFAR_FILES = {"cifar10": {"train": [f"data_batch_{i}" for i in range(1, 6)], "val": ["test_batch"]},
+                "cifar100": {"train": ["train"], "val": ["test"]}}
+
+
+class DatasetError(FileNotFoundError):
+    """The dataset is missing or not laid out as expected; the message says where and how."""
+
+
+def build_dataset(cfg: Any, split: str, transform: Callable | None = None) -> Dataset:
+    """Dataset `split` ("train" or "val") of the data config `cfg` (`cfg.name` picks the kind)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    name = cfg.name
+    if name == "synthetic":
+        size = cfg.train_size if split == "train" else cfg.val_size
+        return SyntheticDataset(size, cfg.num_classes, cfg.input_size, cfg.seed, split, transform)
+    if name in _CIFAR_FOLDERS:
+        return _cifar(name, os.path.expanduser(cfg.root), split, transform, bool(cfg.get("download", False)))
+    if name == "imagenet":
+        return _image_folder(os.path.expanduser(cfg.root), split, transform, cfg.num_classes)
+    raise ValueError(f"unknown dataset {name!r}; known: synthetic, cifar10, cifar100, imagenet")
+
+
+def _cifar_class(name: str):
+    """torchvision's CIFAR class, checking that the files exist rather than their md5 sums: the
+    sums only match the official archive, and unreadable files fail loudly while unpickling anyway."""
+    import torchvision.datasets as tvd
+
+    base = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+
+    class Cifar(base):
+        def _check_integrity(self) -> bool:
+            files = [f for f, _ in self.train_list + self.test_list] + [self.meta["filename"]]
+            return all(os.path.isfile(os.path.join(self.root, self.base_folder, f)) for f in files)
+
+        def _load_meta(self) -> None:
+            with open(os.path.join(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
+                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    Cifar.__name__ = base.__name__
+    return Cifar
+
+
+def _cifar(name: str, root: str, split: str, transform, download: bool) -> Dataset:
+    folder = os.path.join(root, _CIFAR_FOLDERS[name])
+    expected = ", ".join(_CIFAR_FILES[name][split] + ["meta" if name == "cifar100" else "batches.meta"])
+    layout = (f"expected torchvision's python-pickle layout {folder}/{{{expected}}} (the "
+              f"'python version' archive from https://www.cs.toronto.edu/~kriz/cifar.html extracted in "
+              f"{root}), or pass data.download=true to fetch it")
+    if not download and not os.path.isdir(folder):
+        raise DatasetError(f"{name} not found: {folder} does not exist; {layout}")
+    try:
+        return _cifar_class(name)(root, train=split == "train", transform=transform, download=download)
+    except (RuntimeError, OSError, KeyError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        raise DatasetError(f"{name} at {folder} is incomplete or unreadable ({e}); {layout}") from None
+
+
+def _image_folder(root: str, split: str, transform, num_classes: int) -> Dataset:
+    import torchvision.datasets as tvd
+
+    folder = os.path.join(root, split)
+    layout = (f"expected ImageNet folders {root}/{{train,val}}/<class>/<image>.JPEG with the same "
+              f"{num_classes} class folders in both splits (the validation images sorted into class "
+              f"folders, e.g. with the valprep.sh script)")
+    if not os.path.isdir(folder):
+        raise DatasetError(f"imagenet split {split!r} not found: {folder} does not exist; {layout}")
+    try:
+        ds = tvd.ImageFolder(folder, transform=transform, allow_empty=False)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise DatasetError(f"imagenet at {folder} is malformed ({e}); {layout}") from None
+    if len(ds.classes) != num_classes:
+        raise DatasetError(f"{folder} has {len(ds.classes)} class folders but data.num_classes is "
+                           f"{num_classes}; {layout}")
+    return ds

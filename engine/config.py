@@ -1,0 +1,102 @@
+"""Checks on the Hydra config: command-line overrides before composition, then the values.
+
+Hydra already rejects an unknown group option with the list of options. It rejects an unknown key
+too but without saying what the valid keys are, and `+key=value` slips through; so the command
+line is checked first: every plain `key=value` must name an existing key (close matches and the
+valid keys beside it are listed), and keys may be added (`+key=value`) only where free-form
+settings live (`model.kwargs`, `hooks`).
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+FREE_FORM = ("model.kwargs", "hooks")
+CHOICES = {   # enumerated values, checked before any work starts
+    "amp": ("none", "bf16", "fp16"),
+    "device": ("auto", "cpu", "cuda"),
+    "model.convert": (None, "keep_bn", "fuse_bn"),
+    "optim.name": ("sgd", "adamw"),
+    "sched.name": ("cosine", "step", "constant"),
+    "data.name": ("synthetic", "cifar10", "cifar100", "imagenet"),
+    "data.stem": ("imagenet", "cifar"),
+    "data.augment.crop": ("resized", "pad", "none"),
+    "final.downsample": ("reserve_input", "reserve_shortcut"),
+}
+
+
+class ConfigError(ValueError):
+    """A bad override or value; the message names it and the valid choices."""
+
+
+def _groups(config_dir: str) -> set[str]:
+    return {d for d in os.listdir(config_dir) if os.path.isdir(os.path.join(config_dir, d))}
+
+
+def check_overrides(argv: Sequence[str], config_name: str = "train", config_dir: str = CONF_DIR) -> DictConfig:
+    """Compose `config_name` with the group choices of `argv` and check its key overrides against
+    the result; returns the fully composed config. Raises ConfigError (or Hydra's own error for an
+    unknown group option, which lists the options)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = OverridesParser.create().parse_overrides(list(argv))
+    groups = _groups(config_dir)
+    structural = [o for o in overrides if o.key_or_group.split("/")[0] in groups
+                  or o.key_or_group.startswith("hydra")]
+    with initialize_config_dir(config_dir, version_base="1.3"):
+        base = compose(config_name, overrides=[o.input_line for o in structural])
+        for o in overrides:
+            if o in structural:
+                continue
+            key = o.key_or_group
+            if o.is_add() or o.is_force_add():
+                if not any(key == f or key.startswith(f + ".") for f in FREE_FORM):
+                    raise ConfigError(f"{o.input_line!r}: new keys can only be added under "
+                                      f"{' or '.join(FREE_FORM)}; to change an existing key drop the '+'")
+                continue
+            if o.is_delete():
+                raise ConfigError(f"{o.input_line!r}: keys cannot be deleted; set them to null instead")
+            _check_key(base, key)
+        return compose(config_name, overrides=list(argv))
+
+
+def _check_key(cfg: DictConfig, key: str) -> None:
+    node: Any = cfg
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if isinstance(node, DictConfig) and part in node:
+            node = node[part]
+            continue
+        where = ".".join(parts[:i])
+        if not isinstance(node, DictConfig):
+            raise ConfigError(f"unknown key {key!r}: {where!r} is a value, not a group of settings")
+        valid = [str(k) for k in node.keys()]
+        close = difflib.get_close_matches(part, valid, n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(repr('.'.join(parts[:i] + [c])) for c in close)}?" if close else ""
+        raise ConfigError(f"unknown key {key!r}.{hint} Valid keys{' under ' + repr(where) if where else ''}: "
+                          f"{', '.join(sorted(valid))}")
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Enumerated settings and numeric ranges, checked before any work."""
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is not valid; choose one of "
+                              f"{', '.join('null' if c is None else c for c in choices)}")
+    for key in ("epochs", "batch_size"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ConfigError(f"{key} must be a positive integer, got {cfg[key]!r}")
+    for key in ("ema_decay",):
+        if not 0.0 <= cfg[key] < 1.0:
+            raise ConfigError(f"{key} must be in [0, 1), got {cfg[key]}")
+    init = cfg.model.get("init")
+    if init and str(init).partition(":")[0] not in ("ckpt", "deploy"):
+        raise ConfigError(f"model.init must be null, ckpt:PATH or deploy:PATH, got {init!r}")
+    if cfg.resume not in (None, "auto") and not os.path.isfile(str(cfg.resume)):
+        raise ConfigError(f"resume={cfg.resume!r}: no such checkpoint; use resume=auto or a path to a last.pt")

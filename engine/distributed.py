@@ -1,0 +1,97 @@
+"""torchrun process groups: env:// rendezvous, NCCL on CUDA, gloo on CPU; one process without torchrun.
+
+torchrun sets RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT (also across nodes with its
+--nnodes/--rdzv flags); a plain `python train.py` has none and runs as a single process.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def setup(device: str = "auto", timeout_min: float = 30) -> torch.device:
+    """Join the process group if torchrun started us, and return this rank's device.
+
+    `device`: "auto" (this local rank's GPU when CUDA is available, else CPU), "cpu" or "cuda".
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but CUDA is not available; use device=cpu or device=auto")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if launched_by_torchrun() and not is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://",
+                                timeout=datetime.timedelta(minutes=timeout_min),
+                                device_id=dev if use_cuda else None)
+    return dev
+
+
+def cleanup() -> None:
+    if is_initialized():
+        dist.destroy_process_group()
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """`obj` from rank `src` on every rank (a picklable value such as the run directory)."""
+    if not is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks (in place, and returned); a no-op on one process."""
+    if is_initialized():
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def gather_object(obj: Any, dst: int = 0) -> list[Any] | None:
+    """[obj of rank 0, obj of rank 1, ...] on rank `dst`, None elsewhere; [obj] without a process group."""
+    if not is_initialized():
+        return [obj]
+    out = [None] * world_size() if rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy `src`'s buffers (BatchNorm statistics) to every rank: after the last training forward each
+    rank's running statistics have drifted apart, and evaluation and checkpoints must use one set."""
+    if is_initialized():
+        for b in module.buffers():
+            dist.broadcast(b, src)

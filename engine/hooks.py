@@ -1,0 +1,87 @@
+"""Training hooks: extra loss terms and post-backward gradient edits, configured by name.
+
+    @register_hook("bn_l1")
+    class BNL1(Hook):
+        def __init__(self, sr: float): ...
+        def after_backward(self, model): ...
+
+`hooks: {bn_l1: {sr: 1e-4}}` in the train config (CLI: `+hooks.bn_l1.sr=1e-4`) builds
+`BNL1(sr=1e-4)`. A name that is not registered may be given as "package.module:Class", which is
+imported, so other packages add hooks without touching the trainer. The trainer calls
+`loss(model, logits, targets)` for every hook and adds the returned tensors to the loss, and
+`after_backward(model)` once gradients are final (unscaled, all-reduced, before clipping and the step).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn as nn
+
+
+class Hook:
+    """Base class: override either method; the defaults do nothing."""
+
+    def loss(self, model: nn.Module, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def after_backward(self, model: nn.Module) -> None:
+        return None
+
+
+_HOOKS: dict[str, Callable[..., Hook]] = {}
+
+
+def register_hook(name: str) -> Callable:
+    def deco(factory: Callable[..., Hook]) -> Callable[..., Hook]:
+        if name in _HOOKS:
+            raise ValueError(f"hook {name!r} is registered twice")
+        _HOOKS[name] = factory
+        return factory
+    return deco
+
+
+def list_hooks() -> list[str]:
+    return sorted(_HOOKS)
+
+
+def _factory(name: str) -> Callable[..., Hook]:
+    if name in _HOOKS:
+        return _HOOKS[name]
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"hook {name!r} cannot be imported: {e}") from None
+    raise ValueError(f"unknown hook {name!r}; registered hooks: {', '.join(list_hooks()) or 'none'}, "
+                     f"or give an import path 'package.module:Class'")
+
+
+def build_hooks(cfg: Mapping[str, Any] | None) -> list[Hook]:
+    """Hooks from {name: {kwarg: value}} (None or {} builds none), in the config's order."""
+    hooks = []
+    for name, kwargs in (cfg or {}).items():
+        try:
+            hooks.append(_factory(name)(**dict(kwargs or {})))
+        except TypeError as e:
+            raise ValueError(f"hook {name!r}: bad arguments {dict(kwargs or {})}: {e}") from None
+    return hooks
+
+
+@register_hook("bn_l1")
+class BNL1(Hook):
+    """Network slimming (Liu et al. 2017): L1 penalty `sr` on BatchNorm scales, applied as the
+    subgradient sr * sign(gamma) added to their gradients (the loss value itself is not changed)."""
+
+    def __init__(self, sr: float = 1e-4):
+        if sr < 0:
+            raise ValueError(f"bn_l1 sr must be >= 0, got {sr}")
+        self.sr = sr
+
+    @torch.no_grad()
+    def after_backward(self, model: nn.Module) -> None:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and m.weight.grad is not None:
+                m.weight.grad.add_(torch.sign(m.weight), alpha=self.sr)

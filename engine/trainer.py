@@ -1,0 +1,389 @@
+"""The training job: DDP loop, validation, checkpoints, resume and the final conversion.
+
+`Trainer(cfg).fit()` runs a whole job from a composed `conf/train.yaml`. Rank 0 decides the run
+directory (a fresh `<model>-<data>-<timestamp>` or the run being resumed) and broadcasts it, so all
+ranks agree; only rank 0 prints, writes TensorBoard scalars, `metrics.jsonl` and checkpoints.
+
+Loop state is resumable at optimizer-step granularity: a checkpoint records epoch, the steps done
+in that epoch, the global step, and every rank's RNG states; the `TrainSampler` restarts the epoch's
+order after the batches already seen, and the schedule is a function of the global step.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import torch
+import torch.nn as nn
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+import data as datasets
+import rm
+from rm.deploy import save_deploy, to_spec
+
+from . import distributed as D
+from .amp import autocast, check_amp, grad_scaler
+from .build import build_model, is_plain
+from .checkpoint import load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import ConfigError, check_values
+from .evaluate import evaluate
+from .hooks import build_hooks
+from .optim import build_optimizer, build_scheduler, scaled_lr
+
+log = logging.getLogger("rmnet.train")
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig):
+        check_values(cfg)
+        self.cfg = cfg
+        self.device = D.setup(cfg.device)
+        self.amp = check_amp(cfg.amp, self.device)
+        self.rank, self.world = D.rank(), D.world_size()
+        self.main = self.rank == 0
+        self.run_dir, resume_path = self._plan_run()
+        self._setup_logging()
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+        if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+
+        torch.manual_seed(cfg.seed)   # identical initial weights on every rank
+        model = build_model(cfg.model, cfg.data).to(self.device)
+        if cfg.sync_bn and self.world > 1:
+            if self.device.type != "cuda":
+                raise ConfigError("sync_bn=true needs CUDA (SyncBatchNorm has no CPU/gloo kernel)")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.ema = None
+        if cfg.ema_decay > 0:
+            self.ema = torch.optim.swa_utils.AveragedModel(
+                model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        torch.manual_seed(cfg.seed + self.rank)   # per-rank augmentation streams
+
+        self.train_loader = datasets.build_loader(cfg.data, "train", cfg.batch_size, cfg.workers, seed=cfg.seed)
+        self.val_loader = datasets.build_loader(cfg.data, "val", cfg.batch_size, cfg.workers)
+        full = self.train_loader.sampler.num_samples // cfg.batch_size
+        if full == 0:
+            raise ConfigError(f"batch_size={cfg.batch_size} exceeds the {self.train_loader.sampler.num_samples} "
+                              f"training samples per process; lower batch_size")
+        self.steps_per_epoch = min(full, cfg.max_steps_per_epoch or full)
+        self.global_batch = cfg.batch_size * self.world
+        self.optimizer = build_optimizer(model, cfg.optim, self.global_batch)
+        self.scheduler = build_scheduler(self.optimizer, cfg.sched, self.steps_per_epoch, cfg.epochs)
+        self.scaler = grad_scaler(self.device, self.amp)
+        self.hooks = build_hooks(OmegaConf.to_container(cfg.hooks))
+        self.mixup, self.criterion = self._loss(cfg)
+
+        self.train_model: nn.Module = model
+        if self.world > 1:
+            self.train_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device] if self.device.type == "cuda" else None)
+        if cfg.compile:
+            self.train_model = torch.compile(self.train_model)
+
+        self.epoch = self.step_in_epoch = self.step = 0
+        self.best_top1 = float("-inf")
+        if resume_path:
+            self._resume(resume_path)
+        self.tb = self._writer()
+        if self.main:
+            self._save_config()
+
+    # --- set-up helpers --------------------------------------------------------------------------
+    def _plan_run(self) -> tuple[str, str | None]:
+        """(run directory, checkpoint to resume or None), decided on rank 0 and broadcast."""
+        plan: tuple = ("", None, None)
+        if D.is_main():
+            try:
+                plan = (*_choose_run(self.cfg), None)
+            except ConfigError as e:
+                plan = ("", None, str(e))
+        run_dir, resume, error = D.broadcast_object(plan)
+        if error:
+            raise ConfigError(error)
+        return run_dir, resume
+
+    def _setup_logging(self) -> None:
+        log.handlers.clear()
+        log.propagate = False
+        if not self.main:
+            log.setLevel(logging.ERROR)
+            return
+        os.makedirs(self.run_dir, exist_ok=True)
+        log.setLevel(logging.INFO)
+        fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+        for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(os.path.join(self.run_dir, "train.log"))):
+            handler.setFormatter(fmt)
+            log.addHandler(handler)
+
+    def _loss(self, cfg: DictConfig):
+        aug = cfg.data.augment
+        if aug.mixup > 0 or aug.cutmix > 0:
+            from timm.data import Mixup
+            from timm.loss import SoftTargetCrossEntropy
+
+            mixup = Mixup(mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, label_smoothing=cfg.label_smoothing,
+                          num_classes=cfg.data.num_classes)
+            return mixup, SoftTargetCrossEntropy()
+        return None, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    def _writer(self):
+        if not self.main:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(os.path.join(self.run_dir, "tb"), purge_step=self.step or None)
+
+    def _save_config(self) -> None:
+        path = os.path.join(self.run_dir, "config.yaml")
+        if not os.path.exists(path):   # once per run: a resumed run keeps the config it started with
+            OmegaConf.save(self.cfg, path, resolve=True)
+
+    # --- checkpoints -------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(), "model_cfg": dict(self.model.rmnet_cfg),
+            "spec": to_spec(self.model) if is_plain(self.model) else None,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "ema": self.ema.module.state_dict() if self.ema else None,
+            "epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch,
+            "best_top1": self.best_top1, "world_size": self.world,
+            "config": OmegaConf.to_container(self.cfg, resolve=True)}
+
+    def save(self, best: bool = False) -> None:
+        """Write last.pt (and best.pt); collective, because it gathers every rank's RNG states."""
+        rngs = D.gather_object(rng_state())
+        if self.main:
+            state = {**self._state(), "rng": rngs}
+            save_checkpoint(os.path.join(self.run_dir, "last.pt"), **state)
+            if best:
+                save_checkpoint(os.path.join(self.run_dir, "best.pt"), **state)
+
+    def _resume(self, path: str) -> None:
+        blob = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(blob["model"])
+        self.optimizer.load_state_dict(blob["optimizer"])
+        self.scheduler.load_state_dict(blob["scheduler"])
+        self.scaler.load_state_dict(blob["scaler"])
+        if self.ema is not None:
+            if blob.get("ema") is None:
+                raise ConfigError(f"{path} was trained without EMA; resume it with ema_decay=0")
+            self.ema.module.load_state_dict(blob["ema"])
+        self.epoch, self.step, self.step_in_epoch = blob["epoch"], blob["step"], blob["step_in_epoch"]
+        self.best_top1 = blob["best_top1"]
+        rngs = blob.get("rng") or []
+        if len(rngs) == self.world:
+            set_rng_state(rngs[self.rank])
+        else:   # elastic restart with another world size: the data order is still exact, augmentation is not
+            log.warning(f"{path} holds RNG states of {len(rngs)} ranks, not {self.world}; reseeding instead")
+            torch.manual_seed(self.cfg.seed + self.rank + 7919 * self.step)
+        log.info(f"resumed {path}: epoch {self.epoch}, step {self.step}, best top-1 {self.best_top1:.2f}")
+
+    # --- the loop ----------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        log.info(f"run {self.run_dir}: {cfg.model.name} on {cfg.data.name}, {self.world} process(es) on "
+                 f"{self.device.type}, global batch {self.global_batch}, lr {scaled_lr(cfg.optim, self.global_batch):g}, "
+                 f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
+        while self.epoch < cfg.epochs:
+            start = time.perf_counter()
+            train_loss = self.train_epoch()
+            val = self.validate()
+            self.epoch += 1
+            self.step_in_epoch = 0
+            improved = val["top1"] > self.best_top1
+            self.best_top1 = max(self.best_top1, val["top1"])
+            self.save(best=improved)
+            elapsed = time.perf_counter() - start
+            self._record({"epoch": self.epoch, "step": self.step, "train_loss": train_loss, "val_top1": val["top1"],
+                          "val_top5": val["top5"], "val_loss": val["loss"], "epoch_time": elapsed})
+            log.info(f"epoch {self.epoch}/{cfg.epochs}: train loss {train_loss:.4f}  val loss {val['loss']:.4f}  "
+                     f"top-1 {val['top1']:.2f}  top-5 {val['top5']:.2f}  (best {self.best_top1:.2f})  {elapsed:.1f}s")
+        return self.finish() if cfg.final.enabled else {"best_top1": self.best_top1}
+
+    def train_epoch(self) -> float:
+        """One epoch (or its rest, after a mid-epoch resume); returns the mean training loss."""
+        cfg, loader = self.cfg, self.train_loader
+        loader.sampler.set_epoch(self.epoch, start=self.step_in_epoch * cfg.batch_size)
+        loader.generator.manual_seed(cfg.seed + 1000 * self.epoch + self.rank)
+        self.train_model.train()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        unscale = cfg.grad_clip > 0 or bool(self.hooks)   # hooks and clipping see true gradients
+        bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}",
+                   dynamic_ncols=True, disable=not (self.main and cfg.progress))
+        loss_sum = torch.zeros((), device=self.device)
+        window = torch.zeros((), device=self.device)
+        window_steps, steps_done, tick = 0, 0, time.perf_counter()
+        for images, targets in loader:
+            if self.step_in_epoch >= self.steps_per_epoch:
+                break
+            images = images.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            if cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            if self.mixup is not None:
+                images, targets = self.mixup(images, targets)
+            with autocast(self.device, self.amp):
+                logits = self.train_model(images)
+                loss = self.criterion(logits, targets)
+            for hook in self.hooks:
+                extra = hook.loss(self.model, logits, targets)
+                if extra is not None:
+                    loss = loss + extra
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if unscale:
+                self.scaler.unscale_(self.optimizer)
+            for hook in self.hooks:
+                hook.after_backward(self.model)
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            self.step += 1
+            self.step_in_epoch += 1
+            steps_done += 1
+            window_steps += 1
+            loss = loss.detach().float()
+            loss_sum += loss
+            window += loss
+            if self.step % cfg.log_every_steps == 0 or self.step_in_epoch == self.steps_per_epoch:
+                mean = window.item() / window_steps   # the only host sync of the loop
+                img_s = window_steps * self.global_batch / (time.perf_counter() - tick)
+                lr = self.optimizer.param_groups[0]["lr"]
+                bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.4g}", img_s=f"{img_s:.0f}")
+                self._scalars({"train/loss": mean, "train/lr": lr, "train/img_s": img_s})
+                self._record({"step": self.step, "train_loss": mean, "lr": lr, "img_s": img_s})
+                window.zero_()
+                window_steps, tick = 0, time.perf_counter()
+            bar.update()
+            if cfg.ckpt_every_steps and self.step % cfg.ckpt_every_steps == 0 \
+                    and self.step_in_epoch < self.steps_per_epoch:
+                self.save()
+        bar.close()
+        mean = D.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(steps_done), device=self.device)]))
+        return (mean[0] / mean[1].clamp(min=1)).item()
+
+    def eval_model(self) -> nn.Module:
+        """The weights that are validated, checkpointed as best and converted: EMA if enabled."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def validate(self) -> dict[str, float]:
+        D.broadcast_buffers(self.model)
+        if self.ema is not None:
+            D.broadcast_buffers(self.ema.module)
+        val = evaluate(self.eval_model(), self.val_loader, self.device, self.amp, self.cfg.channels_last,
+                       progress=self.cfg.progress, desc="val")
+        self._scalars({"val/top1": val["top1"], "val/top5": val["top5"], "val/loss": val["loss"]})
+        return val
+
+    # --- the end: convert best.pt, evaluate both forms ---------------------------------------------
+    def finish(self) -> dict[str, Any]:
+        """Convert best.pt with rm.convert, evaluate residual and plain forms, save deploy.pt beside it."""
+        cfg = self.cfg
+        D.barrier()
+        best_path = os.path.join(self.run_dir, "best.pt")
+        blob = load_checkpoint(best_path, map_location="cpu")
+        residual = model_from_checkpoint(blob, best_path, ema=self.ema is not None)
+        kwargs = {"fuse_bn": True, "downsample": cfg.final.downsample}
+        plain = rm.convert(residual, **kwargs)
+        errors = rm.verify_conversion(residual, input_size=cfg.data.input_size, **kwargs) if self.main else {}
+        results = {}
+        for label, net in (("residual", residual), ("plain", plain)):
+            net = net.to(self.device)
+            if cfg.channels_last:
+                net = net.to(memory_format=torch.channels_last)
+            results[label] = evaluate(net, self.val_loader, self.device, self.amp, cfg.channels_last,
+                                      progress=cfg.progress, desc=f"final {label}")
+        summary = {"best_top1": self.best_top1, "residual": results["residual"], "plain": results["plain"],
+                   "conversion_error": errors, "checkpoint": best_path}
+        if self.main:
+            rel = errors["float32"]["max_rel"]
+            for label, r in results.items():
+                log.info(f"final {label:8s} top-1 {r['top1']:.2f}  top-5 {r['top5']:.2f}  loss {r['loss']:.4f}  "
+                         f"({r['num_samples']} images, {r['img_s']:.0f} img/s)")
+            log.info(f"conversion error: float32 max rel {rel:.2e}, float64 max rel "
+                     f"{errors['float64']['max_rel']:.2e}; top-1 difference "
+                     f"{results['plain']['top1'] - results['residual']['top1']:+.2f}")
+            self._scalars({"final/top1_residual": results["residual"]["top1"],
+                           "final/top1_plain": results["plain"]["top1"], "final/max_rel_error": rel})
+            if rel <= cfg.final.tolerance:
+                deploy_path = os.path.join(self.run_dir, "deploy.pt")
+                save_deploy(plain, deploy_path, meta={**residual.rmnet_cfg, **kwargs, "verify": errors,
+                                                      "top1_residual": results["residual"]["top1"],
+                                                      "top1_plain": results["plain"]["top1"]})
+                summary["deploy"] = deploy_path
+                log.info(f"wrote {deploy_path}")
+            else:
+                log.error(f"conversion error {rel:.2e} exceeds final.tolerance={cfg.final.tolerance}; "
+                          f"no deploy artifact written")
+            with open(os.path.join(self.run_dir, "final.json"), "w") as f:
+                json.dump(summary, f, indent=2)
+        D.barrier()
+        return summary
+
+    # --- rank-0 records ----------------------------------------------------------------------------
+    def _scalars(self, values: dict[str, float]) -> None:
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(k, v, self.step)
+
+    def _record(self, row: dict[str, Any]) -> None:
+        if self.main:
+            with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        D.cleanup()
+
+
+def _choose_run(cfg: DictConfig) -> tuple[str, str | None]:
+    """(run directory, checkpoint to resume): see `resume` and `run_name` in conf/train.yaml."""
+    prefix = f"{cfg.model.name}-{cfg.data.name}-"
+    if cfg.resume not in (None, "auto"):
+        return os.path.dirname(os.path.abspath(cfg.resume)), cfg.resume
+    if cfg.run_name:
+        run_dir = os.path.join(cfg.output_dir, cfg.run_name)
+        last = os.path.join(run_dir, "last.pt")
+        if os.path.isfile(last):
+            if cfg.resume == "auto":
+                return run_dir, last
+            raise ConfigError(f"{run_dir} already holds a run (last.pt); pass resume=auto to continue it "
+                              f"or choose another run_name")
+        return run_dir, None
+    if cfg.resume == "auto" and os.path.isdir(cfg.output_dir):
+        candidates = [os.path.join(cfg.output_dir, d, "last.pt") for d in os.listdir(cfg.output_dir)
+                      if d.startswith(prefix)]
+        candidates = [c for c in candidates if os.path.isfile(c)]
+        if candidates:
+            last = max(candidates, key=os.path.getmtime)
+            return os.path.dirname(last), last
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = os.path.join(cfg.output_dir, prefix + stamp)
+    suffix = 1
+    while os.path.exists(run_dir):
+        run_dir = os.path.join(cfg.output_dir, f"{prefix}{stamp}-{suffix}")
+        suffix += 1
+    return run_dir, None
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run the job described by a composed train config; returns the final summary."""
+    trainer = Trainer(cfg)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()

@@ -1,0 +1,31 @@
+"""Train a model (Hydra config in conf/train.yaml), then convert the best checkpoint and evaluate both forms.
+
+  python train.py                                   # RMNet-26x3_32 on the embedded synthetic data
+  python train.py experiment=cifar10_rmnet26x3_32   # paper CIFAR recipe (needs CIFAR-10 in data.root)
+  torchrun --nproc_per_node=8 train.py experiment=imagenet_repvgg model=rmnet50x6_32
+  python train.py --help                            # groups, options and every setting
+
+Every override is checked before any work: a misspelt key or option fails with the valid choices.
+"""
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from engine.config import ConfigError, check_overrides
+from engine.trainer import train
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    # Hydra's own flags (--help, --cfg, -m, ...) go straight to Hydra.
+    if not any(arg.startswith("-") for arg in sys.argv[1:]):
+        try:
+            check_overrides(sys.argv[1:])
+        except ConfigError as e:
+            sys.exit(f"error: {e}")
+    main()
