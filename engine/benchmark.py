@@ -92,6 +92,8 @@ def resolve_settings(cfg: DictConfig) -> Settings:
     if export and "plain" not in forms:
         raise ValueError("export writes the plain model: add `plain` to forms")
     compile_mode = {False: None, True: "default"}.get(cfg.compile, cfg.compile)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
 
     on_cpu = torch.device(device).type == "cpu"
     defaults = CPU_DEFAULTS if on_cpu else PROTOCOL
@@ -148,7 +150,7 @@ def resolve_models(cfg: DictConfig) -> tuple[list[dict[str, Any]], DictConfig]:
     for name in names:
         stem = cfg.stem or models.model_stems(name)[0]  # raises UnknownModelError with suggestions
         specs.append({"name": name, "stem": stem, "num_classes": int(cfg.num_classes or 1000),
-                      **OmegaConf.to_container(cfg.model_kwargs or {})})
+                      **(OmegaConf.to_container(cfg.model_kwargs) if cfg.model_kwargs else {})})
     return specs, cfg
 
 
