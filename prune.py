@@ -1,0 +1,45 @@
+"""Network slimming through RM (paper §3.4, §4.4), with the Hydra configs and the trainer of train.py.
+
+  python prune.py                                  # sparse-train resnet20 (sr 1e-4), prune at 5e-3 both ways
+  python prune.py prune.sr=5e-4 prune.threshold=1e-3 data=cifar10
+  python prune.py prune.ratio=0.5                  # global ratio instead of a threshold
+  python prune.py prune.eval=PATH                  # evaluate a pruned model (or any checkpoint)
+  python prune.py prune.finetune=PATH              # fine-tune a pruned model file, then evaluate it
+  python prune.py -m prune.sr=1e-4,5e-4,1e-3 prune.threshold=5e-4,1e-3,5e-3   # Figure 6 sweep
+  python -m prune.figure checkpoints               # (re)draw Figure 6 from the runs' reports
+  python prune.py --help                           # every setting (conf/prune.yaml + conf/train.yaml)
+
+The mirror of the authors' `train_pruning.py --sr S --threshold T` / `--eval CKPT` / `--finetune CKPT`.
+Every override is checked before any work, as in train.py. After a full run the Figure 6 plot under
+output_dir is redrawn from every report there.
+"""
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from engine.config import ConfigError, check_overrides
+from prune import pipeline
+from prune.figure import draw_figure6
+
+
+@hydra.main(config_path="conf", config_name="prune", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if cfg.prune.eval:
+        pipeline.evaluate_file(cfg, cfg.prune.eval)
+    elif cfg.prune.finetune:
+        pipeline.finetune_file(cfg, cfg.prune.finetune)
+    else:
+        pipeline.run(cfg)
+        draw_figure6(cfg.output_dir)
+
+
+if __name__ == "__main__":
+    if not any(arg.startswith("-") for arg in sys.argv[1:]):
+        try:
+            check_overrides(sys.argv[1:], config_name="prune")
+        except ConfigError as e:
+            sys.exit(f"error: {e}")
+    main()
