@@ -100,3 +100,29 @@ def test_bounded_batches_and_errors():
     fused = rm.convert(models.create_model("resnet20", num_classes=10, stem="cifar").eval())
     with pytest.raises(ValueError, match="fuse_bn=False"):
         recalibrate_identity_bn(fused, data, progress=False)
+
+
+def test_recalibrate_script_writes_an_equivalent_artifact(tmp_path, monkeypatch):
+    """scripts/recalibrate_bn.py: checkpoint + training data in, verified keep-BN deploy artifact out."""
+    from engine.checkpoint import save_checkpoint
+    from scripts import recalibrate_bn
+
+    small = recalibrate_bn.load_data_config("synthetic", None)
+    small.train_size = 64  # the embedded dataset, generated small to keep the test fast
+    monkeypatch.setattr(recalibrate_bn, "load_data_config", lambda name, root: small)
+
+    model = randomize_bn(models.create_model("resnet20", num_classes=10, stem="cifar"))
+    ckpt, out = tmp_path / "best.pt", tmp_path / "bn.pt"
+    save_checkpoint(str(ckpt), model=model.state_dict(), model_cfg=dict(model.rmnet_cfg))
+    argv = ["--checkpoint", str(ckpt), "--data", "synthetic", "--out", str(out), "--batches", "2",
+            "--batch-size", "8", "--workers", "0"]
+    assert recalibrate_bn.main(argv) == 0
+    plain, meta = rm.load_deploy(str(out))
+    assert meta["fuse_bn"] is False and meta["recalibrated_channels"] > 0
+    assert any(isinstance(m, nn.BatchNorm2d) and (m.running_var != 1).any() and identity_channels(m).any()
+               for m in plain)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(plain(x), model(x), rtol=1e-4, atol=1e-4)
+    monkeypatch.undo()
+    with pytest.raises(SystemExit, match="choose one of"):
+        recalibrate_bn.load_data_config("nope", None)
