@@ -39,7 +39,13 @@ def main(argv=None) -> int:
                 os.makedirs(CONF_DIR, exist_ok=True)
                 with open(path, "w") as f:
                     f.write(text)
-    verb = "stale or missing" if args.check else "written"
+    names = set(models.list_models())
+    for file in sorted(os.listdir(CONF_DIR)) if os.path.isdir(CONF_DIR) else []:
+        if file.endswith(".yaml") and file[:-5] not in names:   # the model was renamed or removed
+            stale.append(os.path.join(CONF_DIR, file))
+            if not args.check:
+                os.remove(stale[-1])
+    verb = "stale or missing" if args.check else "written or removed"
     print(f"{len(stale)} model config(s) {verb}" + "".join(f"\n  {p}" for p in stale))
     return 1 if args.check and stale else 0
 

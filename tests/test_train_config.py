@@ -1,0 +1,60 @@
+"""Hydra configs: a config per registered model, strict override checks, experiments compose."""
+import os
+
+import pytest
+from hydra.errors import MissingConfigException
+
+import models
+from engine.build import build_model
+from engine.config import CONF_DIR, ConfigError, check_overrides, check_values
+
+
+def test_every_registered_model_has_a_config():
+    missing = [n for n in models.list_models() if not os.path.isfile(os.path.join(CONF_DIR, "model", f"{n}.yaml"))]
+    assert not missing, f"run scripts/gen_model_configs.py; no conf/model file for {missing}"
+    for name in ("rmnet50x6_32", "resnet20", "repvgg_b1"):
+        assert check_overrides([f"model={name}"]).model.name == name
+
+
+@pytest.mark.parametrize("override, words", [
+    ("epoch=3", ["'epochs'", "batch_size"]),
+    ("optim.lrr=0.1", ["'optim.lr'", "momentum"]),
+    ("data.augment.crops=pad", ["'data.augment.crop'"]),
+    ("+foo=1", ["model.kwargs", "hooks"]),
+    ("~epochs", ["cannot be deleted"]),
+])
+def test_bad_keys_fail_with_the_valid_choices(override, words):
+    with pytest.raises(ConfigError) as e:
+        check_overrides([override])
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_unknown_group_option_lists_options():
+    with pytest.raises(MissingConfigException) as e:
+        check_overrides(["model=rmnet26x3_3"])
+    assert "rmnet26x3_32" in str(e.value)
+
+
+def test_free_form_keys_and_values():
+    cfg = check_overrides(["+model.kwargs.zero_init_residual=true", "+hooks.bn_l1.sr=1e-4"])
+    assert cfg.model.kwargs.zero_init_residual and cfg.hooks.bn_l1.sr == 1e-4
+    with pytest.raises(ConfigError, match="bf16"):
+        check_values(check_overrides(["amp=fp32"]))
+    with pytest.raises(ConfigError, match="ckpt:PATH"):
+        check_values(check_overrides(["model.init=weights.pt"]))
+
+
+@pytest.mark.parametrize("experiment", sorted(f[:-5] for f in os.listdir(os.path.join(CONF_DIR, "experiment"))))
+def test_experiments_compose_and_validate(experiment):
+    check_values(check_overrides([f"experiment={experiment}"]))
+
+
+def test_data_config_decides_stem_and_classes():
+    cfg = check_overrides(["model=resnet18", "data=cifar100"])
+    model = build_model(cfg.model, cfg.data)
+    assert model.rmnet_cfg["stem"] == "cifar" and model.fc.out_features == 100
+    assert model.conv1.stride == (1, 1)   # the CIFAR stem
+    cfg = check_overrides(["model=resnet20", "data=imagenet"])
+    with pytest.raises(ValueError, match="no 'imagenet' stem"):
+        build_model(cfg.model, cfg.data)
