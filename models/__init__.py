@@ -1,5 +1,5 @@
 """Residual (training-time) model families and their registry."""
-from . import repvgg, repvgg_resnet, resnet, rmnet  # noqa: F401  (importing registers the models)
+from . import mobilenet, preact_resnet, repvgg, repvgg_resnet, resnet, rmnet  # noqa: F401  (importing registers the models)
 from .registry import (
     INPUT_SIZE,
     STEMS,

@@ -3,7 +3,8 @@
 State-dict keys equal torchvision's (`conv1`, `bn1`, `layerN.i.convK`, `downsample.0/1`, `fc`), so
 torchvision checkpoints load unchanged, and the converter's torchvision block rules cover these
 models too. The CIFAR stem is a stride-1 3x3 conv without max-pool; CIFAR ResNet-20..110 have three
-stages 16/32/64 wide (He et al. 2016) with 1x1-conv projection shortcuts.
+stages 16/32/64 wide (He et al. 2016) with 1x1-conv projection shortcuts. `se_resnet*` add
+Squeeze-and-Excitation after the block's (last) 3x3 activation (`models.layers.SEModule`).
 """
 from __future__ import annotations
 
@@ -13,9 +14,39 @@ import torch
 import torch.nn as nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from .layers import SEModule
 from .registry import register_model
 
 Block = Type[Union[BasicBlock, Bottleneck]]
+
+
+class SEBasicBlock(BasicBlock):
+    """torchvision's basic block with SE after the first 3x3's ReLU."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.se = SEModule(self.conv1.out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.se(self.relu(self.bn1(self.conv1(x))))
+        out = self.bn2(self.conv2(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + shortcut)
+
+
+class SEBottleneck(Bottleneck):
+    """torchvision's bottleneck with SE after the 3x3's ReLU."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.se = SEModule(self.conv2.out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.se(self.relu(self.bn2(self.conv2(out))))
+        out = self.bn3(self.conv3(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + shortcut)
 
 
 class ResNet(nn.Module):
@@ -81,6 +112,14 @@ def resnet152(**kw): return ResNet(Bottleneck, [3, 8, 36, 3], **kw)
 def resnext50_32x4d(**kw): return ResNet(Bottleneck, [3, 4, 6, 3], groups=32, width_per_group=4, **kw)
 @register_model
 def resnext101_32x8d(**kw): return ResNet(Bottleneck, [3, 4, 23, 3], groups=32, width_per_group=8, **kw)
+@register_model
+def se_resnet18(**kw): return ResNet(SEBasicBlock, [2, 2, 2, 2], **kw)
+@register_model
+def se_resnet34(**kw): return ResNet(SEBasicBlock, [3, 4, 6, 3], **kw)
+@register_model
+def se_resnet50(**kw): return ResNet(SEBottleneck, [3, 4, 6, 3], **kw)
+@register_model
+def se_resnet101(**kw): return ResNet(SEBottleneck, [3, 4, 23, 3], **kw)
 
 
 def _cifar_resnet(depth: int, **kw) -> ResNet:

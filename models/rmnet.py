@@ -4,6 +4,7 @@
 (r - 1) x out middle channels, so the converted block, which adds the reserved input channels, is
 r x out wide in stride-1 blocks); C = channels per group of the grouped 3x3 in stage 1, doubled
 every stage. Attribute names follow the authors' code (`layer0`, `convK`/`bnK`, `downsample`).
+`rmnet..._se` adds Squeeze-and-Excitation after the grouped 3x3 (`models.layers.SEModule`).
 """
 from __future__ import annotations
 
@@ -12,15 +13,17 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from .layers import SEModule
 from .registry import register_model
 from .repvgg import RepVGGBlock
 
 
 class RMBlock(nn.Module):
     """1x1 -> grouped 3x3 (carries the stride) -> 1x1, BN after each, ReLU after the first two and
-    after the addition; the shortcut is identity or 1x1 conv + BN."""
+    after the addition; the shortcut is identity or 1x1 conv + BN. With `se`, an SE module follows
+    the 3x3's ReLU."""
 
-    def __init__(self, cin: int, cout: int, stride: int, ratio: int, group_width: int):
+    def __init__(self, cin: int, cout: int, stride: int, ratio: int, group_width: int, se: bool = False):
         super().__init__()
         mid = (ratio - 1) * cout
         if mid % group_width:
@@ -32,6 +35,7 @@ class RMBlock(nn.Module):
         self.conv3 = nn.Conv2d(mid, cout, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True)
+        self.se = SEModule(mid) if se else None
         self.downsample = None
         if stride != 1 or cin != cout:
             self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
@@ -39,6 +43,8 @@ class RMBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
+        if self.se is not None:
+            out = self.se(out)
         out = self.bn3(self.conv3(out))
         shortcut = x if self.downsample is None else self.downsample(x)
         return self.relu(out + shortcut)
@@ -46,7 +52,7 @@ class RMBlock(nn.Module):
 
 class RMNet(nn.Module):
     def __init__(self, blocks: Sequence[int], ratio: int, group_width: int, num_classes: int = 1000,
-                 stem: str = "imagenet", widths: Sequence[int] = (64, 128, 256, 512)):
+                 stem: str = "imagenet", widths: Sequence[int] = (64, 128, 256, 512), se: bool = False):
         super().__init__()
         if stem == "cifar":
             self.layer0 = nn.Sequential(RepVGGBlock(3, widths[0], 1))
@@ -57,7 +63,7 @@ class RMNet(nn.Module):
             gw = group_width * 2 ** i
             stage = []
             for j in range(n):
-                stage.append(RMBlock(cin, w, 2 if (j == 0 and i > 0) else 1, ratio, gw))
+                stage.append(RMBlock(cin, w, 2 if (j == 0 and i > 0) else 1, ratio, gw, se))
                 cin = w
             setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
         self.num_stages = len(blocks)
@@ -88,3 +94,19 @@ def rmnet50x6_32(**kw): return RMNet([3, 4, 6, 3], 6, 32, **kw)
 def rmnet101x6_16(**kw): return RMNet([3, 4, 23, 3], 6, 16, **kw)
 @register_model
 def rmnet152x6_32(**kw): return RMNet([3, 8, 36, 3], 6, 32, **kw)
+
+
+@register_model
+def rmnet26x3_32_se(**kw): return RMNet([2, 2, 2, 2], 3, 32, se=True, **kw)
+@register_model
+def rmnet41x4_8_se(**kw): return RMNet([2, 3, 5, 3], 4, 8, se=True, **kw)
+@register_model
+def rmnet41x5_16_se(**kw): return RMNet([2, 3, 5, 3], 5, 16, se=True, **kw)
+@register_model
+def rmnet50x5_32_se(**kw): return RMNet([3, 4, 6, 3], 5, 32, se=True, **kw)
+@register_model
+def rmnet50x6_32_se(**kw): return RMNet([3, 4, 6, 3], 6, 32, se=True, **kw)
+@register_model
+def rmnet101x6_16_se(**kw): return RMNet([3, 4, 23, 3], 6, 16, se=True, **kw)
+@register_model
+def rmnet152x6_32_se(**kw): return RMNet([3, 8, 36, 3], 6, 32, se=True, **kw)

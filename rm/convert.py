@@ -4,7 +4,8 @@ Converters are registered per module type (`@register_converter(Type, ...)`): ea
 module into a list of items, which are `ConvLayer`s (the IR) or plain modules (pooling, Flatten,
 Linear, ReLU). The walker tracks whether the tensor between modules is known to be non-negative,
 which decides whether reserved channels can ride through a ReLU or need PReLU with slope 1.
-A peephole folds BatchNorm2d/ReLU/PReLU modules that follow a conv into its `ConvLayer`.
+A peephole folds BatchNorm2d/ReLU/PReLU modules (and `PreActivation` markers) that follow a conv
+into its `ConvLayer`; a last pass composes convs that have no activation between them (eq. 4).
 """
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import skip_init
 
-from .layer import BNParams, ConvLayer, relu_slopes
+from .layer import BNParams, ConvLayer, PreActivation, relu_slopes
 from .ops import ConversionError
-from .rules import SCHEMES
+from .rules import SCHEMES, compose, split_output
 
-Item = Union[ConvLayer, nn.Module]
+Item = Union[ConvLayer, PreActivation, nn.Module]
 Converter = Callable[[nn.Module, "Context"], list[Item]]
 
 _CONVERTERS: dict[type, Converter] = {}
@@ -112,6 +113,12 @@ def _nonneg_after(items: list[Item], before: bool) -> bool:
 
 def _append(items: list[Item], item: Item, ctx: Context) -> None:
     last = items[-1] if items else None
+    if isinstance(item, PreActivation):
+        if isinstance(last, ConvLayer) and last.act is None:
+            items[-1] = split_output(last, item.bn, item.keep_raw)
+        else:  # first block of a container: the enclosing container's walk applies it
+            items.append(item)
+        return
     if isinstance(last, ConvLayer) and last.act is None:
         if isinstance(item, nn.BatchNorm2d) and last.bn is None:
             items[-1] = replace(last, bn=BNParams.from_module(item))
@@ -149,15 +156,33 @@ def convert(model: nn.Module, fuse_bn: bool = True, downsample: str = "reserve_i
     # New tensors (Dirac kernels, zero blocks) are made on the model's device: conversion runs on
     # a GPU for GPU models, and on the meta device for shape-only analysis of huge models.
     with torch.no_grad(), torch.device(device):
-        items = ctx.convert(model, type(model).__name__)
+        items = fuse_linear(ctx.convert(model, type(model).__name__))
         plain = emit(items, fuse_bn).to(dtype=dtype)
     plain.eval()
     return plain
 
 
+def fuse_linear(items: list[Item]) -> list[Item]:
+    """Compose each conv without activation with the conv after it where that is exact (paper
+    eq. 4: after RM, an inverted residual block's linear 1x1 and the next block's expanding 1x1)."""
+    out: list[Item] = []
+    for item in items:
+        last = out[-1] if out else None
+        if isinstance(item, ConvLayer) and isinstance(last, ConvLayer) and last.act is None:
+            fused = compose(last, item)
+            if fused is not None:
+                out[-1] = fused
+                continue
+        out.append(item)
+    return out
+
+
 def emit(items: list[Item], fuse_bn: bool) -> nn.Sequential:
     modules: list[nn.Module] = []
     for item in items:
+        if isinstance(item, PreActivation):
+            raise ConversionError("a pre-activation block does not follow a conv without activation, "
+                                  "so its BatchNorm and ReLU have no conv to fold into")
         if isinstance(item, ConvLayer):
             modules += _emit_conv(item, fuse_bn)
         else:

@@ -2,7 +2,8 @@
 
 The file holds only dicts, lists, strings, numbers and tensors, so `torch.load(weights_only=True)`
 reads it and `load_deploy` rebuilds the chain from torch.nn modules alone: no class of this project
-is needed to run a deployed model.
+is needed to run a deployed model. The one exception is `SqueezeExcite`, defined here so that this
+file stays self-contained: a plain chain of an SE model needs a gate that only some channels pass.
 """
 from __future__ import annotations
 
@@ -16,6 +17,32 @@ from engine.checkpoint import atomic_save, load_file
 FORMAT = "rmnet-deploy"
 VERSION = 1
 
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-Excitation on the first `gated` of `channels` channels; the others pass unchanged.
+
+    In a converted SE block those others are the RM-reserved channels: they carry the block input
+    to the merging conv and must not be scaled by the gate, nor take part in its average.
+    """
+
+    def __init__(self, channels: int, reduced: int, gated: int | None = None):
+        super().__init__()
+        gated = channels if gated is None else gated
+        if not 0 < gated <= channels:
+            raise ValueError(f"gated must be in [1, {channels}], got {gated}")
+        self.channels, self.reduced, self.gated = channels, reduced, gated
+        self.fc1 = nn.Conv2d(gated, reduced, 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(reduced, gated, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = x[:, : self.gated]
+        scale = torch.sigmoid(self.fc2(self.relu(self.fc1(g.mean((2, 3), keepdim=True)))))
+        if self.gated == self.channels:
+            return x * scale
+        return torch.cat([g * scale, x[:, self.gated:]], dim=1)
+
+
 _SPEC_FIELDS: dict[type, tuple[str, ...]] = {
     nn.Conv2d: ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups"),
     nn.BatchNorm2d: ("num_features", "eps", "momentum"),
@@ -27,6 +54,7 @@ _SPEC_FIELDS: dict[type, tuple[str, ...]] = {
     nn.AdaptiveMaxPool2d: ("output_size",),
     nn.Flatten: ("start_dim", "end_dim"),
     nn.Linear: ("in_features", "out_features"),
+    SqueezeExcite: ("channels", "reduced", "gated"),
 }
 _BY_NAME = {cls.__name__: cls for cls in _SPEC_FIELDS}
 

@@ -129,3 +129,16 @@ def relu_slopes(channels: int) -> torch.Tensor:
 
 def identity_slopes(channels: int) -> torch.Tensor:
     return torch.ones(channels, dtype=torch.float64, device="cpu")
+
+
+@dataclass
+class PreActivation:
+    """ReLU(bn(x)) in front of a pre-activation block, applied to the preceding linear conv.
+
+    A block emits this marker first; the walker hands it to the nearest preceding conv, even one
+    in an enclosing container. keep_raw: that conv must also output x itself (identity
+    activation), for an identity shortcut that reads x before the BN and ReLU.
+    """
+
+    bn: BNParams
+    keep_raw: bool

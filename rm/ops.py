@@ -50,14 +50,14 @@ def embed_kernel(weight: torch.Tensor, kernel: Pair, center: Pair) -> torch.Tens
     return out
 
 
-def dirac(channels: int, kernel: Pair, center: Pair, group_size: int = 1, in_offset: int = 0,
+def dirac(channels: int, kernel: Pair, center: Pair, group_size: int | None = None, in_offset: int = 0,
           in_channels: int | None = None) -> torch.Tensor:
     """Kernel whose output channel i copies input channel in_offset + i (paper eq. 1).
 
-    With group_size > 1 the kernel is laid out for a grouped conv whose groups are group_size wide;
-    otherwise it is dense over `in_channels` (default: channels + in_offset) inputs.
+    With a group_size the kernel is laid out for a grouped conv whose groups are group_size wide
+    (1: depthwise); otherwise it is dense over `in_channels` (default: channels + in_offset) inputs.
     """
-    if group_size > 1:
+    if group_size is not None:
         w = torch.zeros(channels, group_size, *kernel, dtype=torch.float64)
         idx = torch.arange(channels)
         w[idx, idx % group_size, center[0], center[1]] = 1.0

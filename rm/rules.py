@@ -147,3 +147,50 @@ def fuse_branches(branches: list[ConvLayer], identity: BNParams | None = None,
         weight += ident * scale.view(-1, 1, 1, 1)
         bias += shift
     return ConvLayer(weight, bias, big.stride, big.padding, big.dilation, big.groups)
+
+
+def compose(first: ConvLayer, second: ConvLayer) -> ConvLayer | None:
+    """One conv equal to `second(first(x))` for a `first` without activation (paper eq. 4), or None
+    when no single conv is exactly equal.
+
+    Only dense convs are composed: folding a grouped conv into a dense one multiplies its cost.
+    `second` pointwise: the result has `first`'s geometry. `first` pointwise: the result has
+    `second`'s geometry, exact only if `second` does not zero-pad `first`'s biased output (a padded
+    pixel is 0, while the composed conv would see `first`'s bias there).
+    """
+    if first.act is not None:
+        raise ValueError("only a layer without activation can be composed with the next one")
+    if first.groups != 1 or second.groups != 1:
+        return None
+    w1, b1 = first.fused()
+    w2 = second.weight
+    pointwise = second.kernel == (1, 1) and second.stride == (1, 1) and second.padding == (0, 0)
+    if pointwise:
+        weight = torch.einsum("om,mikl->oikl", w2[:, :, 0, 0], w1)
+        return replace(first, weight=weight, bias=second.bias + w2[:, :, 0, 0] @ b1, bn=second.bn,
+                       act=second.act)
+    if first.kernel == (1, 1) and first.stride == (1, 1) and first.padding == (0, 0):
+        if second.padding != (0, 0) and bool(b1.ne(0).any()):
+            return None
+        weight = torch.einsum("omkl,mi->oikl", w2, w1[:, :, 0, 0])
+        return replace(second, weight=weight, bias=second.bias + w2.sum((2, 3)) @ b1)
+    return None
+
+
+def split_output(layer: ConvLayer, bn: BNParams, keep_raw: bool) -> ConvLayer:
+    """Give a linear `layer` the pre-activation ReLU(bn(.)) of the next (pre-activation) block.
+
+    keep_raw: also output the raw result (identity activation) after the activated copy, for a
+    block whose identity shortcut reads the signed tensor before its BN and ReLU.
+    """
+    if layer.act is not None:
+        raise ConversionError("a pre-activation BN must follow a conv without activation")
+    if layer.bn is not None:
+        layer = layer.fold_bn()  # two BNs in a row: the first folds into the weights
+    c = layer.out_channels
+    if not keep_raw:
+        return replace(layer, bn=bn, act=relu_slopes(c))
+    weight = to_dense(layer.weight, layer.groups)
+    return replace(layer, weight=torch.cat([weight, weight]), bias=torch.cat([layer.bias, layer.bias]),
+                   groups=1, bn=bn.cat(BNParams.identity(c, bn.eps)),
+                   act=torch.cat([relu_slopes(c), identity_slopes(c)]))

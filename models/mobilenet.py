@@ -1,0 +1,117 @@
+"""MobileNetV1 (Howard et al. 2017) and an RM-able MobileNetV2 whose conversion *is* MobileNetV1
+(paper §3.3, Table 2).
+
+Both are built from MobileNetV1's layer list: a 3x3 stem 32 wide, then 13 depthwise-3x3 /
+pointwise-1x1 pairs whose pointwise widths are 64, 128, 128, 256, 256, 512 x 6, 1024, 1024.
+
+`mobilenetv2_rm(ratio=r)` has one inverted residual block per pair: pointwise expand -> depthwise
+3x3 -> pointwise linear, BN after each, identity shortcut where the stride is 1 and the widths
+match. Its linear bottleneck is 1/r of the pair's pointwise width; where the block has a shortcut
+its expand width is the depthwise width minus the bottleneck, so that RM (which reserves the
+bottleneck in extra channels) restores MobileNetV1's depthwise width exactly, and the composition
+of one block's linear 1x1 with the next block's expand 1x1 (eq. 4) is MobileNetV1's pointwise conv.
+
+Activations are ReLU, not MobileNetV2's ReLU6, so the conversion is exact: the converter gives the
+reserved (signed) channels an identity activation, and a clamp at 6 on the other channels would
+need a module outside the plain chain (docs/ARCHITECTURE.md).
+Both models are `nn.Sequential`s, so the RM walker converts them without a model-level rule.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn as nn
+
+from .registry import register_model
+
+STEM_WIDTH = 32
+# (pointwise width, depthwise stride) of MobileNetV1's 13 separable pairs.
+V1_PAIRS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1),
+            (512, 1), (512, 1), (1024, 2), (1024, 1))
+
+
+def conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+def _stem(stem: str) -> nn.Sequential:
+    return conv_bn_relu(3, STEM_WIDTH, 3, 1 if stem == "cifar" else 2)
+
+
+def _head(width: int, num_classes: int) -> list[tuple[str, nn.Module]]:
+    return [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten(1)), ("fc", nn.Linear(width, num_classes))]
+
+
+class MobileNetV1(nn.Sequential):
+    def __init__(self, num_classes: int = 1000, stem: str = "imagenet"):
+        layers, cin = [("stem", _stem(stem))], STEM_WIDTH
+        for i, (cout, stride) in enumerate(V1_PAIRS):
+            layers.append((f"dw{i + 1}", conv_bn_relu(cin, cin, 3, stride, groups=cin)))
+            layers.append((f"pw{i + 1}", conv_bn_relu(cin, cout, 1)))
+            cin = cout
+        super().__init__(OrderedDict(layers + _head(cin, num_classes)))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
+class InvertedResidual(nn.Module):
+    """[1x1 expand + BN + ReLU] -> depthwise 3x3 + BN + ReLU -> 1x1 linear + BN (+ x)."""
+
+    def __init__(self, cin: int, hidden: int, cout: int, stride: int, expand: bool = True,
+                 shortcut: bool = True):
+        super().__init__()
+        if not expand and hidden != cin:
+            raise ValueError(f"a block without expand conv has hidden width = input width ({cin}), got {hidden}")
+        self.use_shortcut = shortcut and stride == 1 and cin == cout
+        if expand:
+            self.conv1 = nn.Conv2d(cin, hidden, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(hidden)
+        self.conv2 = nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False)
+        self.bn2 = nn.BatchNorm2d(hidden)
+        self.conv3 = nn.Conv2d(hidden, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+
+    @property
+    def expand(self) -> bool:
+        return hasattr(self, "conv1")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x))) if self.expand else x
+        out = self.bn3(self.conv3(self.relu(self.bn2(self.conv2(out)))))
+        return out + x if self.use_shortcut else out
+
+
+class MobileNetV2RM(nn.Sequential):
+    """The MobileNetV2 whose RM conversion is MobileNetV1 (module docstring); `ratio` >= 2."""
+
+    def __init__(self, num_classes: int = 1000, stem: str = "imagenet", ratio: int = 4):
+        if ratio < 2 or any(width % ratio for width, _ in V1_PAIRS):
+            raise ValueError(f"ratio must be >= 2 and divide every pointwise width {sorted({w for w, _ in V1_PAIRS})}, "
+                             f"got {ratio}")
+        layers, cin = [("stem", _stem(stem))], STEM_WIDTH
+        depthwise = STEM_WIDTH  # MobileNetV1's depthwise width of the current pair
+        for i, (pointwise, stride) in enumerate(V1_PAIRS):
+            cout = pointwise // ratio
+            if i == 0:  # the stem is the first "expand": the first block starts with its depthwise,
+                # and has no shortcut, which would widen MobileNetV1's first depthwise conv
+                block = InvertedResidual(cin, cin, cout, stride, expand=False, shortcut=False)
+            else:
+                shortcut = stride == 1 and cin == cout
+                block = InvertedResidual(cin, depthwise - cin if shortcut else depthwise, cout, stride)
+            layers.append((f"block{i + 1}", block))
+            cin, depthwise = cout, pointwise
+        layers.append(("last", conv_bn_relu(cin, depthwise, 1)))
+        super().__init__(OrderedDict(layers + _head(depthwise, num_classes)))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
+@register_model
+def mobilenetv1(**kw): return MobileNetV1(**kw)
+@register_model
+def mobilenetv2_rm(**kw): return MobileNetV2RM(**kw)
