@@ -6,6 +6,7 @@ from typing import Iterable
 
 from .static import DOCUMENTED, MATCH, MISMATCH, MISSING, RowResult
 
+_SCALE = {"M": 1e6, "G": 1e9}
 _MEASURED = {"top1": "Top-1 (%)", "top5": "Top-5 (%)", "img/s": "img/s"}
 NOT_MEASURED = "not yet measured"
 
@@ -54,7 +55,8 @@ def _notes(results: list[RowResult]) -> list[str]:
     notes = []
     for r in results:
         if r.status == DOCUMENTED:
-            forms = "; ".join(f"{form} form {c.params / 1e6:.2f} M / {c.flops / 1e9:.2f} G"
+            unit = next((c.unit for c in r.row.checks if c.column == "flops"), "G")
+            forms = "; ".join(f"{form} form {c.params / 1e6:.2f} M params / {c.flops / _SCALE[unit]:.2f} {unit}FLOPs"
                               for form, c in r.forms.items())
             notes.append(f"- {r.row.label}, {r.row.dataset}: {r.row.note}. Ours: {forms}.")
         elif r.status in (MISMATCH, MISSING):

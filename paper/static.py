@@ -22,7 +22,7 @@ import models
 import rm
 from models.complexity import count_params, paper_flops
 
-from .printed import DEPLOY, TRAIN, Row
+from .printed import DEPLOY, DEPLOY_BN, TRAIN, Row
 
 REL_TOL = 5e-3
 MATCH, DOCUMENTED, MISMATCH, NO_MODEL = "match", "documented", "MISMATCH", "no model"
@@ -83,7 +83,7 @@ def count_forms(row: Row, forms: Iterable[str]) -> dict[str, Counts]:
     model = build(row)
     out = {}
     for form in forms:
-        net = model if form == TRAIN else rm.convert(model)
+        net = model if form == TRAIN else rm.convert(model, fuse_bn=form != DEPLOY_BN)
         out[form] = Counts(count_params(net), paper_flops(net, size))
     return out
 
@@ -95,7 +95,7 @@ def check_row(row: Row) -> RowResult:
         return RowResult(row, MISSING, reason=f"model {row.model!r} is not registered; "
                                               "`python -m models` lists the registered ones")
     # Documented rows show both forms, so the report says what each form gives.
-    forms = (TRAIN, DEPLOY) if row.documented else sorted({c.form for c in row.checks})
+    forms = dict.fromkeys([c.form for c in row.checks] + ([TRAIN, DEPLOY] if row.documented else []))
     result = RowResult(row, MATCH, count_forms(row, forms))
     for check in row.checks:
         counts = result.forms[check.form]
