@@ -31,7 +31,8 @@ def _swept_models(cfg):
 
 def test_every_table_has_its_recipes():
     for expected in ("table1_rmnet26x3_32_cifar10", "table1_resnet34_cifar100", "table1_rmnet152x6_32",
-                     "table3_repvgg_resnet34", "fig5_depth_cifar100", "depth_rmrepvgg133",
+                     "table2_mobilenetv2_rm_cifar10", "table2_mobilenetv1_cifar100", "table3_repvgg_resnet34",
+                     "fig5_depth_cifar100", "depth_rmrepvgg133",
                      "a3_finetune_resnet18_cifar10"):
         assert expected in EXPERIMENTS
 
