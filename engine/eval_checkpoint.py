@@ -1,0 +1,211 @@
+"""Evaluate a checkpoint in its residual and its converted plain form (`evaluate.py`).
+
+Accepted files:
+  * training checkpoints of this project (engine/checkpoint.py): the stored model settings and the
+    stored data config are used unless the command line overrides them;
+  * deploy artifacts (rm.save_deploy): plain form only, their metadata gives classes and stem;
+  * bare state dicts (and {"state_dict": ...} files) of a registry model: name it with model=NAME.
+
+A model/data mismatch (classes, stem) is an error before any data is read. Evaluation is the
+trainer's exact distributed loop (`engine.evaluate.evaluate` over `data.build_loader`'s disjoint
+shards): under torchrun every validation image is counted once.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+from omegaconf import DictConfig, OmegaConf
+
+import models
+import rm
+from data import build_loader
+from rm.deploy import FORMAT as DEPLOY_FORMAT
+
+from . import distributed as D
+from .checkpoint import TRAIN_FORMAT, CheckpointError, extract_state_dict, load_file, model_from_checkpoint
+from .environment import environment
+from .evaluate import evaluate
+
+SCHEMA = "rmnet-eval/1"
+FORMS = ("residual", "plain")
+
+
+@dataclass
+class Loaded:
+    """What a checkpoint file gave: the forms it can be evaluated in and the settings it carries."""
+    kind: str                                   # train | deploy | state_dict
+    residual: nn.Module | None
+    plain: nn.Module | None
+    model_cfg: dict[str, Any]                   # name, num_classes, stem, input_size (those known)
+    stored_data: dict[str, Any] | None = None   # the training run's data config
+    conversion: dict[str, Any] | None = None    # rm.verify_conversion report
+    notes: list[str] = field(default_factory=list)
+
+
+def load_checkpoint_forms(path: str, model_cfg: Any, data_cfg: Any | None, ema: bool = False) -> Loaded:
+    """Read `path` and rebuild the residual model it holds (or the plain one for deploy files).
+
+    `model_cfg` is the `model` section of conf/evaluate.yaml (`name`, `kwargs`); `data_cfg` is
+    needed only for files that do not record their classes and stem (bare state dicts).
+    """
+    blob = load_file(path)
+    name = model_cfg.get("name")
+    fmt = blob.get("format") if isinstance(blob, dict) else None
+    if fmt == DEPLOY_FORMAT:
+        plain, meta = rm.load_deploy(path)
+        cfg = {k: meta[k] for k in ("name", "num_classes", "stem", "input_size") if k in meta}
+        cfg.setdefault("num_classes", _classifier_width(plain))
+        _check_name(path, name, cfg.get("name"))
+        return Loaded("deploy", None, plain, cfg, conversion=meta.get("verify"),
+                      notes=["deploy artifact: plain form only"])
+    if fmt == TRAIN_FORMAT:
+        model = model_from_checkpoint(blob, path, ema=ema)
+        cfg = dict(model.rmnet_cfg)
+        _check_name(path, name, cfg.get("name"))
+        stored = (blob.get("config") or {}).get("data")
+        if cfg.get("plain"):
+            return Loaded("train", None, model, cfg, stored, notes=["training checkpoint of a plain model"])
+        return Loaded("train", model, None, cfg, stored)
+    if not name:
+        raise CheckpointError(f"{path} does not say which model it holds (no format={TRAIN_FORMAT!r} "
+                              f"or {DEPLOY_FORMAT!r} entry): pass model=NAME, e.g. model=resnet50")
+    if data_cfg is None:
+        raise CheckpointError(f"{path} records no classes or stem: pass data=<name> as well")
+    kwargs = OmegaConf.to_container(model_cfg.kwargs) if isinstance(model_cfg.get("kwargs"), DictConfig) \
+        else dict(model_cfg.get("kwargs") or {})
+    model = models.create_model(name, num_classes=int(data_cfg.num_classes), stem=data_cfg.stem, **kwargs)
+    try:
+        model.load_state_dict(extract_state_dict(blob, path))
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit {name} (stem={data_cfg.stem}, classes="
+                              f"{data_cfg.num_classes}): {e}") from None
+    return Loaded("state_dict", model.eval(), None, dict(model.rmnet_cfg))
+
+
+def _check_name(path: str, wanted: str | None, stored: str | None) -> None:
+    if wanted and stored and wanted != stored:
+        raise CheckpointError(f"{path} holds {stored}, not {wanted}: drop model=... to use the stored model")
+
+
+def _classifier_width(model: nn.Module) -> int:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise CheckpointError("the model has no Linear classifier, so its class count is unknown")
+    return linears[-1].out_features
+
+
+def resolve_data(cfg_data: Any, stored: dict[str, Any] | None, path: str) -> DictConfig:
+    """The data config to evaluate on: a data group chosen on the command line (`data=imagenet`)
+    as composed; otherwise the checkpoint's stored one with `+data.key=value` overrides on top."""
+    chosen = cfg_data if cfg_data is not None else OmegaConf.create({})
+    if "name" in chosen:
+        return chosen
+    if stored is None:
+        raise ValueError(f"{path} stores no data settings: pass data=<name> (synthetic, cifar10, cifar100, "
+                         f"imagenet) and data.root=... if the files are not in the default place")
+    return OmegaConf.merge(OmegaConf.create(stored), chosen)
+
+
+def check_compatible(loaded: Loaded, data: DictConfig, path: str) -> None:
+    """Classes and stem of the model must be those of the data; raises ValueError naming both."""
+    model_net = loaded.residual or loaded.plain
+    classes = loaded.model_cfg.get("num_classes") or _classifier_width(model_net)
+    if int(classes) != int(data.num_classes):
+        raise ValueError(f"{path} classifies {classes} classes but data {data.name!r} has {data.num_classes}: "
+                         f"evaluate on the dataset the model was trained for")
+    stem = loaded.model_cfg.get("stem")
+    if stem and stem != data.stem:
+        raise ValueError(f"{path} has the {stem!r} stem ({models.INPUT_SIZE[stem]}x{models.INPUT_SIZE[stem]} "
+                         f"input) but data {data.name!r} uses the {data.stem!r} stem: choose matching data")
+
+
+def add_plain_form(loaded: Loaded, input_size: int, downsample: str, check: bool = True) -> None:
+    """Convert the residual model (BN fused) and, when `check`, measure the conversion error."""
+    if loaded.residual is None:
+        return
+    kwargs = {"fuse_bn": True, "downsample": downsample}
+    loaded.plain = rm.convert(loaded.residual, **kwargs)
+    if check:
+        loaded.conversion = rm.verify_conversion(loaded.residual, input_size=input_size, **kwargs)
+
+
+def format_table(results: dict[str, dict[str, float]], conversion: dict | None) -> str:
+    lines = [f"{'form':9s} {'top-1':>7s} {'top-5':>7s} {'loss':>8s} {'img/s':>9s} {'images':>8s}"]
+    for form, r in results.items():
+        lines.append(f"{form:9s} {r['top1']:7.2f} {r['top5']:7.2f} {r['loss']:8.4f} {r['img_s']:9.1f} "
+                     f"{r['num_samples']:8d}")
+    if len(results) == 2:
+        lines.append(f"top-1 difference plain - residual: {results['plain']['top1'] - results['residual']['top1']:+.3f}")
+    for dtype, e in (conversion or {}).items():
+        lines.append(f"conversion error {dtype}: max abs {e['max_abs']:.3e}, max rel {e['max_rel']:.3e}")
+    return "\n".join(lines)
+
+
+def default_output(checkpoint: str, data_name: str) -> str:
+    return f"{os.path.splitext(checkpoint)[0]}.eval-{data_name}.json"
+
+
+def run(cfg: DictConfig) -> dict[str, Any] | None:
+    """Evaluate `cfg.checkpoint` (conf/evaluate.yaml); every rank runs it, rank 0 reports and
+    returns the report (None elsewhere)."""
+    device = D.setup(cfg.device)
+    try:
+        return _run(cfg, device)
+    finally:
+        D.cleanup()
+
+
+def _run(cfg: DictConfig, device: torch.device) -> dict[str, Any] | None:
+    path = cfg.checkpoint
+    forms = list(cfg.forms)
+    if not forms or set(forms) - set(FORMS):
+        raise ValueError(f"forms must be a non-empty subset of {list(FORMS)}, got {forms}")
+    chosen = cfg.get("data")
+    loaded = load_checkpoint_forms(path, cfg.model, chosen if chosen is not None and "name" in chosen else None,
+                                   ema=cfg.ema)
+    data = resolve_data(chosen, loaded.stored_data, path)
+    check_compatible(loaded, data, path)
+    if "plain" in forms:
+        add_plain_form(loaded, int(data.input_size), cfg.downsample, check=D.is_main())
+    nets = {"residual": loaded.residual, "plain": loaded.plain}
+    skipped = [f for f in forms if nets[f] is None]
+    forms = [f for f in forms if nets[f] is not None]
+    if not forms:
+        raise ValueError(f"{path} ({loaded.kind}) has no {' or '.join(skipped)} form to evaluate")
+
+    loader = build_loader(data, "val", batch_size=cfg.batch_size, workers=cfg.workers, train=False)
+    results = {}
+    for form in forms:
+        net = nets[form].to(device)
+        if cfg.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        results[form] = evaluate(net, loader, device, cfg.amp, cfg.channels_last, progress=cfg.progress,
+                                 desc=f"eval {form}")
+    if not D.is_main():
+        return None
+
+    notes = loaded.notes + [f"{f} form not available in a {loaded.kind} file" for f in skipped]
+    report = {
+        "schema": SCHEMA, "checkpoint": os.path.abspath(path), "kind": loaded.kind, "model": loaded.model_cfg,
+        "data": OmegaConf.to_container(data, resolve=True), "split": "val",
+        "settings": {"batch_size": cfg.batch_size, "amp": cfg.amp, "channels_last": cfg.channels_last,
+                     "ema": cfg.ema, "downsample": cfg.downsample, "world_size": D.world_size()},
+        "results": results, "conversion_error": loaded.conversion, "notes": notes,
+        "environment": environment(str(device)),
+    }
+    print(f"{path}: {loaded.model_cfg.get('name', 'plain model')} ({loaded.kind}) on {data.name} val, "
+          f"{D.world_size()} process(es)")
+    for note in notes:
+        print(f"note: {note}")
+    print(format_table(results, loaded.conversion))
+    out = cfg.out or default_output(path, data.name)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"wrote {out}")
+    return report

@@ -1,0 +1,119 @@
+"""evaluate.py: training checkpoints, deploy artifacts and bare state dicts on a tiny generated dataset."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import models
+import rm
+from engine.checkpoint import CheckpointError, atomic_save, save_checkpoint
+from engine.eval_checkpoint import SCHEMA, run
+from tests.conftest import randomize_bn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WIDTHS = [8, 8, 16, 16]
+# The synthetic set (data/synthetic.py) at 16x16; 37 images so that the last batch and the shards are uneven.
+DATA = {"name": "synthetic", "num_classes": 10, "stem": "cifar", "input_size": 16, "train_size": 16,
+        "val_size": 37, "seed": 0, "mean": [0.5] * 3, "std": [0.25] * 3,
+        "augment": {"crop": "pad", "pad": 4, "hflip": 0.5, "crop_pct": 1.0, "randaugment": None,
+                    "mixup": 0.0, "cutmix": 0.0}}
+COMMON = ["workers=0", "progress=false", "batch_size=16"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)   # see tests/test_benchmark.py: tiny models, shared cores
+
+
+@pytest.fixture(scope="module")
+def residual():
+    model = models.create_model("resnet18", num_classes=10, stem="cifar", widths=WIDTHS)
+    return randomize_bn(model, seed=5, gamma_scale=2.0)
+
+
+@pytest.fixture
+def train_ckpt(tmp_path, residual):
+    path = str(tmp_path / "best.pt")
+    save_checkpoint(path, model=residual.state_dict(), model_cfg=dict(residual.rmnet_cfg),
+                    config={"data": DATA, "model": {"name": "resnet18"}})
+    return path
+
+
+def _evaluate(*overrides: str):
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
+        return run(compose("evaluate", overrides=[*COMMON, *overrides]))
+
+
+def test_training_checkpoint_both_forms_agree(train_ckpt, tmp_path):
+    out = tmp_path / "report.json"
+    report = _evaluate(f"checkpoint={train_ckpt}", f"out={out}")
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert report["schema"] == SCHEMA and report["kind"] == "train"
+    assert report["data"]["val_size"] == 37   # the stored data config was used
+    res, plain = report["results"]["residual"], report["results"]["plain"]
+    assert res["num_samples"] == plain["num_samples"] == 37
+    assert (res["top1"], res["top5"]) == (plain["top1"], plain["top5"])
+    assert plain["loss"] == pytest.approx(res["loss"], rel=1e-5)
+    assert report["conversion_error"]["float32"]["max_rel"] < 1e-5
+    assert {"device", "torch", "command"} <= set(report["environment"])
+
+    # `+data.key=value` edits the stored config; the default output sits beside the checkpoint.
+    report = _evaluate(f"checkpoint={train_ckpt}", "+data.val_size=20", "forms=[residual]")
+    assert report["results"]["residual"]["num_samples"] == 20 and "plain" not in report["results"]
+    assert os.path.isfile(tmp_path / "best.eval-synthetic.json")
+
+
+def test_deploy_artifact_plain_only(residual, train_ckpt, tmp_path):
+    deploy = str(tmp_path / "deploy.pt")
+    rm.save_deploy(rm.convert(residual), deploy, meta=dict(residual.rmnet_cfg))
+    report = _evaluate(f"checkpoint={deploy}", "data=synthetic", "data.input_size=16", "data.val_size=37",
+                       f"out={tmp_path / 'd.json'}")
+    assert report["kind"] == "deploy" and list(report["results"]) == ["plain"]
+    assert any("plain form only" in n for n in report["notes"])
+    reference = _evaluate(f"checkpoint={train_ckpt}", "forms=[residual]", f"out={tmp_path / 'r.json'}")
+    ref, got = reference["results"]["residual"], report["results"]["plain"]
+    assert (got["top1"], got["top5"], got["num_samples"]) == (ref["top1"], ref["top5"], ref["num_samples"])
+    assert got["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+
+
+def test_bare_state_dict_needs_a_model_name(residual, tmp_path):
+    path = str(tmp_path / "weights.pth")
+    atomic_save({"state_dict": {f"module.{k}": v for k, v in residual.state_dict().items()}}, path)
+    data = ["data=synthetic", "data.input_size=16", "data.val_size=37"]
+    with pytest.raises(CheckpointError, match="pass model=NAME"):
+        _evaluate(f"checkpoint={path}", *data)
+    report = _evaluate(f"checkpoint={path}", "model=resnet18", f"+model.kwargs.widths={WIDTHS}", *data,
+                       f"out={tmp_path / 'b.json'}")
+    assert report["kind"] == "state_dict"
+    assert report["results"]["residual"]["top1"] == report["results"]["plain"]["top1"]
+    with pytest.raises(CheckpointError, match="do not fit resnet34"):
+        _evaluate(f"checkpoint={path}", "model=resnet34", *data)
+
+
+def test_mismatches_are_clear_errors(train_ckpt):
+    with pytest.raises(ValueError, match="classifies 10 classes but data 'cifar100' has 100"):
+        _evaluate(f"checkpoint={train_ckpt}", "data=cifar100")
+    with pytest.raises(ValueError, match="'cifar' stem .* uses the 'imagenet' stem"):
+        _evaluate(f"checkpoint={train_ckpt}", "data=imagenet", "data.num_classes=10")
+    with pytest.raises(CheckpointError, match="holds resnet18, not resnet50"):
+        _evaluate(f"checkpoint={train_ckpt}", "model=resnet50")
+
+
+@pytest.mark.distributed
+@pytest.mark.slow   # two processes importing torch: ~30 s on 2 shared cores
+def test_torchrun_counts_every_image_once(train_ckpt, tmp_path):
+    out = tmp_path / "ddp.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "evaluate.py"), f"checkpoint={train_ckpt}", f"out={out}", "device=cpu", *COMMON]
+    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    report = json.loads(out.read_text())
+    single = _evaluate(f"checkpoint={train_ckpt}", f"out={tmp_path / 'one.json'}")
+    assert report["settings"]["world_size"] == 2
+    for form in ("residual", "plain"):
+        assert report["results"][form]["num_samples"] == 37
+        assert report["results"][form]["top1"] == single["results"][form]["top1"]
+        assert report["results"][form]["loss"] == pytest.approx(single["results"][form]["loss"], rel=1e-6)
