@@ -57,11 +57,16 @@ def _trainer_model(transform: Callable[[nn.Module], nn.Module]) -> Iterator[None
         engine.trainer.build_model = build
 
 
-def _train_cfg(cfg: DictConfig, out_dir: str, run_name: str, **keys: Any) -> DictConfig:
+def _train_cfg(cfg: DictConfig, out_dir: str, run_name: str, sr: float | None, **keys: Any) -> DictConfig:
+    """The train config of one trainer run: the user's settings, the bn_l1 hook with `sr` (None:
+    without it), a fixed run directory that a re-run resumes, and `keys` overridden."""
     tcfg = copy.deepcopy(cfg)
     with open_dict(tcfg):
         del tcfg["prune"]
         tcfg.output_dir, tcfg.run_name, tcfg.resume = out_dir, run_name, "auto"
+        tcfg.hooks.pop("bn_l1", None)
+        if sr is not None:
+            tcfg.hooks.bn_l1 = {"sr": float(sr)}
         for key, value in keys.items():
             OmegaConf.update(tcfg, key, value, merge=False)
     return tcfg
@@ -76,21 +81,21 @@ def sparse_train(cfg: DictConfig) -> str:
     """Train the residual model with shortcut BNs and the bn_l1 penalty; returns its best.pt.
     Re-running resumes (or, when finished, reuses) the run."""
     root = run_root(cfg)
-    tcfg = _train_cfg(cfg, root, "sparse", hooks={"bn_l1": {"sr": float(cfg.prune.sr)}}, **{"final.enabled": False})
+    tcfg = _train_cfg(cfg, root, "sparse", cfg.prune.sr, **{"final.enabled": False})
     with _trainer_model(_with_shortcut_bn):
         engine.trainer.train(tcfg)
     return os.path.join(root, "sparse", "best.pt")
 
 
-def finetune(cfg: DictConfig, model: nn.Module, out_dir: str, family: str) -> nn.Module:
+def finetune(cfg: DictConfig, model: nn.Module, out_dir: str) -> nn.Module:
     """Fine-tune a pruned model with the trainer (no sparsity penalty); returns its best weights."""
     p = cfg.prune
-    keys: dict[str, Any] = {"epochs": int(p.finetune_epochs), "hooks": {}, "final.enabled": False,
+    keys: dict[str, Any] = {"epochs": int(p.finetune_epochs), "final.enabled": False,
                             "model.init": None, "model.convert": None}
     if p.finetune_lr is not None:
         keys["optim.lr"] = float(p.finetune_lr)
     with _trainer_model(lambda _: copy.deepcopy(model)):
-        engine.trainer.train(_train_cfg(cfg, out_dir, "finetune", **keys))
+        engine.trainer.train(_train_cfg(cfg, out_dir, "finetune", None, **keys))
     best = load_checkpoint(os.path.join(out_dir, "finetune", "best.pt"))
     tuned = copy.deepcopy(model)
     tuned.load_state_dict(best["model"])
@@ -106,7 +111,8 @@ def _top1(model: nn.Module, loader, cfg: DictConfig, desc: str) -> float:
 
 
 def prune_family(cfg: DictConfig, residual: nn.Module, family: str) -> tuple[PruneResult, nn.Module | None]:
-    """(pruning result, unpruned plain model for `rmnet`)."""
+    """Prune the sparse-trained `residual` as `family`; returns (result, the unpruned recalibrated
+    plain model for rmnet, else None)."""
     p = cfg.prune
     crit = {"ratio": float(p.ratio)} if p.ratio is not None else {"threshold": float(p.threshold)}
     if family == "resnet":
@@ -157,7 +163,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         top1_pruned = _top1(result.model, val, cfg, f"{family} pruned")
         tuned = result.model
         if p.finetune_epochs > 0:
-            tuned = finetune(cfg, result.model, fam_dir, family)
+            tuned = finetune(cfg, result.model, fam_dir)
             _save(tuned, os.path.join(fam_dir, "finetuned.pt"), family, meta)
         after = model_stats(tuned, size, p.bench)
         report["families"][family] = {
@@ -180,7 +186,10 @@ def load_any(path: str) -> tuple[nn.Module, str]:
     """(model in eval mode, family) from a deploy artifact, a pruned ResNet or a training checkpoint."""
     blob = load_file(path)
     if isinstance(blob, dict) and blob.get("format") == "rmnet-deploy":
-        return rm.load_deploy(path)[0], "rmnet"
+        model, meta = rm.load_deploy(path)
+        model.rmnet_cfg = {**{k: meta[k] for k in ("name", "num_classes", "stem", "input_size") if k in meta},
+                           "plain": True}
+        return model, "rmnet"
     if is_pruned_residual(blob):
         return load_pruned_residual(path)[0], "resnet"
     if isinstance(blob, dict) and blob.get("spec") is not None:
@@ -202,7 +211,7 @@ def finetune_file(cfg: DictConfig, path: str) -> dict[str, Any]:
     """`prune.finetune=PATH`: fine-tune a pruned model file beside it, then evaluate it."""
     model, family = load_any(path)
     out_dir = os.path.dirname(os.path.abspath(path))
-    tuned = finetune(cfg, model, out_dir, family)
+    tuned = finetune(cfg, model, out_dir)
     tuned_path = os.path.join(out_dir, "finetuned.pt")
     _save(tuned, tuned_path, family, {**getattr(model, "rmnet_cfg", {}), "family": family})
     return evaluate_file(cfg, tuned_path)

@@ -134,11 +134,11 @@ def _prune_block(b: _Block, keep_in: torch.Tensor, keep_out: torch.Tensor, const
                  result: PruneResult) -> torch.Tensor:
     """Slice one block in place; returns the constants of its dead output stream channels."""
     m, kind = b.module, _shortcut_kind(b.module)
+    beta_last = getattr(m, b.pairs[-1][1]).bias.detach().double()
     prev_keep, prev_const = keep_in, const_in
     for k, (c, n) in enumerate(b.pairs):
         conv, bn = getattr(m, c), getattr(m, n)
         kept = b.mids[k] if k < len(b.mids) else keep_out
-        beta = bn.bias.detach().double()
         removed_const = prev_const * ~prev_keep
         if any(p > 0 for p in conv.padding):
             result.approximate += int((removed_const != 0).sum())
@@ -158,4 +158,4 @@ def _prune_block(b: _Block, keep_in: torch.Tensor, keep_out: torch.Tensor, const
         m.downsample[0] = slice_bn(m.downsample[0], keep_out)
     else:
         shortcut = const_in
-    return (beta + shortcut).clamp(min=0)  # dead channel: relu(beta_last + shortcut)
+    return (beta_last + shortcut).clamp(min=0)  # a dead stream channel after the block's ReLU

@@ -60,6 +60,15 @@ def test_pruned_models_reload_and_run(run_dir):
     assert stats["top1"] == pytest.approx(report["families"]["rmnet"]["top1_pruned"])
 
 
+def test_finetune_file(run_dir):
+    """`prune.finetune=PATH` fine-tunes a pruned deploy artifact beside it and evaluates the result."""
+    out, cfg, report = run_dir
+    artifact = report["families"]["rmnet"]["artifact"]
+    stats = pipeline.finetune_file(cfg, artifact)
+    assert stats["path"] == os.path.join(os.path.dirname(artifact), "finetuned.pt")
+    assert stats["params"] == report["families"]["rmnet"]["after"]["params"]
+
+
 def test_figure6_png(run_dir, tmp_path):
     out, _, _ = run_dir
     paths = draw_figure6(str(out), str(tmp_path))
