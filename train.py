@@ -12,7 +12,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from engine.config import ConfigError, check_overrides
+from engine.config import ConfigError, prepare_argv
 from engine.trainer import train
 
 
@@ -22,10 +22,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    # Hydra's own flags (--help, --cfg, -m, ...) go straight to Hydra.
-    if not any(arg.startswith("-") for arg in sys.argv[1:]):
-        try:
-            check_overrides(sys.argv[1:])
-        except ConfigError as e:
-            sys.exit(f"error: {e}")
+    try:
+        sys.argv[1:] = prepare_argv(sys.argv[1:])
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
     main()

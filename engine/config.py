@@ -3,8 +3,8 @@
 Hydra already rejects an unknown group option with the list of options. It rejects an unknown key
 too but without saying what the valid keys are, and `+key=value` slips through; so the command
 line is checked first: every plain `key=value` must name an existing key (close matches and the
-valid keys beside it are listed), and keys may be added (`+key=value`) only where free-form
-settings live (`model.kwargs`, `hooks`).
+valid keys beside it are listed), and keys may be added only where free-form settings live
+(`model.kwargs`, `hooks`; the `+` is optional there).
 """
 from __future__ import annotations
 
@@ -37,10 +37,12 @@ def _groups(config_dir: str) -> set[str]:
     return {d for d in os.listdir(config_dir) if os.path.isdir(os.path.join(config_dir, d))}
 
 
-def check_overrides(argv: Sequence[str], config_name: str = "train", config_dir: str = CONF_DIR) -> DictConfig:
-    """Compose `config_name` with the group choices of `argv` and check its key overrides against
-    the result; returns the fully composed config. Raises ConfigError (or Hydra's own error for an
-    unknown group option, which lists the options)."""
+def normalize_overrides(argv: Sequence[str], config_name: str = "train", config_dir: str = CONF_DIR) -> list[str]:
+    """Check the overrides in `argv` and return them ready for Hydra (free-form keys get their '++').
+
+    The group choices are composed first (the first value of a sweep such as `model=a,b`), then
+    every key override is checked against the result. Raises ConfigError, or Hydra's own error for
+    an unknown group option (which lists the options)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -48,21 +50,60 @@ def check_overrides(argv: Sequence[str], config_name: str = "train", config_dir:
     groups = _groups(config_dir)
     structural = [o for o in overrides if o.key_or_group.split("/")[0] in groups
                   or o.key_or_group.startswith("hydra")]
+    choices = [f"{o.key_or_group}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override()
+               else o.input_line for o in structural]
     with initialize_config_dir(config_dir, version_base="1.3"):
-        base = compose(config_name, overrides=[o.input_line for o in structural])
-        for o in overrides:
-            if o in structural:
-                continue
-            key = o.key_or_group
-            if o.is_add() or o.is_force_add():
-                if not any(key == f or key.startswith(f + ".") for f in FREE_FORM):
-                    raise ConfigError(f"{o.input_line!r}: new keys can only be added under "
-                                      f"{' or '.join(FREE_FORM)}; to change an existing key drop the '+'")
-                continue
-            if o.is_delete():
-                raise ConfigError(f"{o.input_line!r}: keys cannot be deleted; set them to null instead")
+        base = compose(config_name, overrides=choices)
+    final = []
+    for o in overrides:
+        final.append(o.input_line)
+        if o in structural:
+            continue
+        key = o.key_or_group
+        free = any(key.startswith(f + ".") for f in FREE_FORM)
+        if o.is_delete():
+            raise ConfigError(f"{o.input_line!r}: keys cannot be deleted; set them to null instead")
+        if o.is_add() or o.is_force_add():
+            if not free:
+                raise ConfigError(f"{o.input_line!r}: new keys can only be added under "
+                                  f"{' or '.join(FREE_FORM)}; to change an existing key drop the '+'")
+        elif free:   # free-form settings need no '+': add or replace them
+            final[-1] = "++" + o.input_line
+        else:
             _check_key(base, key)
-        return compose(config_name, overrides=list(argv))
+    return final
+
+
+def check_overrides(argv: Sequence[str], config_name: str = "train", config_dir: str = CONF_DIR) -> DictConfig:
+    """The config composed from checked overrides (no sweeps): what `python train.py ARGV` runs."""
+    from hydra import compose, initialize_config_dir
+
+    final = normalize_overrides(argv, config_name, config_dir)
+    with initialize_config_dir(config_dir, version_base="1.3"):
+        return compose(config_name, overrides=final)
+
+
+_HYDRA_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c",
+                      "--package", "-p", "--experimental-rerun"}
+_HYDRA_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--info", "-i", "--shell-completion", "-sc"}
+
+
+def prepare_argv(argv: Sequence[str], config_name: str = "train", config_dir: str = CONF_DIR) -> list[str]:
+    """Hydra's command line with its overrides checked and normalised; flags pass through (help and
+    info flags skip the check)."""
+    flags, overrides, take_value = [], [], False
+    for arg in argv:
+        if take_value:
+            flags.append(arg)
+            take_value = False
+        elif arg.startswith("-"):
+            if arg.split("=")[0] in _HYDRA_INFO_FLAGS:
+                return list(argv)
+            flags.append(arg)
+            take_value = arg in _HYDRA_VALUE_FLAGS
+        else:
+            overrides.append(arg)
+    return flags + normalize_overrides(overrides, config_name, config_dir)
 
 
 def _check_key(cfg: DictConfig, key: str) -> None:

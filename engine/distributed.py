@@ -81,12 +81,33 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
 
 
 def gather_object(obj: Any, dst: int = 0) -> list[Any] | None:
-    """[obj of rank 0, obj of rank 1, ...] on rank `dst`, None elsewhere; [obj] without a process group."""
+    """[obj of rank 0, obj of rank 1, ...] on rank `dst`, None elsewhere; [obj] without a process group.
+    Tensors inside `obj` travel as lists (dist.gather_object cannot unpickle tensor storages)."""
     if not is_initialized():
         return [obj]
     out = [None] * world_size() if rank() == dst else None
-    dist.gather_object(obj, out, dst=dst)
-    return out
+    dist.gather_object(_pack(obj), out, dst=dst)
+    return [_unpack(o) for o in out] if out is not None else None
+
+
+def _pack(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return {"__tensor__": obj.cpu().tolist(), "dtype": str(obj.dtype).replace("torch.", "")}
+    if isinstance(obj, dict):
+        return {k: _pack(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_pack(v) for v in obj)
+    return obj
+
+
+def _unpack(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return torch.tensor(obj["__tensor__"], dtype=getattr(torch, obj["dtype"]))
+        return {k: _unpack(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_unpack(v) for v in obj)
+    return obj
 
 
 def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:

@@ -1,0 +1,95 @@
+"""Whole training runs on CPU: torchrun/DDP (gloo) on two processes, exact resume, final conversion."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import data
+from engine.checkpoint import load_checkpoint, model_from_checkpoint
+from engine.evaluate import evaluate
+from engine.trainer import Trainer, train
+from tests.train_helpers import TINY, tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def deterministic():
+    # One thread: on a busy 2-core machine two OpenMP threads per process run tiny convs ~40x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.use_deterministic_algorithms(False)
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.distributed
+def test_torchrun_two_processes(tmp_path):
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "train.py"), *TINY, f"output_dir={out}", "epochs=1", "sched=cosine", "optim.lr=0.1"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    [run] = os.listdir(out)                      # one run directory for both ranks
+    run_dir = out / run
+    assert sorted(os.listdir(run_dir)) == ["best.pt", "config.yaml", "deploy.pt", "final.json", "last.pt",
+                                           "metrics.jsonl", "tb", "train.log"]
+    assert sorted(os.listdir(tmp_path)) == ["runs"]   # Hydra wrote nothing in the working directory
+    assert proc.stdout.count("epoch 1/1:") == 1 and proc.stdout.count("final plain") == 1   # rank 0 only
+
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    losses = [r["train_loss"] for r in rows if "lr" in r]
+    assert len(losses) == 8                     # 256 images / (2 ranks x 16) steps, logged every step
+    assert sum(losses[-3:]) < sum(losses[:3])   # the loss falls
+
+    # Distributed validation over 101 images (odd, not divisible by 2) counts each exactly once and
+    # equals a single-process evaluation of the same weights.
+    final = json.load(open(run_dir / "final.json"))
+    assert final["residual"]["num_samples"] == final["plain"]["num_samples"] == 101
+    assert final["residual"]["top1"] == final["plain"]["top1"]
+    cfg = tiny_config(out)
+    model = model_from_checkpoint(load_checkpoint(str(run_dir / "best.pt")))
+    single = evaluate(model, data.build_loader(cfg.data, "val", 16, workers=0), progress=False)
+    assert single["top1"] == pytest.approx(final["residual"]["top1"])
+    assert single["loss"] == pytest.approx(final["residual"]["loss"], rel=1e-5)
+    assert load_checkpoint(str(run_dir / "last.pt"))["world_size"] == 2
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("every", [0, 3], ids=["epoch-boundary", "mid-epoch"])
+def test_resume_gives_the_same_weights(tmp_path, monkeypatch, deterministic, every):
+    """A run killed right after its first checkpoint and resumed ends with the same weights as an
+    uninterrupted run (cosine schedule, augmentation on, deterministic CPU)."""
+    common = ["epochs=2", "max_steps_per_epoch=4", "sched=cosine", "deterministic=true",
+              "final.enabled=false", f"ckpt_every_steps={every}"]
+    train(tiny_config(tmp_path, "run_name=full", *common))
+
+    save = Trainer.save
+
+    def save_then_stop(self, best=False):
+        save(self, best)
+        raise _Stop
+
+    monkeypatch.setattr(Trainer, "save", save_then_stop)
+    with pytest.raises(_Stop):
+        train(tiny_config(tmp_path, "run_name=cut", *common))
+    monkeypatch.setattr(Trainer, "save", save)
+    stopped = load_checkpoint(str(tmp_path / "cut" / "last.pt"))
+    assert (stopped["epoch"], stopped["step_in_epoch"]) == ((0, 3) if every else (1, 0))
+    train(tiny_config(tmp_path, "run_name=cut", "resume=auto", *common))
+
+    a = load_checkpoint(str(tmp_path / "full" / "last.pt"))
+    b = load_checkpoint(str(tmp_path / "cut" / "last.pt"))
+    assert a["step"] == b["step"] == 8
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    for k, v in a["optimizer"]["state"].items():
+        assert torch.equal(v["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"])
