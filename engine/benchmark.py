@@ -104,7 +104,7 @@ def resolve_settings(cfg: DictConfig) -> Settings:
         notes.append(
             "CPU run: reduced defaults (batch {batch_size}, {warmup} warm-up, {iters} timed iterations) instead of "
             "the paper's GPU protocol (batch 128, 50 + 50); set batch_size=, warmup=, iters= to change."
-            .format(**{k: chosen[k] for k in CPU_DEFAULTS}))
+            .format(**{k: ", ".join(map(str, _plain_list(chosen[k]))) for k in CPU_DEFAULTS}))
     batch_sizes = [int(b) for b in _plain_list(chosen["batch_size"])]
     if not batch_sizes or min(batch_sizes) < 1:
         raise ValueError(f"batch_size must be a positive integer or a list of them, got {batch_sizes}")
@@ -276,7 +276,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"- Command: `{env['command']}`",
         *[f"- Note: {n}" for n in s["notes"]], "",
         "| model | batch | form | params (M) | GMACs | img/s | min-max | ms/batch | vs residual "
-        "| act. mem MiB (lifetimes) |" + (" CUDA peak MiB |" if cuda_mem else "") + " max rel err |",
+        "| act. mem MiB (lifetimes) |" + (" CUDA peak MiB |" if cuda_mem else "") + " max rel err (fp32) |",
         "|" + " --- |" * (11 + cuda_mem),
     ]
     base = {(r["model"], r["batch_size"]): r["img_per_s"]["median"]
@@ -294,6 +294,11 @@ def to_markdown(report: dict[str, Any]) -> str:
             cells.append(_fmt_mib(r["memory"], "cuda_peak_mib"))
         cells.append(f"{r['check']['max_rel']:.1e}" if r["check"] else "")
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    exports = {(r["model"], kind): e for r in rows if r["export"] for kind, e in r["export"].items()}
+    if exports:
+        lines.append("")
+        lines += [f"Export {kind} of {model} plain: `{e['path']}`, output vs PyTorch max rel error "
+                  f"{e['max_rel']:.1e} ({e['runtime']})" for (model, kind), e in exports.items()]
     memory = next((r["memory"] for r in report["results"] if r["memory"]), None)
     if memory:
         lines += ["", f"Activation memory (lifetimes): {memory['lifetime_method']}."]
