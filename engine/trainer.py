@@ -203,6 +203,7 @@ class Trainer:
             self.best_top1 = max(self.best_top1, val["top1"])
             self.save(best=improved)
             elapsed = time.perf_counter() - start
+            self._scalars({"train/epoch_loss": train_loss, "train/epoch_time": elapsed})
             self._record({"epoch": self.epoch, "step": self.step, "train_loss": train_loss, "val_top1": val["top1"],
                           "val_top5": val["top5"], "val_loss": val["loss"], "epoch_time": elapsed})
             log.info(f"epoch {self.epoch}/{cfg.epochs}: train loss {train_loss:.4f}  val loss {val['loss']:.4f}  "
@@ -347,6 +348,9 @@ class Trainer:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        for handler in list(log.handlers):
+            handler.close()
+            log.removeHandler(handler)
         D.cleanup()
 
 
