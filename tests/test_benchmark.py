@@ -135,3 +135,14 @@ def test_onnx_export_matches_pytorch(tmp_path, plain_resnet20):
     report = export_onnx(*plain_resnet20, str(tmp_path / "m.onnx"))
     assert report["max_rel"] < 1e-5 and report["runtime"] in ("onnxruntime", "onnx.reference")
     json.dumps(report)
+
+
+def test_backend_flags_are_scoped():
+    conv = torch.backends.cudnn.conv
+    before = torch.backends.cudnn.benchmark, conv.fp32_precision
+    with B.backend_flags("tf32"):
+        assert torch.backends.cudnn.benchmark and conv.fp32_precision == "tf32"
+        with B.backend_flags("fp32"):
+            assert conv.fp32_precision == "ieee"
+        assert conv.fp32_precision == "tf32"
+    assert (torch.backends.cudnn.benchmark, conv.fp32_precision) == before
