@@ -2,7 +2,8 @@
 (paper §3.3, Table 2).
 
 Both are built from MobileNetV1's layer list: a 3x3 stem 32 wide, then 13 depthwise-3x3 /
-pointwise-1x1 pairs whose pointwise widths are 64, 128, 128, 256, 256, 512 x 6, 1024, 1024.
+pointwise-1x1 pairs whose pointwise widths are 64, 128, 128, 256, 256, 512 x 6, 1024, 1024, all
+scaled by the width multiplier `width_mult` (MobileNetV1's alpha).
 
 `mobilenetv2_rm(ratio=r)` has one inverted residual block per pair: pointwise expand -> depthwise
 3x3 -> pointwise linear, BN after each, identity shortcut where the stride is 1 and the widths
@@ -36,8 +37,15 @@ def conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1, groups: int 
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-def _stem(stem: str) -> nn.Sequential:
-    return conv_bn_relu(3, STEM_WIDTH, 3, 1 if stem == "cifar" else 2)
+def _widths(width_mult: float) -> tuple[int, list[tuple[int, int]]]:
+    if width_mult <= 0:
+        raise ValueError(f"width_mult must be positive, got {width_mult}")
+    scaled = [(max(1, round(w * width_mult)), s) for w, s in V1_PAIRS]
+    return max(1, round(STEM_WIDTH * width_mult)), scaled
+
+
+def _stem(width: int, stem: str) -> nn.Sequential:
+    return conv_bn_relu(3, width, 3, 1 if stem == "cifar" else 2)
 
 
 def _head(width: int, num_classes: int) -> list[tuple[str, nn.Module]]:
@@ -45,9 +53,10 @@ def _head(width: int, num_classes: int) -> list[tuple[str, nn.Module]]:
 
 
 class MobileNetV1(nn.Sequential):
-    def __init__(self, num_classes: int = 1000, stem: str = "imagenet"):
-        layers, cin = [("stem", _stem(stem))], STEM_WIDTH
-        for i, (cout, stride) in enumerate(V1_PAIRS):
+    def __init__(self, num_classes: int = 1000, stem: str = "imagenet", width_mult: float = 1.0):
+        cin, pairs = _widths(width_mult)
+        layers = [("stem", _stem(cin, stem))]
+        for i, (cout, stride) in enumerate(pairs):
             layers.append((f"dw{i + 1}", conv_bn_relu(cin, cin, 3, stride, groups=cin)))
             layers.append((f"pw{i + 1}", conv_bn_relu(cin, cout, 1)))
             cin = cout
@@ -88,13 +97,15 @@ class InvertedResidual(nn.Module):
 class MobileNetV2RM(nn.Sequential):
     """The MobileNetV2 whose RM conversion is MobileNetV1 (module docstring); `ratio` >= 2."""
 
-    def __init__(self, num_classes: int = 1000, stem: str = "imagenet", ratio: int = 4):
-        if ratio < 2 or any(width % ratio for width, _ in V1_PAIRS):
-            raise ValueError(f"ratio must be >= 2 and divide every pointwise width {sorted({w for w, _ in V1_PAIRS})}, "
+    def __init__(self, num_classes: int = 1000, stem: str = "imagenet", ratio: int = 4,
+                 width_mult: float = 1.0):
+        cin, pairs = _widths(width_mult)
+        if ratio < 2 or any(width % ratio for width, _ in pairs):
+            raise ValueError(f"ratio must be >= 2 and divide every pointwise width {sorted({w for w, _ in pairs})}, "
                              f"got {ratio}")
-        layers, cin = [("stem", _stem(stem))], STEM_WIDTH
-        depthwise = STEM_WIDTH  # MobileNetV1's depthwise width of the current pair
-        for i, (pointwise, stride) in enumerate(V1_PAIRS):
+        layers = [("stem", _stem(cin, stem))]
+        depthwise = cin  # MobileNetV1's depthwise width of the current pair
+        for i, (pointwise, stride) in enumerate(pairs):
             cout = pointwise // ratio
             if i == 0:  # the stem is the first "expand": the first block starts with its depthwise,
                 # and has no shortcut, which would widen MobileNetV1's first depthwise conv
