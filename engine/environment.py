@@ -40,6 +40,8 @@ def environment(device: str) -> dict[str, Any]:
         "torch": torch.__version__, "cuda": torch.version.cuda if cuda else None,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "python": platform.python_version(), "platform": platform.platform(),
+        # Timings on a shared machine are only as good as its idle time; the load says how shared it was.
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "git_commit": _git_commit(), "command": shlex.join([os.path.basename(sys.executable), *sys.argv]),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }
