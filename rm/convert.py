@@ -137,8 +137,9 @@ def _append(items: list[Item], item: Item, ctx: Context) -> None:
 
 
 def convert(model: nn.Module, fuse_bn: bool = True, downsample: str = "reserve_input") -> nn.Sequential:
-    """Return a plain nn.Sequential (Conv2d, [BatchNorm2d,] ReLU/PReLU, pooling, Flatten, Linear)
-    computing the same function as `model` in eval mode. `model` is not modified.
+    """Return a plain nn.Sequential (Conv2d, [BatchNorm2d,] ReLU/PReLU, pooling, Flatten, Linear,
+    and `rm.deploy.SqueezeExcite` for SE models) computing the same function as `model` in eval
+    mode. `model` is not modified.
 
     fuse_bn=False keeps a BatchNorm2d after every conv (the original one where a conv maps onto one
     trained conv+BN, an identity one (paper eq. 2) where convs were merged) for fine-tuning/pruning.
