@@ -4,7 +4,8 @@ Accepted files:
   * training checkpoints of this project (engine/checkpoint.py): the stored model settings and the
     stored data config are used unless the command line overrides them;
   * deploy artifacts (rm.save_deploy): plain form only, their metadata gives classes and stem;
-  * bare state dicts (and {"state_dict": ...} files) of a registry model: name it with model=NAME.
+  * state dicts (bare or in a {"state_dict": ...} file) of a registry model, in this project's,
+    torchvision's or the RMNet/RepVGG authors' layout (models.loading): name it with model=NAME.
 
 A model/data mismatch (classes, stem) is an error before any data is read. Evaluation is the
 trainer's exact distributed loop (`engine.evaluate.evaluate` over `data.build_loader`'s disjoint
@@ -23,16 +24,20 @@ from omegaconf import DictConfig, OmegaConf
 
 import models
 import rm
-from data import build_loader
+from data import DatasetError, build_loader
+from models.loading import load_pretrained
 from rm.deploy import FORMAT as DEPLOY_FORMAT
 
 from . import distributed as D
-from .checkpoint import TRAIN_FORMAT, CheckpointError, extract_state_dict, load_file, model_from_checkpoint
+from .checkpoint import TRAIN_FORMAT, CheckpointError, load_file, model_from_checkpoint
 from .environment import environment
 from .evaluate import evaluate
 
 SCHEMA = "rmnet-eval/1"
 FORMS = ("residual", "plain")
+# Bad input: evaluate.py prints the message, no traceback. CheckpointError and DeployFormatError are
+# ValueErrors; UnknownModelError is a KeyError.
+USER_ERRORS = (ValueError, KeyError, DatasetError)
 
 
 @dataclass
@@ -79,12 +84,10 @@ def load_checkpoint_forms(path: str, model_cfg: Any, data_cfg: Any | None, ema: 
     kwargs = OmegaConf.to_container(model_cfg.kwargs) if isinstance(model_cfg.get("kwargs"), DictConfig) \
         else dict(model_cfg.get("kwargs") or {})
     model = models.create_model(name, num_classes=int(data_cfg.num_classes), stem=data_cfg.stem, **kwargs)
-    try:
-        model.load_state_dict(extract_state_dict(blob, path))
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit {name} (stem={data_cfg.stem}, classes="
-                              f"{data_cfg.num_classes}): {e}") from None
-    return Loaded("state_dict", model.eval(), None, dict(model.rmnet_cfg))
+    report = load_pretrained(model, blob)
+    note = f"{report.layout} layout" + (f"; dropped {len(report.dropped)} statistics-only tensors"
+                                        if report.dropped else "")
+    return Loaded("state_dict", model.eval(), None, dict(model.rmnet_cfg), notes=[note])
 
 
 def _check_name(path: str, wanted: str | None, stored: str | None) -> None:
@@ -161,6 +164,8 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 def _run(cfg: DictConfig, device: torch.device) -> dict[str, Any] | None:
+    if OmegaConf.is_missing(cfg, "checkpoint"):
+        raise ValueError("pass checkpoint=PATH (a training checkpoint, deploy artifact or state dict)")
     path = cfg.checkpoint
     forms = list(cfg.forms)
     if not forms or set(forms) - set(FORMS):

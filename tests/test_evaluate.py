@@ -90,7 +90,7 @@ def test_bare_state_dict_needs_a_model_name(residual, tmp_path):
                        f"out={tmp_path / 'b.json'}")
     assert report["kind"] == "state_dict"
     assert report["results"]["residual"]["top1"] == report["results"]["plain"]["top1"]
-    with pytest.raises(CheckpointError, match="do not fit resnet34"):
+    with pytest.raises(CheckpointError, match="does not fit resnet34"):
         _evaluate(f"checkpoint={path}", "model=resnet34", *data)
 
 
@@ -101,6 +101,25 @@ def test_mismatches_are_clear_errors(train_ckpt):
         _evaluate(f"checkpoint={train_ckpt}", "data=imagenet", "data.num_classes=10")
     with pytest.raises(CheckpointError, match="holds resnet18, not resnet50"):
         _evaluate(f"checkpoint={train_ckpt}", "model=resnet50")
+
+
+def test_rmnet_authors_layout(tmp_path):
+    model = randomize_bn(models.create_model("rmnet26x3_32", num_classes=10, stem="cifar", widths=[16, 32, 64, 128]))
+    branch = {"rbr_dense.conv": "conv33", "rbr_dense.bn": "bn33", "rbr_1x1.conv": "conv11", "rbr_1x1.bn": "bn11"}
+    authors = {}
+    for key, value in model.state_dict().items():
+        for ours, theirs in branch.items():
+            key = key.replace(f".{ours}.", f".{theirs}.")
+        authors[key.replace("layer0.", "stage0.")] = value
+    authors["layer1.0.running.running_mean"] = torch.zeros(16)   # statistics-only BN of their pruning code
+    path = str(tmp_path / "authors.pth")
+    atomic_save({"state_dict": authors}, path)
+    report = _evaluate(f"checkpoint={path}", "model=rmnet26x3_32", "+model.kwargs.widths=[16,32,64,128]",
+                       "data=synthetic", "data.input_size=16", "data.val_size=37", f"out={tmp_path / 'a.json'}")
+    assert report["notes"] == ["rmnet-authors layout; dropped 1 statistics-only tensors"]
+    res, plain = report["results"]["residual"], report["results"]["plain"]
+    assert (res["top1"], res["top5"]) == (plain["top1"], plain["top5"])
+    assert report["conversion_error"]["float32"]["max_rel"] < 1e-5
 
 
 @pytest.mark.distributed
