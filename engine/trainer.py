@@ -224,8 +224,6 @@ class Trainer:
         window = torch.zeros((), device=self.device)
         window_steps, steps_done, tick = 0, 0, time.perf_counter()
         for images, targets in loader:
-            if self.step_in_epoch >= self.steps_per_epoch:
-                break
             images = images.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
             if cfg.channels_last:
@@ -263,14 +261,15 @@ class Trainer:
                 mean = window.item() / window_steps   # the only host sync of the loop
                 img_s = window_steps * self.global_batch / (time.perf_counter() - tick)
                 lr = self.optimizer.param_groups[0]["lr"]
-                bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.4g}", img_s=f"{img_s:.0f}")
+                bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.4g}", img_s=f"{img_s:.3g}")
                 self._scalars({"train/loss": mean, "train/lr": lr, "train/img_s": img_s})
                 self._record({"step": self.step, "train_loss": mean, "lr": lr, "img_s": img_s})
                 window.zero_()
                 window_steps, tick = 0, time.perf_counter()
             bar.update()
-            if cfg.ckpt_every_steps and self.step % cfg.ckpt_every_steps == 0 \
-                    and self.step_in_epoch < self.steps_per_epoch:
+            if self.step_in_epoch >= self.steps_per_epoch:
+                break
+            if cfg.ckpt_every_steps and self.step % cfg.ckpt_every_steps == 0:
                 self.save()
         bar.close()
         mean = D.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(steps_done), device=self.device)]))
