@@ -273,8 +273,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     versions = f"torch {env['torch']}" + (f", CUDA {env['cuda']}, cuDNN {env['cudnn']}" if env["cuda"] else "")
     lines = [
         f"# Inference benchmark ({env['date'][:10]})", "",
-        f"- Device: {env['device_name']}; {versions}; commit {env['git_commit']}; "
-        f"load average {env.get('load_average_1min')} at the start",
+        f"- Device: {env['device_name']}; {versions}; commit {env['git_commit']}"
+        + (f"; load average {load:.1f} at the start" if (load := env.get("load_average_1min")) is not None else ""),
         f"- Precision {s['precision']}, channels_last {s['channels_last']}, compile {s['compile'] or 'off'}; "
         f"{s['warmup']} warm-up + {s['iters']} timed iterations, {s['repeats']} repeats (median, min-max)",
         f"- Command: `{env['command']}`",
