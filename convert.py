@@ -53,11 +53,17 @@ def load_residual(args) -> tuple[torch.nn.Module, dict]:
     cfg.setdefault("num_classes", 1000)
     model = models.create_model(cfg["name"], num_classes=cfg["num_classes"], stem=cfg["stem"])
     if state is not None:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
+        expected = model.state_dict()
+        missing = sorted(expected.keys() - state.keys())
+        unexpected = sorted(state.keys() - expected.keys())
+        shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                  if k in state and state[k].shape != v.shape]
+        if missing or unexpected or shapes:
             raise CheckpointError(f"{args.checkpoint} does not match {cfg['name']} "
-                                  f"(stem={cfg['stem']}, classes={cfg['num_classes']}): "
-                                  f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+                                  f"(stem={cfg['stem']}, classes={cfg['num_classes']}): missing {missing[:5]}, "
+                                  f"unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}; pass the "
+                                  f"--model, --stem and --num-classes it was trained with")
+        model.load_state_dict(state)
     return model.eval(), model.rmnet_cfg
 
 

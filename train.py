@@ -13,10 +13,12 @@ import hydra
 from omegaconf import DictConfig
 
 from engine.config import ConfigError, prepare_argv
+from engine.errors import exit_on_user_error
 from engine.trainer import train
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     train(cfg)
 

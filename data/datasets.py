@@ -5,6 +5,7 @@ before any training starts.
 """
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 from typing import Any, Callable
@@ -15,6 +16,7 @@ from .synthetic import SyntheticDataset
 
 SPLITS = ("train", "val")
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+log = logging.getLogger("rmnet.data")
 _CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 _CIFAR_FILES = {"cifar10": {"train": [f"data_batch_{i}" for i in range(1, 6)], "val": ["test_batch"]},
                 "cifar100": {"train": ["train"], "val": ["test"]}}
@@ -35,7 +37,8 @@ def build_dataset(cfg: Any, split: str, transform: Callable | None = None) -> Da
     if name in _CIFAR_FOLDERS:
         return _cifar(name, os.path.expanduser(cfg.root), split, transform, bool(cfg.get("download", False)))
     if name == "imagenet":
-        return _image_folder(os.path.expanduser(cfg.root), split, transform, cfg.num_classes)
+        return _image_folder(os.path.expanduser(cfg.root), split, transform, cfg.num_classes,
+                             cfg.get("bad_images", "fail"))
     raise ValueError(f"unknown dataset {name!r}; known: synthetic, cifar10, cifar100, imagenet")
 
 
@@ -74,9 +77,38 @@ def _cifar(name: str, root: str, split: str, transform, download: bool) -> Datas
         raise DatasetError(f"{name} at {folder} is incomplete or unreadable ({e}); {layout}") from None
 
 
-def _image_folder(root: str, split: str, transform, num_classes: int) -> Dataset:
+BAD_IMAGES = ("fail", "skip")
+
+
+def _checked_image_folder(bad_images: str):
+    """torchvision's ImageFolder where an image that cannot be decoded is named: an error
+    (`fail`), or (`skip`) a warning and the next decodable sample in its place, so that the
+    sampler's fixed length and shards stay valid; `skipped` counts them in this process."""
     import torchvision.datasets as tvd
 
+    class CheckedImageFolder(tvd.ImageFolder):
+        skipped = 0
+
+        def __getitem__(self, index: int):
+            for offset in range(len(self.samples)):
+                path = self.samples[(index + offset) % len(self.samples)][0]
+                try:
+                    return super().__getitem__((index + offset) % len(self.samples))
+                except (OSError, ValueError, SyntaxError) as e:   # PIL's decode errors
+                    if bad_images == "fail":
+                        raise DatasetError(f"{path} cannot be decoded ({type(e).__name__}: {e}); delete or "
+                                           f"replace it, or pass data.bad_images=skip to skip such files") from None
+                    self.skipped += 1
+                    log.warning(f"skipped undecodable image {path} ({e}); {self.skipped} skipped so far "
+                                f"in this process")
+            raise DatasetError(f"no image under {self.root} can be decoded")
+
+    return CheckedImageFolder
+
+
+def _image_folder(root: str, split: str, transform, num_classes: int, bad_images: str = "fail") -> Dataset:
+    if bad_images not in BAD_IMAGES:
+        raise ValueError(f"data.bad_images must be one of {BAD_IMAGES}, got {bad_images!r}")
     folder = os.path.join(root, split)
     layout = (f"expected ImageNet folders {root}/{{train,val}}/<class>/<image>.JPEG with the same "
               f"{num_classes} class folders in both splits (the validation images sorted into class "
@@ -84,7 +116,7 @@ def _image_folder(root: str, split: str, transform, num_classes: int) -> Dataset
     if not os.path.isdir(folder):
         raise DatasetError(f"imagenet split {split!r} not found: {folder} does not exist; {layout}")
     try:
-        ds = tvd.ImageFolder(folder, transform=transform, allow_empty=False)
+        ds = _checked_image_folder(bad_images)(folder, transform=transform, allow_empty=False)
     except (FileNotFoundError, RuntimeError) as e:
         raise DatasetError(f"imagenet at {folder} is malformed ({e}); {layout}") from None
     if len(ds.classes) != num_classes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from typing import Any
@@ -47,11 +48,26 @@ def load_file(path: str, map_location: str | torch.device = "cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path} needs more than tensors and plain containers to load, and unsafe pickles are "
-            f"never executed (weights_only=True). Re-save it as a plain dict of tensors. ({e})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from None
+        unsafe = re.search(r"GLOBAL ([\w.]+)", str(e), re.IGNORECASE)
+        if unsafe:
+            raise CheckpointError(
+                f"{path} needs the Python object {unsafe.group(1)} to load; files are read with "
+                f"weights_only=True, so such pickles are never executed. Re-save it as a plain dict of "
+                f"tensors (torch.save(model.state_dict(), path))") from None
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint, or a corrupt one "
+                              f"({_first_sentence(e)}); copy or re-save the file") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError) as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint, truncated or corrupt? "
+                              f"({_first_sentence(e)}); copy or re-save the file") from None
+
+
+def _first_sentence(error: Exception) -> str:
+    """The finding, without the advice torch appends to its load errors."""
+    text = " ".join(str(error).split())
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split(" Check the documentation")[0]
+    text = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?", "", text)
+    return text.strip().split(". ")[0].rstrip(".") or type(error).__name__
 
 
 def extract_state_dict(blob: Any, path: str = "<checkpoint>") -> dict[str, torch.Tensor]:
@@ -126,7 +142,11 @@ def model_from_checkpoint(blob: dict[str, Any], path: str = "<checkpoint>", ema:
         model = from_spec(blob["spec"])
     elif "name" in cfg:
         kwargs = {k: v for k, v in cfg.items() if k not in ("name", "num_classes", "stem", "input_size", "plain")}
-        model = models.create_model(cfg["name"], num_classes=cfg["num_classes"], stem=cfg["stem"], **kwargs)
+        try:
+            model = models.create_model(cfg["name"], num_classes=cfg["num_classes"], stem=cfg["stem"], **kwargs)
+        except (KeyError, TypeError, ValueError) as e:   # a model this code base does not have (any more)
+            raise CheckpointError(f"{path} records model settings this code cannot build ({cfg}): "
+                                  f"{e.args[0] if e.args else e}") from None
     else:
         raise CheckpointError(f"{path} says neither which model it holds (model_cfg.name) nor its layers (spec)")
     if ema and not isinstance(blob.get("ema"), dict):

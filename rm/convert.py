@@ -145,9 +145,7 @@ def convert(model: nn.Module, fuse_bn: bool = True, downsample: str = "reserve_i
     trained conv+BN, an identity one (paper eq. 2) where convs were merged) for fine-tuning/pruning.
     downsample: "reserve_input" (paper Fig. 2b, default) or "reserve_shortcut" (Fig. 2a).
     """
-    if model.training:
-        raise ConversionError("model is in training mode: BatchNorm would use batch statistics. "
-                              "Call model.eval() before converting.")
+    check_preconditions(model)
     if downsample not in SCHEMES:
         raise ValueError(f"downsample must be one of {SCHEMES}, got {downsample!r}")
     ctx = Context(fuse_bn=fuse_bn, downsample=downsample)
@@ -161,6 +159,42 @@ def convert(model: nn.Module, fuse_bn: bool = True, downsample: str = "reserve_i
         plain = emit(items, fuse_bn).to(dtype=dtype)
     plain.eval()
     return plain
+
+
+def check_preconditions(model: nn.Module) -> None:
+    """Refuse a model whose eval-mode function the plain chain could not reproduce, naming the modules.
+
+    Reserved channels themselves need no check: the walker passes them through a ReLU only where
+    it knows the tensor is non-negative and uses an identity PReLU elsewhere, so RM is exact by
+    construction. What can break it are the weights: BatchNorm in training mode or without running
+    statistics (it would normalise with batch statistics that no conv can hold), a negative running
+    variance, or NaN/Inf anywhere (they would spread through every merged kernel). Values of meta
+    tensors (shape-only conversion) are not checked."""
+    training = [n or type(model).__name__ for n, m in model.named_modules() if m.training]
+    if training:
+        raise ConversionError(f"modules in training mode ({_names(training)}): BatchNorm would use batch "
+                              f"statistics. Call model.eval() before converting.")
+    no_stats = [n for n, m in model.named_modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats]
+    if no_stats:
+        raise ConversionError(f"BatchNorm without running statistics (track_running_stats=False) at "
+                              f"{_names(no_stats)}: it normalises with batch statistics, which no conv can "
+                              f"hold. Rebuild those layers with running statistics and recompute them.")
+    bad_var = [n for n, m in model.named_modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None
+               and not m.running_var.is_meta and bool((m.running_var < 0).any())]
+    if bad_var:
+        raise ConversionError(f"negative BatchNorm running variance at {_names(bad_var)}: the statistics "
+                              f"are corrupt; recompute them (e.g. rm.recalibrate) or reload the checkpoint.")
+    non_finite = [n for n, t in [*model.named_parameters(), *model.named_buffers()]
+                  if t.is_floating_point() and not t.is_meta and not bool(torch.isfinite(t).all())]
+    if non_finite:
+        raise ConversionError(f"non-finite values (NaN/Inf) in {_names(non_finite)}: the training run "
+                              f"diverged; convert an earlier checkpoint.")
+
+
+def _names(names: list[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def fuse_linear(items: list[Item]) -> list[Item]:

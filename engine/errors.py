@@ -1,0 +1,42 @@
+"""User errors: bad input ends a command-line tool with one line and exit status 2, not a traceback.
+
+The project's own error types (CheckpointError, DeployFormatError, ConversionError, ConfigError,
+PruneError) are ValueErrors whose message names the problem and the fix, as are the plain
+ValueErrors raised for bad arguments (a stem or class count that does not fit); DatasetError is a
+FileNotFoundError and UnknownModelError a KeyError. Any other exception is a bug and keeps its
+traceback.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, TypeVar
+
+from data.datasets import DatasetError
+from models.registry import UnknownModelError
+
+USER_ERRORS: tuple[type[Exception], ...] = (ValueError, DatasetError, UnknownModelError)
+EXIT_USER_ERROR = 2
+
+F = TypeVar("F", bound=Callable)
+
+
+def message(error: BaseException) -> str:
+    """The error's own text on one line (a KeyError's str() would quote it)."""
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return " ".join(str(text).split())
+
+
+def exit_on_user_error(fn: F) -> F:
+    """Wrap a CLI entry point: a user error becomes `error: <message>` on stderr and exit status 2.
+
+    Works inside `@hydra.main` too (place it below the decorator): SystemExit is not an Exception,
+    so Hydra passes it through instead of printing its own traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as e:
+            print(f"error: {message(e)}", file=sys.stderr)
+            raise SystemExit(EXIT_USER_ERROR) from None
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,257 @@
+"""Bad input is refused clearly: every checkpoint loader on corrupt, truncated, foreign and unsafe
+files; CLIs with one line and a non-zero exit; undecodable images; converter preconditions."""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import random
+import zipfile
+
+import pytest
+import torch
+import torch.nn as nn
+from omegaconf import OmegaConf
+
+import convert as convert_cli
+import models
+import rm
+from engine.build import build_model
+from engine.checkpoint import (
+    CheckpointError,
+    extract_state_dict,
+    load_checkpoint,
+    load_file,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+from engine.errors import exit_on_user_error
+from engine.eval_checkpoint import load_checkpoint_forms
+from models.loading import load_pretrained
+from rm.deploy import DeployFormatError
+from rm.ops import ConversionError
+
+WIDTHS = [8, 8, 16, 16]
+REFUSED = (CheckpointError, DeployFormatError)
+MARKER = "rmnet-pickle-executed"
+
+
+def tiny(num_classes=10, stem="cifar", name="resnet18"):
+    kwargs = {"widths": WIDTHS} if name == "resnet18" else {}
+    return models.create_model(name, num_classes=num_classes, stem=stem, **kwargs).eval()
+
+
+class _Exploit:
+    """Pickles to a call of os.system: loading it must not run the command."""
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    """name -> path of files no loader may accept."""
+    d = tmp_path_factory.mktemp("bad")
+    good = d / "good.pt"
+    torch.save({"format": "rmnet-train", "version": 1, "model": tiny().state_dict()}, good)
+    data = good.read_bytes()
+    rng = random.Random(0)
+    files = {"empty": b"", "random": bytes(rng.randrange(256) for _ in range(4096)),
+             "text": b"model weights\n"}
+    for frac in (0.05, 0.5, 0.95):
+        files[f"truncated{int(frac * 100)}"] = data[: int(len(data) * frac)]
+    flipped = bytearray(data)
+    for i in rng.sample(range(64, len(data)), 64):
+        flipped[i] ^= 0xFF
+    files["bitflips"] = bytes(flipped)
+    files["plain_pickle"] = pickle.dumps({"conv.weight": [1.0, 2.0]})
+    paths = {name: d / f"{name}.pt" for name in files}
+    for name, content in files.items():
+        paths[name].write_bytes(content)
+    with zipfile.ZipFile(d / "zip.pt", "w") as z:
+        z.writestr("notes/readme.txt", "not a checkpoint")
+    paths["zip"] = d / "zip.pt"
+    paths["unsafe"] = d / "unsafe.pt"
+    torch.save({"model": _Exploit(d / MARKER)}, paths["unsafe"])
+    paths["tensor"] = d / "tensor.pt"
+    torch.save(torch.ones(3), paths["tensor"])
+    paths["strings"] = d / "strings.pt"
+    torch.save({"model": {"conv.weight": "not a tensor"}}, paths["strings"])
+    paths["deploy_format_only"] = d / "deploy_format_only.pt"
+    torch.save({"format": "rmnet-deploy", "version": 1}, paths["deploy_format_only"])
+    return {name: str(p) for name, p in paths.items()}
+
+
+def _loaders(tmp_path):
+    """Every way this project reads a weights file, as name -> fn(path)."""
+    data_cfg = OmegaConf.create({"name": "synthetic", "num_classes": 10, "stem": "cifar", "input_size": 32})
+    return {
+        "load_file+extract_state_dict": lambda p: extract_state_dict(load_file(p), p),
+        "load_checkpoint (resume)": lambda p: load_checkpoint(p),
+        "rm.load_deploy": lambda p: rm.load_deploy(p),
+        "models.loading.load_pretrained": lambda p: load_pretrained(tiny(), p),
+        "evaluate": lambda p: load_checkpoint_forms(p, OmegaConf.create({"name": "resnet18",
+                                                                        "kwargs": {"widths": WIDTHS}}), data_cfg),
+        "model.init=ckpt": lambda p: build_model(OmegaConf.create({"name": "resnet18", "kwargs": {"widths": WIDTHS},
+                                                                   "init": f"ckpt:{p}"}), data_cfg),
+        "model.init=deploy": lambda p: build_model(OmegaConf.create({"name": "resnet18", "init": f"deploy:{p}"}),
+                                                   data_cfg),
+        "convert.py": lambda p: _convert_cli(p, tmp_path),
+    }
+
+
+def _convert_cli(path, tmp_path):
+    rc = convert_cli.main(["--checkpoint", path, "--model", "resnet18", "--stem", "cifar", "--num-classes", "10",
+                           "--out", str(tmp_path / "out.pt")])
+    if rc != 0:
+        raise CheckpointError(f"convert.py exited with {rc}")
+    return rc
+
+
+@pytest.mark.parametrize("kind", ["empty", "random", "text", "truncated5", "truncated50", "truncated95",
+                                  "bitflips", "plain_pickle", "zip", "unsafe", "tensor", "strings",
+                                  "deploy_format_only"])
+def test_every_loader_refuses_bad_files(bad_files, kind, tmp_path, capsys):
+    path = bad_files[kind]
+    for loader, load in _loaders(tmp_path).items():
+        with pytest.raises(REFUSED) as e:
+            load(path)
+        if loader == "convert.py":
+            err = capsys.readouterr().err.strip()
+            assert err.startswith("error: ") and "\n" not in err and path in err, (kind, err)
+        else:
+            assert "\n" not in str(e.value), (loader, kind)
+            if loader == "evaluate" and kind in ("tensor", "strings"):
+                continue   # evaluate hands the loaded blob to load_pretrained, which no longer knows the path
+            assert path in str(e.value) or os.path.basename(path) in str(e.value), (loader, kind, str(e.value))
+    assert not os.path.exists(os.path.join(os.path.dirname(path), MARKER)), "an unsafe pickle was executed"
+
+
+def test_unsafe_pickle_names_the_object_and_the_fix(bad_files):
+    with pytest.raises(CheckpointError, match=r"system.*weights_only=True.*state_dict"):
+        load_file(bad_files["unsafe"])
+
+
+def test_truncated_file_says_so(bad_files):
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_file(bad_files["truncated50"])
+
+
+def base(num_classes=10, stem="cifar", name="resnet18"):
+    """Full-width models: convert.py builds registry models with their default widths."""
+    return models.create_model(name, num_classes=num_classes, stem=stem).eval()
+
+
+@pytest.mark.parametrize("other", [dict(num_classes=100), dict(stem="imagenet"), dict(name="resnet20")],
+                         ids=["classes", "stem", "architecture"])
+def test_foreign_checkpoints_are_refused_with_the_mismatch(tmp_path, other, capsys):
+    bare = str(tmp_path / "bare.pt")
+    torch.save(base(**other).state_dict(), bare)
+    data_cfg = OmegaConf.create({"name": "synthetic", "num_classes": 10, "stem": "cifar", "input_size": 32})
+    model_cfg = OmegaConf.create({"name": "resnet18", "init": f"ckpt:{bare}"})
+    for load in (lambda: load_pretrained(base(), bare), lambda: build_model(model_cfg, data_cfg)):
+        with pytest.raises(CheckpointError, match="fc.weight|conv1.weight|layer4"):
+            load()
+    with pytest.raises(CheckpointError):
+        _convert_cli(bare, tmp_path)
+    assert "does not match resnet18" in capsys.readouterr().err
+    plain = rm.convert(base())
+    # a deploy artifact whose weights do not fit its own layer list
+    deploy = str(tmp_path / "deploy.pt")
+    rm.save_deploy(plain, deploy)
+    blob = torch.load(deploy, weights_only=True)
+    blob["state_dict"] = rm.convert(base(**other)).state_dict()
+    torch.save(blob, deploy)
+    with pytest.raises(DeployFormatError, match="damaged deploy artifact"):
+        rm.load_deploy(deploy)
+
+
+def test_training_checkpoint_of_an_unknown_model(tmp_path):
+    path = str(tmp_path / "old.pt")
+    save_checkpoint(path, model=tiny().state_dict(), model_cfg={"name": "resnet19", "num_classes": 10,
+                                                               "stem": "cifar"})
+    with pytest.raises(CheckpointError, match="resnet19.*Did you mean"):
+        model_from_checkpoint(load_checkpoint(path), path)
+
+
+def test_cli_wrapper_prints_one_line_and_exits_2(capsys):
+    @exit_on_user_error
+    def cli():
+        models.create_model("resnt50")
+
+    with pytest.raises(SystemExit) as e:
+        cli()
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown model 'resnt50'" in err and "resnet50" in err
+
+    @exit_on_user_error
+    def bug():
+        raise RuntimeError("a bug keeps its traceback")
+
+    with pytest.raises(RuntimeError):
+        bug()
+
+
+# --- datasets -------------------------------------------------------------------------------------
+def _image_folder(root, bad):
+    from PIL import Image
+
+    for c in ("a", "b"):
+        os.makedirs(root / "val" / c)
+        for i in range(2):
+            Image.new("RGB", (20, 20), (100 * i, 50, 0)).save(root / "val" / c / f"{i}.JPEG")
+    (root / "val" / "b" / "bad.JPEG").write_bytes(bad)
+    return str(root / "val" / "b" / "bad.JPEG")
+
+
+@pytest.mark.parametrize("bad", [b"not an image", b"\xff\xd8\xff\xe0" + b"\0" * 20], ids=["garbage", "truncated"])
+def test_undecodable_image_fails_or_is_skipped_and_named(tmp_path, caplog, bad):
+    import data
+
+    bad_path = _image_folder(tmp_path, bad)
+    cfg = OmegaConf.create({"name": "imagenet", "root": str(tmp_path), "num_classes": 2, "bad_images": "fail"})
+    ds = data.build_dataset(cfg, "val")
+    index = [p for p, _ in ds.samples].index(bad_path)
+    with pytest.raises(data.DatasetError, match=r"bad\.JPEG cannot be decoded.*bad_images=skip"):
+        ds[index]
+    cfg.bad_images = "skip"
+    ds = data.build_dataset(cfg, "val")
+    with caplog.at_level(logging.WARNING, logger="rmnet.data"):
+        samples = [ds[i] for i in range(len(ds))]
+    assert len(samples) == 5 and ds.skipped == 1 and bad_path in caplog.text
+    cfg.bad_images = "ignore"
+    with pytest.raises(ValueError, match="bad_images must be one of"):
+        data.build_dataset(cfg, "val")
+
+
+# --- converter preconditions ----------------------------------------------------------------------
+def test_convert_names_what_breaks_its_preconditions():
+    model = tiny()
+    model.layer2[0].bn1.train()
+    with pytest.raises(ConversionError, match=r"training mode \(layer2\.0\.bn1\)"):
+        rm.convert(model)
+    model = tiny()
+    model.layer1[1].bn2.running_var[3] = -1.0
+    with pytest.raises(ConversionError, match=r"negative .*layer1\.1\.bn2"):
+        rm.convert(model)
+    model = tiny()
+    with torch.no_grad():
+        model.fc.weight[0, 0] = float("nan")
+    with pytest.raises(ConversionError, match=r"NaN/Inf.*fc\.weight"):
+        rm.convert(model)
+    model = tiny()
+    model.layer1[0].bn1 = nn.BatchNorm2d(8, track_running_stats=False).eval()
+    with pytest.raises(ConversionError, match=r"running statistics.*layer1\.0\.bn1"):
+        rm.convert(model)
+
+    class Unknown(nn.Module):
+        def forward(self, x):
+            return x
+
+    model = tiny()
+    model.layer1 = nn.Sequential(model.layer1, Unknown()).eval()
+    with pytest.raises(ConversionError, match=r"layer1\.1 of type .*Unknown"):
+        rm.convert(model)
