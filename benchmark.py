@@ -2,20 +2,17 @@
 
 The logic is in engine/benchmark.py; the settings in conf/benchmark.yaml.
 """
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from engine.benchmark import USER_ERRORS, run
+from engine.benchmark import run
+from engine.errors import exit_on_user_error
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="benchmark")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except USER_ERRORS as e:
-        sys.exit(f"error: {e}")
+    run(cfg)
 
 
 if __name__ == "__main__":

@@ -2,20 +2,17 @@
 
 The logic is in engine/eval_checkpoint.py; the settings in conf/evaluate.yaml.
 """
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from engine.eval_checkpoint import USER_ERRORS, run
+from engine.errors import exit_on_user_error
+from engine.eval_checkpoint import run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except USER_ERRORS as e:
-        sys.exit(f"error: {e}")
+    run(cfg)
 
 
 if __name__ == "__main__":

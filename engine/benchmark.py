@@ -46,8 +46,6 @@ PRECISIONS = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat
 PROTOCOL = {"batch_size": [128], "warmup": 50, "iters": 50}
 CPU_DEFAULTS = {"batch_size": [8], "warmup": 2, "iters": 5}
 PRESET_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "presets"
-# Bad settings (unknown model, preset, precision, ...): benchmark.py prints the message, no traceback.
-USER_ERRORS = (ValueError, KeyError)
 
 
 @dataclass

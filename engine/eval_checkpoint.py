@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import models
 import rm
-from data import DatasetError, build_loader
+from data import build_loader
 from models.loading import load_pretrained
 from rm.deploy import FORMAT as DEPLOY_FORMAT
 
@@ -35,9 +35,6 @@ from .evaluate import evaluate
 
 SCHEMA = "rmnet-eval/1"
 FORMS = ("residual", "plain")
-# Bad input: evaluate.py prints the message, no traceback. CheckpointError and DeployFormatError are
-# ValueErrors; UnknownModelError is a KeyError.
-USER_ERRORS = (ValueError, KeyError, DatasetError)
 
 
 @dataclass
