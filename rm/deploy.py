@@ -108,11 +108,13 @@ def load_deploy(path: str, map_location: str | torch.device = "cpu") -> tuple[nn
         raise DeployFormatError(f"{path} has deploy format version {blob['version']}; this code reads "
                                 f"up to {VERSION}: update RMNet")
     try:
-        model = from_spec(blob["spec"])
+        floats = [v.dtype for v in blob["state_dict"].values() if v.is_floating_point()]
+        # Cast before loading: load_state_dict copies into the existing (float32) parameters, which
+        # would round a float64 artifact.
+        model = from_spec(blob["spec"]).to(floats[0] if floats else torch.float32)
         model.load_state_dict(blob["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
         # A damaged or hand-edited artifact: its layer list and weights do not rebuild a model.
         raise DeployFormatError(f"{path} is a damaged deploy artifact ({type(e).__name__}: {e}); "
                                 f"convert the checkpoint again (python convert.py)") from None
-    dtype = next(iter(blob["state_dict"].values())).dtype if blob["state_dict"] else torch.float32
-    return model.to(dtype).eval(), blob.get("meta", {})
+    return model.eval(), blob.get("meta", {})

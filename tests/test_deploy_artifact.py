@@ -28,6 +28,15 @@ def test_deploy_round_trip(tmp_path):
     assert blob["format"] == "rmnet-deploy"
 
 
+def test_float64_artifact_keeps_float64_weights(tmp_path):
+    plain = rm.convert(_small_model().double())
+    path = tmp_path / "deploy64.pt"
+    rm.save_deploy(plain, str(path))
+    loaded, _ = rm.load_deploy(str(path))
+    for (name, a), b in zip(plain.state_dict().items(), loaded.state_dict().values()):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+
+
 def test_deploy_artifact_runs_without_model_classes(tmp_path):
     """A fresh interpreter that cannot import the training-time model code still runs the file."""
     model = _small_model()
