@@ -18,6 +18,7 @@ import models
 import rm
 from engine.checkpoint import CheckpointError, extract_state_dict, load_file
 from models.complexity import count_macs, count_params
+from models.loading import load_pretrained
 from rm.rules import SCHEMES
 
 
@@ -53,17 +54,12 @@ def load_residual(args) -> tuple[torch.nn.Module, dict]:
     cfg.setdefault("num_classes", 1000)
     model = models.create_model(cfg["name"], num_classes=cfg["num_classes"], stem=cfg["stem"])
     if state is not None:
-        expected = model.state_dict()
-        missing = sorted(expected.keys() - state.keys())
-        unexpected = sorted(state.keys() - expected.keys())
-        shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                  if k in state and state[k].shape != v.shape]
-        if missing or unexpected or shapes:
-            raise CheckpointError(f"{args.checkpoint} does not match {cfg['name']} "
-                                  f"(stem={cfg['stem']}, classes={cfg['num_classes']}): missing {missing[:5]}, "
-                                  f"unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}; pass the "
-                                  f"--model, --stem and --num-classes it was trained with")
-        model.load_state_dict(state)
+        try:  # also maps the RMNet/RepVGG authors' and torchvision key layouts
+            load_pretrained(model, state)
+        except CheckpointError as e:
+            raise CheckpointError(f"{args.checkpoint} does not match {cfg['name']} (stem={cfg['stem']}, "
+                                  f"classes={cfg['num_classes']}): {e}. Pass the --model, --stem and "
+                                  f"--num-classes it was trained with") from None
     return model.eval(), model.rmnet_cfg
 
 
