@@ -16,7 +16,7 @@ import torch
 
 import models
 import rm
-from engine.checkpoint import CheckpointError, extract_state_dict, load_file
+from engine.checkpoint import CheckpointError, extract_state_dict, load_file, model_from_checkpoint
 from models.complexity import count_macs, count_params
 from models.loading import load_pretrained
 from rm.rules import SCHEMES
@@ -43,6 +43,12 @@ def load_residual(args) -> tuple[torch.nn.Module, dict]:
     if args.checkpoint:
         blob = load_file(args.checkpoint)
         if isinstance(blob, dict) and isinstance(blob.get("model_cfg"), dict):
+            if blob.get("spec") is not None:
+                raise CheckpointError(f"{args.checkpoint} already holds a plain model: nothing to convert")
+            if args.model is None and args.stem is None and args.num_classes is None:
+                # The trainer's own checkpoint: rebuild exactly what it trained (widths and all).
+                model = model_from_checkpoint(blob, args.checkpoint)
+                return model, model.rmnet_cfg
             cfg = dict(blob["model_cfg"])
         state = extract_state_dict(blob, args.checkpoint)
     for key, value in (("name", args.model), ("stem", args.stem), ("num_classes", args.num_classes)):
