@@ -26,6 +26,8 @@ CHOICES = {   # enumerated values, checked before any work starts
     "data.stem": ("imagenet", "cifar"),
     "data.augment.crop": ("resized", "pad", "none"),
     "final.downsample": ("reserve_input", "reserve_shortcut"),
+    "nonfinite_loss": ("stop", "skip"),
+    "fault.kind": (None, "crash", "kill"),
 }
 
 

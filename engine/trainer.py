@@ -29,9 +29,17 @@ from rm.deploy import save_deploy, to_spec
 from . import distributed as D
 from .amp import autocast, check_amp, grad_scaler
 from .build import build_model, is_plain
-from .checkpoint import load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    model_from_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import ConfigError, check_values
 from .evaluate import evaluate
+from .faults import NonFiniteLossError, RunDirError, StopSignal, inject, probe_run_dir
 from .hooks import build_hooks
 from .optim import build_optimizer, build_scheduler, scaled_lr
 
@@ -91,6 +99,11 @@ class Trainer:
 
         self.epoch = self.step_in_epoch = self.step = 0
         self.best_top1 = float("-inf")
+        self.stop = StopSignal()
+        # Non-finite losses are noticed without a host sync per step: the first bad step is kept on
+        # the device and checked where the loop syncs anyway (logging) and before every checkpoint.
+        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        self.recent_lr: dict[int, float] = {}
         if resume_path:
             self._resume(resume_path)
         self.tb = self._writer()
@@ -104,7 +117,8 @@ class Trainer:
         if D.is_main():
             try:
                 plan = (*_choose_run(self.cfg), None)
-            except ConfigError as e:
+                probe_run_dir(plan[0])   # a full disk or a read-only folder fails now, not at the first save
+            except (ConfigError, RunDirError) as e:
                 plan = ("", None, str(e))
         run_dir, resume, error = D.broadcast_object(plan)
         if error:
@@ -159,20 +173,51 @@ class Trainer:
             "config": OmegaConf.to_container(self.cfg, resolve=True)}
 
     def save(self, best: bool = False) -> None:
-        """Write last.pt (and best.pt); collective, because it gathers every rank's RNG states."""
+        """Write last.pt (and best.pt); collective, because it gathers every rank's RNG states.
+        Weights from a non-finite loss are never written (NonFiniteLossError instead)."""
+        self.check_finite()
         rngs = D.gather_object(rng_state())
         if self.main:
             state = {**self._state(), "rng": rngs}
-            save_checkpoint(os.path.join(self.run_dir, "last.pt"), **state)
-            if best:
-                save_checkpoint(os.path.join(self.run_dir, "best.pt"), **state)
+            for name in ("last.pt", "best.pt") if best else ("last.pt",):
+                path = os.path.join(self.run_dir, name)
+                try:
+                    save_checkpoint(path, **state)
+                except OSError as e:   # atomic: the previous file is still there
+                    raise CheckpointError(f"could not write {path} ({e.strerror or e}); the previous checkpoint "
+                                          f"is intact. Free disk space or choose another output_dir, then "
+                                          f"resume=auto") from None
+
+    def check_finite(self) -> None:
+        """Collective: raise NonFiniteLossError if any rank has seen a NaN/Inf loss (nonfinite_loss=stop)."""
+        none = torch.iinfo(torch.long).max
+        first = torch.where(self.first_bad_step < 0, none, self.first_bad_step)
+        if D.is_initialized():
+            torch.distributed.all_reduce(first, op=torch.distributed.ReduceOp.MIN)
+        step = int(first.item())
+        if step == none:
+            self.recent_lr.clear()
+            return
+        last = os.path.join(self.run_dir, "last.pt")
+        lr = self.recent_lr.get(step)
+        raise NonFiniteLossError(
+            f"non-finite loss at step {step} (lr {'unknown' if lr is None else f'{lr:g}'}); the weights after it "
+            f"are not saved. Last good checkpoint: {last if os.path.isfile(last) else 'none yet'}. Lower optim.lr, "
+            f"set grad_clip or pass nonfinite_loss=skip to skip such steps; resume=auto continues from last.pt")
 
     def _resume(self, path: str) -> None:
         blob = load_checkpoint(path, map_location=self.device)
-        self.model.load_state_dict(blob["model"])
-        self.optimizer.load_state_dict(blob["optimizer"])
-        self.scheduler.load_state_dict(blob["scheduler"])
-        self.scaler.load_state_dict(blob["scaler"])
+        try:
+            self.model.load_state_dict(blob["model"])
+            self.optimizer.load_state_dict(blob["optimizer"])
+            self.scheduler.load_state_dict(blob["scheduler"])
+            self.scaler.load_state_dict(blob["scaler"])
+        except (KeyError, ValueError, RuntimeError) as e:
+            stored = blob.get("model_cfg") or {}
+            raise CheckpointError(
+                f"{path} does not fit this run ({stored.get('name')}, {stored.get('num_classes')} classes, "
+                f"{stored.get('stem')} stem in the file; {str(e).strip().splitlines()[0]}): resume with the "
+                f"settings in its run's config.yaml, or start a new run (another run_name)") from None
         if self.ema is not None:
             if blob.get("ema") is None:
                 raise ConfigError(f"{path} was trained without EMA; resume it with ema_decay=0")
@@ -193,6 +238,11 @@ class Trainer:
         log.info(f"run {self.run_dir}: {cfg.model.name} on {cfg.data.name}, {self.world} process(es) on "
                  f"{self.device.type}, global batch {self.global_batch}, lr {scaled_lr(cfg.optim, self.global_batch):g}, "
                  f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
+        with self.stop:
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
+        cfg = self.cfg
         while self.epoch < cfg.epochs:
             start = time.perf_counter()
             train_loss = self.train_epoch()
@@ -208,6 +258,8 @@ class Trainer:
                           "val_top5": val["top5"], "val_loss": val["loss"], "epoch_time": elapsed})
             log.info(f"epoch {self.epoch}/{cfg.epochs}: train loss {train_loss:.4f}  val loss {val['loss']:.4f}  "
                      f"top-1 {val['top1']:.2f}  top-5 {val['top5']:.2f}  (best {self.best_top1:.2f})  {elapsed:.1f}s")
+            if self.stop_requested():
+                self.exit_preempted()
         return self.finish() if cfg.final.enabled else {"best_top1": self.best_top1}
 
     def train_epoch(self) -> float:
@@ -238,15 +290,17 @@ class Trainer:
                 if extra is not None:
                     loss = loss + extra
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if unscale:
-                self.scaler.unscale_(self.optimizer)
-            for hook in self.hooks:
-                hook.after_backward(self.model)
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            self.recent_lr[self.step + 1] = self.optimizer.param_groups[0]["lr"]
+            if not self.skip_nonfinite(loss):
+                self.scaler.scale(loss).backward()
+                if unscale:
+                    self.scaler.unscale_(self.optimizer)
+                for hook in self.hooks:
+                    hook.after_backward(self.model)
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
@@ -266,14 +320,43 @@ class Trainer:
                 self._record({"step": self.step, "train_loss": mean, "lr": lr, "img_s": img_s})
                 window.zero_()
                 window_steps, tick = 0, time.perf_counter()
+                self.check_finite()
             bar.update()
+            inject(cfg.fault, self.step, self.rank, self.run_dir)
             if self.step_in_epoch >= self.steps_per_epoch:
-                break
+                break   # a stop request is served by the epoch-end checkpoint
             if cfg.ckpt_every_steps and self.step % cfg.ckpt_every_steps == 0:
                 self.save()
+            if self.stop_requested():
+                self.save()
+                self.exit_preempted()
         bar.close()
         mean = D.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(steps_done), device=self.device)]))
         return (mean[0] / mean[1].clamp(min=1)).item()
+
+    def skip_nonfinite(self, loss: torch.Tensor) -> bool:
+        """Whether this step's update is skipped: with nonfinite_loss=skip, when any rank's loss is
+        NaN/Inf (one host sync per step); with `stop`, the step is only recorded for check_finite."""
+        bad = ~torch.isfinite(loss.detach())
+        if self.cfg.nonfinite_loss == "stop":
+            self.first_bad_step = torch.where(bad & (self.first_bad_step < 0), self.step + 1, self.first_bad_step)
+            return False
+        if D.all_reduce_sum(bad.float()).item() == 0:
+            return False
+        log.warning(f"non-finite loss at step {self.step + 1} (lr {self.recent_lr[self.step + 1]:g}): "
+                    f"update skipped (nonfinite_loss=skip)")
+        return True
+
+    def stop_requested(self) -> bool:
+        """Collective: has any rank received SIGTERM/SIGINT?"""
+        flag = torch.tensor(float(self.stop.signum is not None), device=self.device)
+        return bool(D.all_reduce_sum(flag).item() > 0) if self.world > 1 else self.stop.signum is not None
+
+    def exit_preempted(self) -> None:
+        last = os.path.join(self.run_dir, "last.pt")
+        log.warning(f"stopped by a signal after step {self.step} (epoch {self.epoch + 1}, step {self.step_in_epoch}); "
+                    f"checkpoint {last}. Continue with resume={last} (or resume=auto)")
+        raise SystemExit(self.stop.exit_code or 1)
 
     def eval_model(self) -> nn.Module:
         """The weights that are validated, checkpointed as best and converted: EMA if enabled."""

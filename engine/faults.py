@@ -1,0 +1,101 @@
+"""What the trainer does when things go wrong: preemption signals, non-finite losses, unwritable
+run directories, and a fault-injection switch that the tests use to crash or kill a run.
+
+Checkpoints themselves are written atomically (engine.checkpoint.atomic_save), so a crash or kill
+at any moment leaves the previous last.pt intact and `resume=auto` continues from it.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+import threading
+from typing import Any
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/Inf loss; the message names the step, its learning rate and the
+    last good checkpoint."""
+
+
+class RunDirError(OSError):
+    """The run directory cannot be written (permissions, full disk)."""
+
+
+class StopSignal:
+    """SIGTERM/SIGINT ask the trainer to stop after the current step (it then checkpoints and
+    exits with 128 + signal number); a second signal exits at once, and so does a step that does
+    not end within `grace_s` (a rank blocked in a collective on a dead peer: torchrun's agent sends
+    SIGTERM and waits 30 s before SIGKILL). Installed only in the main thread, restored on exit."""
+
+    def __init__(self, grace_s: float = 25.0) -> None:
+        self.signum: int | None = None
+        self.grace_s = grace_s
+        self._previous: dict[int, Any] = {}
+        self._deadline: threading.Timer | None = None
+
+    def __enter__(self) -> StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+        if self._deadline is not None:
+            self._deadline.cancel()
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None:
+            print(f"\nsecond {signal.Signals(signum).name}: exiting now without a checkpoint; "
+                  f"the last one written is intact", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.signum = signum
+        self._deadline = threading.Timer(self.grace_s, self._expire)
+        self._deadline.daemon = True
+        self._deadline.start()
+        print(f"\n{signal.Signals(signum).name} received: stopping after this step and writing a checkpoint "
+              f"(send it again to exit at once)", file=sys.stderr, flush=True)
+
+    def _expire(self) -> None:
+        print(f"the step did not end within {self.grace_s:g} s of the signal: exiting without a checkpoint",
+              file=sys.stderr, flush=True)
+        os._exit(self.exit_code)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or 0)
+
+
+def probe_run_dir(run_dir: str) -> None:
+    """Create `run_dir` and write, flush and fsync a small file in it; RunDirError says why not."""
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-probe-") as f:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise RunDirError(f"cannot write to the run directory {run_dir} ({e.strerror or e}); free disk space, "
+                          f"fix its permissions or choose another output_dir") from None
+
+
+def inject(fault: Any, step: int, rank: int, run_dir: str) -> None:
+    """TESTING AID (`fault.kind` in conf/train.yaml): once per run directory, crash (`crash`: exit
+    status 1, as a dying rank under torchrun) or SIGKILL (`kill`) rank `fault.rank` right after
+    optimizer step `fault.step`. A marker file keeps the restarted run from failing again."""
+    if not fault or not fault.get("kind") or step != fault.step or rank != fault.rank:
+        return
+    marker = os.path.join(run_dir, f".fault-injected-rank{rank}")
+    if os.path.exists(marker):
+        return
+    open(marker, "w").close()
+    print(f"fault injection: {fault.kind} on rank {rank} after step {step}", file=sys.stderr, flush=True)
+    if fault.kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    os._exit(1)

@@ -1,0 +1,191 @@
+"""Trainer faults: SIGKILL and exact resume, SIGTERM/SIGINT preemption, elastic restart under
+torchrun, a crash while writing a checkpoint, non-finite losses, an unwritable run directory."""
+import os
+import random
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+import engine.faults as faults
+import engine.trainer as trainer_mod
+from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from engine.config import ConfigError
+from engine.faults import NonFiniteLossError, StopSignal
+from engine.trainer import Trainer, train
+from tests.train_helpers import TINY, tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHORT = ["epochs=2", "max_steps_per_epoch=4", "final.enabled=false"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.use_deterministic_algorithms(False)
+    torch.set_num_threads(threads)
+
+
+def _same_weights(a_path, b_path):
+    a, b = load_checkpoint(a_path), load_checkpoint(b_path)
+    assert a["step"] == b["step"]
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+
+
+def test_sigkill_at_a_random_step_resumes_exactly(tmp_path, one_thread):
+    """A process SIGKILLed after a random step resumes from its last step checkpoint with resume=auto
+    and ends with the weights of an uninterrupted run."""
+    common = [*SHORT, "deterministic=true", "ckpt_every_steps=1", "sched=cosine"]
+    step = random.Random(os.getpid()).randint(2, 7)
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), *TINY, f"output_dir={tmp_path}", "run_name=cut",
+           *common, "fault.kind=kill", f"fault.step={step}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert load_checkpoint(str(tmp_path / "cut" / "last.pt"))["step"] == step - 1   # killed before its save
+    train(tiny_config(tmp_path, "run_name=cut", "resume=auto", *common, "fault.kind=kill", f"fault.step={step}"))
+    train(tiny_config(tmp_path, "run_name=full", *common))
+    _same_weights(str(tmp_path / "full" / "last.pt"), str(tmp_path / "cut" / "last.pt"))
+    assert f"resumed {tmp_path / 'cut' / 'last.pt'}: epoch {(step - 1) // 4}, step {step - 1}" in \
+        open(tmp_path / "cut" / "train.log").read()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_preemption_signal_checkpoints_after_the_step_and_exits_nonzero(tmp_path, monkeypatch, sig):
+    def signal_at_step_3(fault, step, rank, run_dir):
+        if step == 3:
+            os.kill(os.getpid(), sig)
+
+    monkeypatch.setattr(trainer_mod, "inject", signal_at_step_3)
+    with pytest.raises(SystemExit) as e:
+        train(tiny_config(tmp_path, "run_name=pre", *SHORT))
+    assert e.value.code == 128 + sig
+    ckpt = load_checkpoint(str(tmp_path / "pre" / "last.pt"))
+    assert (ckpt["step"], ckpt["epoch"], ckpt["step_in_epoch"]) == (3, 0, 3)
+    assert "stopped by a signal after step 3" in open(tmp_path / "pre" / "train.log").read()
+    assert signal.getsignal(sig) is not StopSignal._handle   # handlers restored
+
+
+def test_second_signal_exits_at_once(monkeypatch):
+    exits = []
+    monkeypatch.setattr(faults.os, "_exit", exits.append)
+    with StopSignal() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signum == signal.SIGTERM and not exits
+        os.kill(os.getpid(), signal.SIGINT)
+    assert exits == [128 + signal.SIGINT]
+
+
+def test_a_step_that_never_ends_after_the_signal_exits_after_the_grace_period(monkeypatch):
+    import time
+
+    exits = []
+    monkeypatch.setattr(faults.os, "_exit", exits.append)
+    with StopSignal(grace_s=0.05):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)   # a rank blocked on a dead peer
+    assert exits == [128 + signal.SIGTERM]
+
+
+@pytest.mark.distributed
+def test_elastic_restart_resumes_from_the_last_checkpoint(tmp_path):
+    """Rank 1 dies after step 3 of 8; torchrun restarts both ranks, which resume from step 2. (More
+    than one restart is allowed: on a loaded machine gloo's reconnection itself sometimes fails.)"""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=3",
+           os.path.join(ROOT, "train.py"), *TINY, f"output_dir={tmp_path}", "run_name=el", "resume=auto", *SHORT,
+           "ckpt_every_steps=2", "fault.kind=crash", "fault.rank=1", "fault.step=3"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "fault injection: crash on rank 1 after step 3" in proc.stderr
+    log = open(tmp_path / "el" / "train.log").read()
+    assert f"resumed {tmp_path / 'el' / 'last.pt'}: epoch 0, step 2" in log
+    ckpt = load_checkpoint(str(tmp_path / "el" / "last.pt"))
+    assert (ckpt["step"], ckpt["world_size"]) == (8, 2)
+
+
+def test_crash_during_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = str(tmp_path / "last.pt")
+    save_checkpoint(path, step=1, model={"w": torch.ones(3)})
+    real_save = torch.save
+
+    def save_half_then_die(obj, f, *args, **kwargs):
+        real_save(obj, f)
+        f.truncate(f.tell() // 2)   # half of the bytes are on disk when the "crash" happens
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", save_half_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, step=2, model={"w": torch.zeros(3)})
+    monkeypatch.setattr(torch, "save", real_save)
+    assert load_checkpoint(path)["step"] == 1
+    assert os.listdir(tmp_path) == ["last.pt"]   # no temporary file left behind
+
+
+def test_disk_full_during_a_run_is_a_clear_error(tmp_path, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    trainer = Trainer(tiny_config(tmp_path, "run_name=full", *SHORT))
+    try:
+        trainer.save()
+        monkeypatch.setattr(trainer_mod, "save_checkpoint", disk_full)
+        with pytest.raises(CheckpointError, match=r"could not write .*last.pt \(No space left on device\); the "
+                                                  r"previous checkpoint is intact"):
+            trainer.save()
+    finally:
+        trainer.close()
+
+
+def test_unwritable_run_directory_fails_at_start(tmp_path):
+    (tmp_path / "file").write_text("a file where a folder should be")
+    with pytest.raises(ConfigError, match="cannot write to the run directory .*choose another output_dir"):
+        Trainer(tiny_config(tmp_path / "file" / "runs", *SHORT))
+
+
+class _NaNAt(nn.Module):
+    """Cross-entropy that returns NaN on call number `at` (1-based)."""
+    def __init__(self, at):
+        super().__init__()
+        self.at, self.calls, self.ce = at, 0, nn.CrossEntropyLoss()
+
+    def forward(self, logits, targets):
+        self.calls += 1
+        loss = self.ce(logits, targets)
+        return loss * float("nan") if self.calls == self.at else loss
+
+
+def test_nonfinite_loss_stops_and_never_overwrites_a_good_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(Trainer, "_loss", lambda self, cfg: (None, _NaNAt(3)))
+    with pytest.raises(NonFiniteLossError) as e:
+        train(tiny_config(tmp_path, "run_name=diverged", *SHORT, "ckpt_every_steps=1", "log_every_steps=2"))
+    last = tmp_path / "diverged" / "last.pt"
+    assert "non-finite loss at step 3 (lr 0.05)" in str(e.value) and f"Last good checkpoint: {last}" in str(e.value)
+    ckpt = load_checkpoint(str(last))
+    assert ckpt["step"] == 2   # the save after step 3 saw the NaN and wrote nothing
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_nonfinite_loss_skip_mode_skips_the_update(tmp_path, monkeypatch):
+    monkeypatch.setattr(Trainer, "_loss", lambda self, cfg: (None, _NaNAt(3)))
+    train(tiny_config(tmp_path, "run_name=skip", *SHORT, "nonfinite_loss=skip"))
+    ckpt = load_checkpoint(str(tmp_path / "skip" / "last.pt"))
+    assert ckpt["step"] == 8
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert "non-finite loss at step 3 (lr 0.05): update skipped" in open(tmp_path / "skip" / "train.log").read()
+
+
+def test_resume_from_a_checkpoint_of_another_model_is_refused(tmp_path):
+    import models
+
+    other = models.create_model("resnet20", num_classes=10, stem="cifar")
+    path = str(tmp_path / "other" / "last.pt")
+    save_checkpoint(path, model=other.state_dict(), model_cfg=other.rmnet_cfg, optimizer={}, scheduler={},
+                    scaler={}, epoch=0, step=0, step_in_epoch=0, best_top1=0.0)
+    with pytest.raises(CheckpointError, match=r"does not fit this run \(resnet20, 10 classes, cifar stem"):
+        Trainer(tiny_config(tmp_path, f"resume={path}", *SHORT))
