@@ -291,7 +291,8 @@ class Trainer:
                     loss = loss + extra
             self.optimizer.zero_grad(set_to_none=True)
             self.recent_lr[self.step + 1] = self.optimizer.param_groups[0]["lr"]
-            if not self.skip_nonfinite(loss):
+            skipped = self.skip_nonfinite(loss)
+            if not skipped:
                 self.scaler.scale(loss).backward()
                 if unscale:
                     self.scaler.unscale_(self.optimizer)
@@ -308,7 +309,8 @@ class Trainer:
             self.step_in_epoch += 1
             steps_done += 1
             window_steps += 1
-            loss = loss.detach().float()
+            # A skipped step adds 0 to the logged mean rather than NaN; skips are logged one by one.
+            loss = loss.detach().float() if not skipped else torch.zeros((), device=self.device)
             loss_sum += loss
             window += loss
             if self.step % cfg.log_every_steps == 0 or self.step_in_epoch == self.steps_per_epoch:

@@ -156,6 +156,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         fam_dir = os.path.join(out, family)
         artifact = os.path.join(fam_dir, "pruned.pt")
         meta = {**residual.rmnet_cfg, "family": family, "sr": float(p.sr), "threshold": result.threshold}
+        if plain is not None:   # the error of the RM conversion the pruned chain starts from
+            meta["verify"] = rm.verify(residual, plain, size)
         _save(result.model, artifact, family, meta)
         before = model_stats(plain, size, p.bench) if plain is not None else reference
         if plain is not None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+import rm
 from engine.config import CONF_DIR
 from prune import pipeline
 from prune.artifact import load_pruned_residual
@@ -56,6 +57,8 @@ def test_pruned_models_reload_and_run(run_dir):
         assert kind == family and model(x).shape == (2, 10)
     model, meta = load_pruned_residual(report["families"]["resnet"]["artifact"])
     assert meta["family"] == "resnet" and meta["sr"] == pytest.approx(1e-3)
+    _, rm_meta = rm.load_deploy(report["families"]["rmnet"]["artifact"])
+    assert rm_meta["verify"]["float32"]["max_rel"] < 1e-4   # the RM conversion it was pruned from
     stats = pipeline.evaluate_file(cfg, report["families"]["rmnet"]["artifact"])
     assert stats["top1"] == pytest.approx(report["families"]["rmnet"]["top1_pruned"])
 
