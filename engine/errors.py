@@ -3,8 +3,9 @@
 The project's own error types (CheckpointError, DeployFormatError, ConversionError, ConfigError,
 PruneError) are ValueErrors whose message names the problem and the fix, as are the plain
 ValueErrors raised for bad arguments (a stem or class count that does not fit); DatasetError is a
-FileNotFoundError and UnknownModelError a KeyError. Any other exception is a bug and keeps its
-traceback.
+FileNotFoundError and UnknownModelError a KeyError. A diverged run (NonFiniteLossError) ends the
+same way: its message names the step and the checkpoint to resume. Any other exception is a bug
+and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from typing import Callable, TypeVar
 from data.datasets import DatasetError
 from models.registry import UnknownModelError
 
-USER_ERRORS: tuple[type[Exception], ...] = (ValueError, DatasetError, UnknownModelError)
+from .faults import NonFiniteLossError
+
+USER_ERRORS: tuple[type[Exception], ...] = (ValueError, DatasetError, UnknownModelError, NonFiniteLossError)
 EXIT_USER_ERROR = 2
 
 F = TypeVar("F", bound=Callable)
