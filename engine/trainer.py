@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -47,7 +47,9 @@ log = logging.getLogger("rmnet.train")
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig):
+    def __init__(self, cfg: DictConfig, model_transform: Callable[[nn.Module], nn.Module] | None = None):
+        """`model_transform` rewrites the model built from `cfg.model` before training (e.g. pruning
+        adds shortcut BNs, or swaps in a pruned model); it runs on every rank, before DDP wrapping."""
         check_values(cfg)
         self.cfg = cfg
         self.device = D.setup(cfg.device)
@@ -62,7 +64,10 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
 
         torch.manual_seed(cfg.seed)   # identical initial weights on every rank
-        model = build_model(cfg.model, cfg.data).to(self.device)
+        model = build_model(cfg.model, cfg.data)
+        if model_transform is not None:
+            model = model_transform(model).train()
+        model = model.to(self.device)
         if cfg.sync_bn and self.world > 1:
             if self.device.type != "cuda":
                 raise ConfigError("sync_bn=true needs CUDA (SyncBatchNorm has no CPU/gloo kernel)")
@@ -468,9 +473,9 @@ def _choose_run(cfg: DictConfig) -> tuple[str, str | None]:
     return run_dir, None
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig, model_transform: Callable[[nn.Module], nn.Module] | None = None) -> dict[str, Any]:
     """Run the job described by a composed train config; returns the final summary."""
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, model_transform)
     try:
         return trainer.fit()
     finally:

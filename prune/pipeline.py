@@ -14,8 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -45,18 +44,6 @@ def run_root(cfg: DictConfig) -> str:
     return cfg.prune.out_dir or os.path.join(cfg.output_dir, f"prune-{cfg.model.name}-{cfg.data.name}-sr{cfg.prune.sr:g}")
 
 
-@contextmanager
-def _trainer_model(transform: Callable[[nn.Module], nn.Module]) -> Iterator[None]:
-    """Make the trainer train `transform(model it built)`. The trainer builds its model from the
-    config and has no model-transform option (yet); this is the one place that works around it."""
-    build = engine.trainer.build_model
-    engine.trainer.build_model = lambda model_cfg, data_cfg: transform(build(model_cfg, data_cfg)).train()
-    try:
-        yield
-    finally:
-        engine.trainer.build_model = build
-
-
 def _train_cfg(cfg: DictConfig, out_dir: str, run_name: str, sr: float | None, **keys: Any) -> DictConfig:
     """The train config of one trainer run: the user's settings, the bn_l1 hook with `sr` (None:
     without it), a fixed run directory that a re-run resumes, and `keys` overridden."""
@@ -82,8 +69,7 @@ def sparse_train(cfg: DictConfig) -> str:
     Re-running resumes (or, when finished, reuses) the run."""
     root = run_root(cfg)
     tcfg = _train_cfg(cfg, root, "sparse", cfg.prune.sr, **{"final.enabled": False})
-    with _trainer_model(_with_shortcut_bn):
-        engine.trainer.train(tcfg)
+    engine.trainer.train(tcfg, model_transform=_with_shortcut_bn)
     return os.path.join(root, "sparse", "best.pt")
 
 
@@ -94,8 +80,8 @@ def finetune(cfg: DictConfig, model: nn.Module, out_dir: str) -> nn.Module:
                             "model.init": None, "model.convert": None}
     if p.finetune_lr is not None:
         keys["optim.lr"] = float(p.finetune_lr)
-    with _trainer_model(lambda _: copy.deepcopy(model)):
-        engine.trainer.train(_train_cfg(cfg, out_dir, "finetune", None, **keys))
+    engine.trainer.train(_train_cfg(cfg, out_dir, "finetune", None, **keys),
+                         model_transform=lambda _: copy.deepcopy(model))
     best = load_checkpoint(os.path.join(out_dir, "finetune", "best.pt"))
     tuned = copy.deepcopy(model)
     tuned.load_state_dict(best["model"])
