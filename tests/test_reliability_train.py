@@ -23,15 +23,6 @@ SHORT = ["epochs=2", "max_steps_per_epoch=4", "final.enabled=false"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.use_deterministic_algorithms(False)
-    torch.set_num_threads(threads)
-
-
 def _same_weights(a_path, b_path):
     a, b = load_checkpoint(a_path), load_checkpoint(b_path)
     assert a["step"] == b["step"]

@@ -16,16 +16,6 @@ from tests.train_helpers import TINY, tiny_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture
-def deterministic():
-    # One thread: on a busy 2-core machine two OpenMP threads per process run tiny convs ~40x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.use_deterministic_algorithms(False)
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.distributed
 def test_torchrun_two_processes(tmp_path):
     out = tmp_path / "runs"
@@ -65,7 +55,7 @@ class _Stop(Exception):
 
 
 @pytest.mark.parametrize("every", [0, 3], ids=["epoch-boundary", "mid-epoch"])
-def test_resume_gives_the_same_weights(tmp_path, monkeypatch, deterministic, every):
+def test_resume_gives_the_same_weights(tmp_path, monkeypatch, one_thread, every):
     """A run killed right after its first checkpoint and resumed ends with the same weights as an
     uninterrupted run (cosine schedule, augmentation on, deterministic CPU)."""
     common = ["epochs=2", "max_steps_per_epoch=4", "sched=cosine", "deterministic=true",
