@@ -78,8 +78,7 @@ def main(argv=None) -> int:
         return 2
     size = cfg["input_size"]
     kwargs = dict(fuse_bn=not args.keep_bn, downsample=args.downsample)
-    plain = rm.convert(model, **kwargs)
-    errors = rm.verify_conversion(model, input_size=size, **kwargs)
+    plain, errors = rm.convert_verified(model, input_size=size, **kwargs)
     rows = [("residual", model), ("plain", plain)]
     print(f"{cfg['name']} ({cfg['stem']} stem, {cfg['num_classes']} classes, {size}x{size} input)")
     for label, m in rows:

@@ -129,9 +129,10 @@ def add_plain_form(loaded: Loaded, input_size: int, downsample: str, check: bool
     if loaded.residual is None:
         return
     kwargs = {"fuse_bn": True, "downsample": downsample}
-    loaded.plain = rm.convert(loaded.residual, **kwargs)
     if check:
-        loaded.conversion = rm.verify_conversion(loaded.residual, input_size=input_size, **kwargs)
+        loaded.plain, loaded.conversion = rm.convert_verified(loaded.residual, input_size=input_size, **kwargs)
+    else:
+        loaded.plain = rm.convert(loaded.residual, **kwargs)
 
 
 def format_table(results: dict[str, dict[str, float]], conversion: dict | None) -> str:

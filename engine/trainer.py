@@ -387,8 +387,10 @@ class Trainer:
         blob = load_checkpoint(best_path, map_location="cpu")
         residual = model_from_checkpoint(blob, best_path, ema=self.ema is not None)
         kwargs = {"fuse_bn": True, "downsample": cfg.final.downsample}
-        plain = rm.convert(residual, **kwargs)
-        errors = rm.verify_conversion(residual, input_size=cfg.data.input_size, **kwargs) if self.main else {}
+        if self.main:
+            plain, errors = rm.convert_verified(residual, input_size=cfg.data.input_size, **kwargs)
+        else:
+            plain, errors = rm.convert(residual, **kwargs), {}
         results = {}
         for label, net in (("residual", residual), ("plain", plain)):
             net = net.to(self.device)

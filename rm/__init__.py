@@ -4,7 +4,7 @@ from .convert import Context, convert, register_converter, registered_types
 from .deploy import load_deploy, save_deploy
 from .layer import BNParams, ConvLayer
 from .ops import ConversionError
-from .verify import verify, verify_conversion
+from .verify import convert_verified, verify, verify_conversion
 
-__all__ = ["convert", "verify", "verify_conversion", "register_converter", "registered_types", "Context", "ConvLayer",
+__all__ = ["convert", "convert_verified", "verify", "verify_conversion", "register_converter", "registered_types", "Context", "ConvLayer",
            "BNParams", "ConversionError", "save_deploy", "load_deploy"]

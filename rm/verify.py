@@ -53,3 +53,15 @@ def verify_conversion(model: nn.Module, input_size: int | None = None, batch: in
         plain = convert(ref, **convert_kwargs)
         report.update(verify(ref, plain, input_size, batch, (dtype,), seed))
     return report
+
+
+def convert_verified(model: nn.Module, input_size: int | None = None, batch: int = 2, seed: int = 0,
+                     **convert_kwargs) -> tuple[nn.Module, dict[str, dict[str, float]]]:
+    """`convert(model)` plus the `verify_conversion` report, without converting the model's own dtype
+    twice: the returned plain model is the one the float32 figure measures."""
+    from .convert import convert
+
+    plain = convert(model, **convert_kwargs)
+    report = verify_conversion(model, input_size, batch, seed, dtypes=(torch.float64,), **convert_kwargs)
+    report.update(verify(model, plain, input_size, batch, (torch.float32,), seed))
+    return plain, report
