@@ -135,6 +135,8 @@ def check_values(cfg: DictConfig) -> None:
     for key in ("epochs", "batch_size"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise ConfigError(f"{key} must be a positive integer, got {cfg[key]!r}")
+    if not isinstance(cfg.dist_timeout_min, (int, float)) or cfg.dist_timeout_min <= 0:
+        raise ConfigError(f"dist_timeout_min must be a positive number of minutes, got {cfg.dist_timeout_min!r}")
     for key in ("ema_decay",):
         if not 0.0 <= cfg[key] < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {cfg[key]}")

@@ -32,10 +32,26 @@ def setup(device: str = "auto", timeout_min: float = 30) -> torch.device:
     if use_cuda:
         torch.cuda.set_device(dev)
     if launched_by_torchrun() and not is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://",
-                                timeout=datetime.timedelta(minutes=timeout_min),
-                                device_id=dev if use_cuda else None)
+        timeout = datetime.timedelta(minutes=timeout_min)
+        store, rank_, world = _attempt_store(timeout)
+        dist.init_process_group("nccl" if use_cuda else "gloo", store=store, rank=rank_, world_size=world,
+                                timeout=timeout, device_id=dev if use_cuda else None)
     return dev
+
+
+def _attempt_store(timeout: datetime.timedelta) -> tuple[dist.Store, int, int]:
+    """The env:// store, with its keys scoped to this torchrun restart.
+
+    torchrun (torch >= 2.4) hands every restart of the worker group the same agent-hosted TCPStore, and
+    env:// adds no per-restart prefix. The keys the dead attempt wrote (gloo's listening addresses, NCCL's
+    unique id) are still there, so a restarted rank could read the previous attempt's values and connect
+    to a process that no longer exists: gloo then hangs or fails in connectFullMesh (seen in about half of
+    the restarts on a 2-core machine). TORCHELASTIC_RESTART_COUNT is the same on every rank of an attempt.
+    """
+    store, rank_, world = next(dist.rendezvous("env://", timeout=timeout))
+    store.set_timeout(timeout)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"rmnet/attempt{attempt}/default_pg", store), rank_, world
 
 
 def cleanup() -> None:

@@ -52,7 +52,7 @@ class Trainer:
         adds shortcut BNs, or swaps in a pruned model); it runs on every rank, before DDP wrapping."""
         check_values(cfg)
         self.cfg = cfg
-        self.device = D.setup(cfg.device)
+        self.device = D.setup(cfg.device, cfg.dist_timeout_min)
         self.amp = check_amp(cfg.amp, self.device)
         self.rank, self.world = D.rank(), D.world_size()
         self.main = self.rank == 0
