@@ -67,8 +67,13 @@ def test_preemption_signal_checkpoints_after_the_step_and_exits_nonzero(tmp_path
 
 def test_second_signal_exits_at_once(monkeypatch):
     exits = []
-    monkeypatch.setattr(faults.os, "_exit", exits.append)
-    with StopSignal() as stop:
+
+    def exit_now(code):   # like os._exit, never returns (a returning stub would leave the first timer armed)
+        exits.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(faults.os, "_exit", exit_now)
+    with pytest.raises(SystemExit), StopSignal() as stop:
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.signum == signal.SIGTERM and not exits
         os.kill(os.getpid(), signal.SIGINT)
