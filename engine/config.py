@@ -132,9 +132,16 @@ def check_values(cfg: DictConfig) -> None:
         if value not in choices:
             raise ConfigError(f"{key}={value!r} is not valid; choose one of "
                               f"{', '.join('null' if c is None else c for c in choices)}")
-    for key in ("epochs", "batch_size"):
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise ConfigError(f"{key} must be a positive integer, got {cfg[key]!r}")
+    if not isinstance(cfg.epochs, int) or cfg.epochs < 1:
+        raise ConfigError(f"epochs must be a positive integer, got {cfg.epochs!r}")
+    batches = {key: cfg.get(key) for key in ("batch_size", "global_batch_size")}
+    for key, value in batches.items():
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{key} must be null or a positive integer, got {value!r}")
+    if (batches["batch_size"] is None) == (batches["global_batch_size"] is None):
+        got = " and ".join(f"{k}={'null' if v is None else v}" for k, v in batches.items())
+        raise ConfigError(f"set one of batch_size (per process) and global_batch_size (split over the processes), "
+                          f"got {got}; e.g. batch_size=64 global_batch_size=null")
     if not isinstance(cfg.dist_timeout_min, (int, float)) or cfg.dist_timeout_min <= 0:
         raise ConfigError(f"dist_timeout_min must be a positive number of minutes, got {cfg.dist_timeout_min!r}")
     for key in ("ema_decay",):
@@ -145,3 +152,17 @@ def check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"model.init must be null, ckpt:PATH or deploy:PATH, got {init!r}")
     if cfg.resume not in (None, "auto") and not os.path.isfile(str(cfg.resume)):
         raise ConfigError(f"resume={cfg.resume!r}: no such checkpoint; use resume=auto or a path to a last.pt")
+
+
+def per_process_batch(cfg: DictConfig, world: int) -> int:
+    """`batch_size`, or `global_batch_size` split evenly over the `world` processes (check_values has made
+    sure exactly one of them is set)."""
+    gb = cfg.get("global_batch_size")
+    if gb is None:
+        return cfg.batch_size
+    if gb % world:
+        lower, upper = gb - gb % world, gb - gb % world + world
+        raise ConfigError(f"global_batch_size={gb} does not split evenly over {world} processes; use a multiple of "
+                          f"{world} ({', '.join(str(b) for b in (lower, upper) if b > 0)}), or a process count that "
+                          f"divides {gb}")
+    return gb // world

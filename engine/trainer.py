@@ -37,7 +37,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import ConfigError, check_values
+from .config import ConfigError, check_values, per_process_batch
 from .evaluate import evaluate
 from .faults import NonFiniteLossError, RunDirError, StopSignal, inject, probe_run_dir
 from .hooks import build_hooks
@@ -81,14 +81,16 @@ class Trainer:
                 model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
         torch.manual_seed(cfg.seed + self.rank)   # per-rank augmentation streams
 
-        self.train_loader = datasets.build_loader(cfg.data, "train", cfg.batch_size, cfg.workers, seed=cfg.seed)
-        self.val_loader = datasets.build_loader(cfg.data, "val", cfg.batch_size, cfg.workers)
-        full = self.train_loader.sampler.num_samples // cfg.batch_size
+        self.batch_size = per_process_batch(cfg, self.world)
+        self.train_loader = datasets.build_loader(cfg.data, "train", self.batch_size, cfg.workers, seed=cfg.seed)
+        self.val_loader = datasets.build_loader(cfg.data, "val", self.batch_size, cfg.workers)
+        full = self.train_loader.sampler.num_samples // self.batch_size
         if full == 0:
-            raise ConfigError(f"batch_size={cfg.batch_size} exceeds the {self.train_loader.sampler.num_samples} "
-                              f"training samples per process; lower batch_size")
+            raise ConfigError(f"the batch of {self.batch_size} per process exceeds the "
+                              f"{self.train_loader.sampler.num_samples} training samples per process; lower "
+                              f"{'global_batch_size' if cfg.get('global_batch_size') else 'batch_size'}")
         self.steps_per_epoch = min(full, cfg.max_steps_per_epoch or full)
-        self.global_batch = cfg.batch_size * self.world
+        self.global_batch = self.batch_size * self.world
         self.optimizer = build_optimizer(model, cfg.optim, self.global_batch)
         self.scheduler = build_scheduler(self.optimizer, cfg.sched, self.steps_per_epoch, cfg.epochs)
         self.scaler = grad_scaler(self.device, self.amp)
@@ -232,7 +234,8 @@ class Trainer:
         rngs = blob.get("rng") or []
         if len(rngs) == self.world:
             set_rng_state(rngs[self.rank])
-        else:   # elastic restart with another world size: the data order is still exact, augmentation is not
+        else:   # another world size: with the same global batch (global_batch_size) the data order is still exact,
+            # augmentation is not
             log.warning(f"{path} holds RNG states of {len(rngs)} ranks, not {self.world}; reseeding instead")
             torch.manual_seed(self.cfg.seed + self.rank + 7919 * self.step)
         log.info(f"resumed {path}: epoch {self.epoch}, step {self.step}, best top-1 {self.best_top1:.2f}")
@@ -270,7 +273,7 @@ class Trainer:
     def train_epoch(self) -> float:
         """One epoch (or its rest, after a mid-epoch resume); returns the mean training loss."""
         cfg, loader = self.cfg, self.train_loader
-        loader.sampler.set_epoch(self.epoch, start=self.step_in_epoch * cfg.batch_size)
+        loader.sampler.set_epoch(self.epoch, start=self.step_in_epoch * self.batch_size)
         loader.generator.manual_seed(cfg.seed + 1000 * self.epoch + self.rank)
         self.train_model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]

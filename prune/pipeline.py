@@ -20,9 +20,11 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import data as datasets
+import engine.distributed as D
 import engine.trainer
 import rm
 from engine.checkpoint import load_checkpoint, load_file, model_from_checkpoint
+from engine.config import per_process_batch
 from engine.evaluate import evaluate
 from rm.recalibrate import recalibrate_identity_bn
 
@@ -89,7 +91,7 @@ def finetune(cfg: DictConfig, model: nn.Module, out_dir: str) -> nn.Module:
 
 
 def _val_loader(cfg: DictConfig):
-    return datasets.build_loader(cfg.data, "val", cfg.batch_size, cfg.workers)
+    return datasets.build_loader(cfg.data, "val", per_process_batch(cfg, D.world_size()), cfg.workers)
 
 
 def _top1(model: nn.Module, loader, cfg: DictConfig, desc: str) -> float:
@@ -104,7 +106,8 @@ def prune_family(cfg: DictConfig, residual: nn.Module, family: str) -> tuple[Pru
     if family == "resnet":
         return prune_residual(residual, **crit), None
     plain = rm.convert(residual, fuse_bn=False, downsample=p.downsample)
-    calib = datasets.build_loader(cfg.data, "train", cfg.batch_size, cfg.workers, seed=cfg.seed)
+    calib = datasets.build_loader(cfg.data, "train", per_process_batch(cfg, D.world_size()), cfg.workers,
+                                  seed=cfg.seed)
     recalibrate_identity_bn(plain, calib, num_batches=int(p.calib_batches), progress=cfg.progress)
     result = prune_plain(plain, **crit)
     result.model.rmnet_cfg = {**residual.rmnet_cfg, "plain": True}

@@ -48,11 +48,11 @@ def test_recipe_composes_and_builds(name, compose_train):
         assert cfg.model.name in models.list_models()
         if cfg.data.name == "imagenet":
             # The RepVGG authors' recipe: 0.1 per 256 images, no decay on BN/bias, cosine, 120 epochs.
-            assert (cfg.optim.lr, cfg.optim.lr_batch, cfg.optim.weight_decay, cfg.sched.name, cfg.epochs) \
-                == (0.1, 256, 1e-4, "cosine", 120) and not cfg.optim.decay_norm_and_bias
+            assert (cfg.optim.lr, cfg.optim.lr_batch, cfg.global_batch_size, cfg.optim.weight_decay, cfg.sched.name,
+                    cfg.epochs) == (0.1, 256, 256, 1e-4, "cosine", 120) and not cfg.optim.decay_norm_and_bias
         elif not name.startswith("a3_"):
             # Paper §4.1 CIFAR recipe.
-            assert (cfg.optim.lr, cfg.batch_size, cfg.optim.weight_decay, cfg.optim.momentum, cfg.epochs,
+            assert (cfg.optim.lr, cfg.global_batch_size, cfg.optim.weight_decay, cfg.optim.momentum, cfg.epochs,
                     cfg.sched.name, cfg.sched.step_epochs, cfg.sched.gamma) == (0.1, 256, 5e-4, 0.9, 200, "step", 60, 0.1)
         with open_dict(cfg):
             cfg.model.init = None  # A.3 starts from an artifact made by scripts/recalibrate_bn.py

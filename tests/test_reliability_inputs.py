@@ -25,11 +25,14 @@ from engine.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
+from engine.config import ConfigError, check_values, per_process_batch
 from engine.errors import exit_on_user_error
 from engine.eval_checkpoint import load_checkpoint_forms
+from engine.trainer import Trainer
 from models.loading import load_pretrained
 from rm.deploy import DeployFormatError
 from rm.ops import ConversionError
+from tests.train_helpers import tiny_config
 
 WIDTHS = [8, 8, 16, 16]
 REFUSED = (CheckpointError, DeployFormatError)
@@ -193,6 +196,33 @@ def test_cli_wrapper_prints_one_line_and_exits_2(capsys):
 
     with pytest.raises(RuntimeError):
         bug()
+
+
+# --- batch sizes ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides, message", [
+    (["global_batch_size=256"], r"set one of batch_size .* and global_batch_size .*got batch_size=16 and "
+                                r"global_batch_size=256; e.g. batch_size=64 global_batch_size=null"),
+    (["batch_size=null"], r"got batch_size=null and global_batch_size=null"),
+    (["batch_size=0"], r"batch_size must be null or a positive integer, got 0"),
+    (["batch_size=null", "global_batch_size=2.5"], r"global_batch_size must be null or a positive integer"),
+])
+def test_batch_settings_are_checked_before_work(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check_values(tiny_config(tmp_path, *overrides))
+
+
+def test_global_batch_must_split_evenly_over_the_processes(tmp_path):
+    cfg = tiny_config(tmp_path, "batch_size=null", "global_batch_size=256")
+    assert [per_process_batch(cfg, world) for world in (1, 2, 8)] == [256, 128, 32]
+    with pytest.raises(ConfigError, match=r"global_batch_size=256 does not split evenly over 3 processes; use a "
+                                          r"multiple of 3 \(255, 258\), or a process count that divides 256"):
+        per_process_batch(cfg, 3)
+
+
+def test_a_batch_larger_than_the_training_set_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"the batch of 512 per process exceeds the 256 training samples per "
+                                          r"process; lower global_batch_size"):
+        Trainer(tiny_config(tmp_path, "batch_size=null", "global_batch_size=512"))
 
 
 # --- datasets -------------------------------------------------------------------------------------

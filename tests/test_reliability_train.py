@@ -94,12 +94,14 @@ def test_elastic_restart_resumes_from_the_last_checkpoint(tmp_path):
     """Rank 1 dies after step 3 of 8; torchrun restarts both ranks once, and they resume from step 2."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
            os.path.join(ROOT, "train.py"), *TINY, f"output_dir={tmp_path}", "run_name=el", "resume=auto", *SHORT,
-           "ckpt_every_steps=2", "fault.kind=crash", "fault.rank=1", "fault.step=3", "dist_timeout_min=1"]
+           "ckpt_every_steps=2", "fault.kind=crash", "fault.rank=1", "fault.step=3", "dist_timeout_min=1",
+           "batch_size=null", "global_batch_size=32"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "fault injection: crash on rank 1 after step 3" in proc.stderr
     log = open(tmp_path / "el" / "train.log").read()
     assert f"resumed {tmp_path / 'el' / 'last.pt'}: epoch 0, step 2" in log
+    assert "2 process(es) on cpu, global batch 32, lr 0.05, 4 steps/epoch" in log   # 16 per rank
     ckpt = load_checkpoint(str(tmp_path / "el" / "last.pt"))
     assert (ckpt["step"], ckpt["world_size"]) == (8, 2)
 
