@@ -46,7 +46,9 @@ def _attempt_store(timeout: datetime.timedelta) -> tuple[dist.Store, int, int]:
     env:// adds no per-restart prefix. The keys the dead attempt wrote (gloo's listening addresses, NCCL's
     unique id) are still there, so a restarted rank could read the previous attempt's values and connect
     to a process that no longer exists: gloo then hangs or fails in connectFullMesh (seen in about half of
-    the restarts on a 2-core machine). TORCHELASTIC_RESTART_COUNT is the same on every rank of an attempt.
+    the restarts on a 2-core machine). TORCHELASTIC_RESTART_COUNT is the same on every rank of an attempt
+    when all nodes start together; a node that joins an elastic job late counts its restarts from 0, so
+    such jobs should run torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (a fresh store per attempt).
     """
     store, rank_, world = next(dist.rendezvous("env://", timeout=timeout))
     store.set_timeout(timeout)
