@@ -14,32 +14,25 @@ Every override is checked before any work, as in train.py. After a full run the 
 output_dir is redrawn from every report there.
 """
 import logging
-import sys
 
-import hydra
 from omegaconf import DictConfig
 
-from engine.config import ConfigError, check_overrides
+from engine.cli import run_app
+from engine.config import command_line_keys
 from prune import pipeline
 from prune.figure import draw_figure6
 
 
-@hydra.main(config_path="conf", config_name="prune", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if cfg.prune.eval:
         pipeline.evaluate_file(cfg, cfg.prune.eval)
     elif cfg.prune.finetune:
-        pipeline.finetune_file(cfg, cfg.prune.finetune)
+        pipeline.finetune_file(cfg, cfg.prune.finetune, command_line_keys())
     else:
         pipeline.run(cfg)
         draw_figure6(cfg.output_dir)
 
 
 if __name__ == "__main__":
-    if not any(arg.startswith("-") for arg in sys.argv[1:]):
-        try:
-            check_overrides(sys.argv[1:], config_name="prune")
-        except ConfigError as e:
-            sys.exit(f"error: {e}")
-    main()
+    run_app("prune", main)

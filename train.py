@@ -7,25 +7,8 @@
 
 Every override is checked before any work: a misspelt key or option fails with the valid choices.
 """
-import sys
-
-import hydra
-from omegaconf import DictConfig
-
-from engine.config import ConfigError, prepare_argv
-from engine.errors import exit_on_user_error
+from engine.cli import run_app
 from engine.trainer import train
 
-
-@hydra.main(config_path="conf", config_name="train", version_base="1.3")
-@exit_on_user_error
-def main(cfg: DictConfig) -> None:
-    train(cfg)
-
-
 if __name__ == "__main__":
-    try:
-        sys.argv[1:] = prepare_argv(sys.argv[1:])
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
-    main()
+    run_app("train", train)

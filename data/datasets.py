@@ -26,8 +26,12 @@ class DatasetError(FileNotFoundError):
     """The dataset is missing or not laid out as expected; the message says where and how."""
 
 
-def build_dataset(cfg: Any, split: str, transform: Callable | None = None) -> Dataset:
-    """Dataset `split` ("train" or "val") of the data config `cfg` (`cfg.name` picks the kind)."""
+def build_dataset(cfg: Any, split: str, transform: Callable | None = None, substitute_bad: bool = True) -> Dataset:
+    """Dataset `split` ("train" or "val") of the data config `cfg` (`cfg.name` picks the kind).
+
+    With `data.bad_images=skip`, an undecodable image is replaced by the next decodable one when
+    `substitute_bad` (training: the sampler's length stays valid) and is returned as None otherwise
+    (evaluation: `data.loader.collate_decodable` leaves it out, so no image is counted twice)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     name = cfg.name
@@ -38,7 +42,7 @@ def build_dataset(cfg: Any, split: str, transform: Callable | None = None) -> Da
         return _cifar(name, os.path.expanduser(cfg.root), split, transform, bool(cfg.get("download", False)))
     if name == "imagenet":
         return _image_folder(os.path.expanduser(cfg.root), split, transform, cfg.num_classes,
-                             cfg.get("bad_images", "fail"))
+                             cfg.get("bad_images", "fail"), substitute_bad)
     raise ValueError(f"unknown dataset {name!r}; known: synthetic, cifar10, cifar100, imagenet")
 
 
@@ -80,10 +84,11 @@ def _cifar(name: str, root: str, split: str, transform, download: bool) -> Datas
 BAD_IMAGES = ("fail", "skip")
 
 
-def _checked_image_folder(bad_images: str):
+def _checked_image_folder(bad_images: str, substitute: bool):
     """torchvision's ImageFolder where an image that cannot be decoded is named: an error
-    (`fail`), or (`skip`) a warning and the next decodable sample in its place, so that the
-    sampler's fixed length and shards stay valid; `skipped` counts them in this process."""
+    (`fail`), or (`skip`) a warning and, with `substitute`, the next decodable sample in its place,
+    so that the sampler's fixed length and shards stay valid, else None; `skipped` counts them in
+    this process."""
     import torchvision.datasets as tvd
 
     class CheckedImageFolder(tvd.ImageFolder):
@@ -101,12 +106,15 @@ def _checked_image_folder(bad_images: str):
                     self.skipped += 1
                     log.warning(f"skipped undecodable image {path} ({e}); {self.skipped} skipped so far "
                                 f"in this process")
+                    if not substitute:
+                        return None
             raise DatasetError(f"no image under {self.root} can be decoded")
 
     return CheckedImageFolder
 
 
-def _image_folder(root: str, split: str, transform, num_classes: int, bad_images: str = "fail") -> Dataset:
+def _image_folder(root: str, split: str, transform, num_classes: int, bad_images: str = "fail",
+                  substitute_bad: bool = True) -> Dataset:
     if bad_images not in BAD_IMAGES:
         raise ValueError(f"data.bad_images must be one of {BAD_IMAGES}, got {bad_images!r}")
     folder = os.path.join(root, split)
@@ -116,7 +124,7 @@ def _image_folder(root: str, split: str, transform, num_classes: int, bad_images
     if not os.path.isdir(folder):
         raise DatasetError(f"imagenet split {split!r} not found: {folder} does not exist; {layout}")
     try:
-        ds = _checked_image_folder(bad_images)(folder, transform=transform, allow_empty=False)
+        ds = _checked_image_folder(bad_images, substitute_bad)(folder, transform=transform, allow_empty=False)
     except (FileNotFoundError, RuntimeError) as e:
         raise DatasetError(f"imagenet at {folder} is malformed ({e}); {layout}") from None
     if len(ds.classes) != num_classes:

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from .datasets import build_dataset
 from .samplers import EvalSampler, TrainSampler
@@ -27,6 +27,13 @@ def worker_count(requested: int | None) -> int:
     return max(min(len(os.sched_getaffinity(0)) // local - 1, 8), 0)
 
 
+def collate_decodable(batch: list) -> Any:
+    """default_collate over the samples that are not None (images an evaluation dataset skipped);
+    None for a batch of skipped images only."""
+    kept = [sample for sample in batch if sample is not None]
+    return default_collate(kept) if kept else None
+
+
 def build_loader(cfg: Any, split: str, batch_size: int, workers: int | None = None, train: bool | None = None,
                  seed: int = 0, drop_last: bool | None = None) -> DataLoader:
     """Loader over `split` of the data config `cfg`, sharded over the current process group.
@@ -34,14 +41,16 @@ def build_loader(cfg: Any, split: str, batch_size: int, workers: int | None = No
     `train` (default: split == "train") selects augmentation, shuffling with a `TrainSampler`
     (call `loader.sampler.set_epoch(epoch, start)` each epoch; reseeding `loader.generator` too makes
     worker-side augmentation reproducible per epoch) and dropping the last partial batch;
-    otherwise an `EvalSampler` gives each rank a disjoint share and every sample is seen once.
+    otherwise an `EvalSampler` gives each rank a disjoint share and every sample is seen once, and
+    images skipped as undecodable (`data.bad_images=skip`) are left out of the batches.
     """
     train = split == "train" if train is None else train
-    dataset = build_dataset(cfg, split, build_transform(cfg, train=train))
+    dataset = build_dataset(cfg, split, build_transform(cfg, train=train), substitute_bad=train)
     world, rank = _world()
     sampler = TrainSampler(len(dataset), world, rank, shuffle=True, seed=seed) if train \
         else EvalSampler(len(dataset), world, rank)
     workers = worker_count(workers)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=torch.cuda.is_available(), drop_last=train if drop_last is None else drop_last,
+                      collate_fn=None if train else collate_decodable,
                       generator=torch.Generator().manual_seed(seed + rank))

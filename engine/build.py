@@ -27,8 +27,15 @@ def is_plain(model: nn.Module) -> bool:
     return bool(getattr(model, "rmnet_cfg", {}).get("plain"))
 
 
+def trained_input(data_cfg: Any) -> dict[str, Any]:
+    """What a model trained on `data_cfg` expects as input: its size, normalisation and dataset.
+    Recorded in checkpoints and deploy artifacts, and used by default wherever they are read."""
+    return {"input_size": int(data_cfg.input_size), "mean": [float(m) for m in data_cfg.mean],
+            "std": [float(s) for s in data_cfg.std], "data": str(data_cfg.name)}
+
+
 def build_model(model_cfg: Any, data_cfg: Any) -> nn.Module:
-    """Training-mode model with `rmnet_cfg` = {name, num_classes, stem, input_size, ...}."""
+    """Training-mode model with `rmnet_cfg` = {name, num_classes, stem, input_size, mean, std, data, ...}."""
     kind, path = _parse_init(model_cfg.get("init"))
     num_classes, stem = int(data_cfg.num_classes), data_cfg.stem
     if kind == "deploy":
@@ -37,7 +44,7 @@ def build_model(model_cfg: Any, data_cfg: Any) -> nn.Module:
         if out != num_classes:
             raise ValueError(f"{path} classifies {out} classes but data {data_cfg.name!r} has {num_classes}")
         model.rmnet_cfg = {"name": meta.get("name", "plain"), "num_classes": num_classes, "stem": stem,
-                           "input_size": int(data_cfg.input_size), "plain": True}
+                           **trained_input(data_cfg), "plain": True}
     else:
         name = model_cfg.name
         if stem not in models.model_stems(name):
@@ -53,6 +60,7 @@ def build_model(model_cfg: Any, data_cfg: Any) -> nn.Module:
             except RuntimeError as e:
                 raise CheckpointError(f"model.init={path}: weights do not fit {name} (stem={stem}, "
                                       f"classes={num_classes}): {e}") from None
+        model.rmnet_cfg.update(trained_input(data_cfg))
     mode = model_cfg.get("convert")
     if mode is not None:
         if mode not in CONVERT_MODES:

@@ -141,7 +141,7 @@ def model_from_checkpoint(blob: dict[str, Any], path: str = "<checkpoint>", ema:
     if blob.get("spec") is not None:
         model = from_spec(blob["spec"])
     elif "name" in cfg:
-        kwargs = {k: v for k, v in cfg.items() if k not in ("name", "num_classes", "stem", "input_size", "plain")}
+        kwargs = models.registry.constructor_kwargs(cfg)
         try:
             model = models.create_model(cfg["name"], num_classes=cfg["num_classes"], stem=cfg["stem"], **kwargs)
         except (KeyError, TypeError, ValueError) as e:   # a model this code base does not have (any more)

@@ -1,10 +1,12 @@
 """Checks on the Hydra config: command-line overrides before composition, then the values.
 
-Hydra already rejects an unknown group option with the list of options. It rejects an unknown key
-too but without saying what the valid keys are, and `+key=value` slips through; so the command
-line is checked first: every plain `key=value` must name an existing key (close matches and the
-valid keys beside it are listed), and keys may be added only where free-form settings live
-(`model.kwargs`, `hooks`; the `+` is optional there).
+Hydra rejects an unknown group option with a traceback, an unknown key without saying what the
+valid keys are, and lets `+key=value` through; so the command line is checked first: every group
+option must exist (close matches are named), every plain `key=value` must name an existing key
+(close matches and the valid keys beside it are listed), and keys may be added only where
+free-form settings live (`model.kwargs`, `model_kwargs`, `hooks`; the `+` is optional there). Keys
+under a group that the config leaves unselected (evaluate.py's `data`, which then edits the data
+config stored in the checkpoint) are checked against the keys that group's options have.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Any, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
-FREE_FORM = ("model.kwargs", "hooks")
+FREE_FORM = ("model.kwargs", "model_kwargs", "hooks")
 CHOICES = {   # enumerated values, checked before any work starts
     "amp": ("none", "bf16", "fp16"),
     "device": ("auto", "cpu", "cuda"),
@@ -39,12 +41,36 @@ def _groups(config_dir: str) -> set[str]:
     return {d for d in os.listdir(config_dir) if os.path.isdir(os.path.join(config_dir, d))}
 
 
+def _group_options(config_dir: str, group: str) -> list[str]:
+    folder = os.path.join(config_dir, group)
+    return sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml"))
+
+
+def _check_option(config_dir: str, group: str, value: str) -> None:
+    options = _group_options(config_dir, group)
+    if value in options or value == "null":
+        return
+    close = difflib.get_close_matches(value, options, n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    listing = ("`python -m models` lists them" if group == "model"
+               else f"options: {', '.join(options)}")
+    raise ConfigError(f"unknown {group} {value!r}.{hint} {len(options)} {group} options; {listing}")
+
+
+def _group_keys(config_dir: str, group: str) -> DictConfig:
+    """Every key any option of `group` has (the union of the option files), for checking keys under a
+    group the config leaves unselected."""
+    merged = OmegaConf.create({})
+    for option in _group_options(config_dir, group):
+        merged = OmegaConf.merge(merged, OmegaConf.load(os.path.join(config_dir, group, f"{option}.yaml")))
+    return merged
+
+
 def normalize_overrides(argv: Sequence[str], config_name: str = "train", config_dir: str = CONF_DIR) -> list[str]:
     """Check the overrides in `argv` and return them ready for Hydra (free-form keys get their '++').
 
-    The group choices are composed first (the first value of a sweep such as `model=a,b`), then
-    every key override is checked against the result. Raises ConfigError, or Hydra's own error for
-    an unknown group option (which lists the options)."""
+    Group options are checked first, then the group choices are composed (the first value of a sweep
+    such as `model=a,b`) and every key override is checked against the result. Raises ConfigError."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -52,6 +78,11 @@ def normalize_overrides(argv: Sequence[str], config_name: str = "train", config_
     groups = _groups(config_dir)
     structural = [o for o in overrides if o.key_or_group.split("/")[0] in groups
                   or o.key_or_group.startswith("hydra")]
+    for o in structural:
+        group = o.key_or_group.split("/")[0]
+        if group in groups and not o.is_delete():
+            for value in (o.sweep_string_iterator() if o.is_sweep_override() else [o.value()]):
+                _check_option(config_dir, group, str(value))
     choices = [f"{o.key_or_group}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override()
                else o.input_line for o in structural]
     with initialize_config_dir(config_dir, version_base="1.3"):
@@ -62,7 +93,13 @@ def normalize_overrides(argv: Sequence[str], config_name: str = "train", config_
         if o in structural:
             continue
         key = o.key_or_group
-        free = any(key.startswith(f + ".") for f in FREE_FORM)
+        free = any(key.startswith(f + ".") and isinstance(OmegaConf.select(base, f), DictConfig) for f in FREE_FORM)
+        section = key.split(".")[0]
+        if section in groups and OmegaConf.select(base, section) is None and "." in key:
+            # an unselected group (evaluate.py's data: null): edits of the config the file stores
+            _check_key(OmegaConf.create({section: _group_keys(config_dir, section)}), key)
+            final[-1] = "++" + o.input_line.lstrip("+")
+            continue
         if o.is_delete():
             raise ConfigError(f"{o.input_line!r}: keys cannot be deleted; set them to null instead")
         if o.is_add() or o.is_force_add():
@@ -112,8 +149,8 @@ def _check_key(cfg: DictConfig, key: str) -> None:
     node: Any = cfg
     parts = key.split(".")
     for i, part in enumerate(parts):
-        if isinstance(node, DictConfig) and part in node:
-            node = node[part]
+        if isinstance(node, DictConfig) and part in node.keys():   # `in node` is False for ??? values
+            node = node._get_node(part)   # the node, not its value: a ??? value cannot be read
             continue
         where = ".".join(parts[:i])
         if not isinstance(node, DictConfig):
@@ -123,6 +160,16 @@ def _check_key(cfg: DictConfig, key: str) -> None:
         hint = f" Did you mean {', '.join(repr('.'.join(parts[:i] + [c])) for c in close)}?" if close else ""
         raise ConfigError(f"unknown key {key!r}.{hint} Valid keys{' under ' + repr(where) if where else ''}: "
                           f"{', '.join(sorted(valid))}")
+
+
+def command_line_keys() -> set[str]:
+    """The keys set on the command line of the running Hydra app (`data.input_size` for
+    `data.input_size=16` or `+data.input_size=16`); empty outside a Hydra app."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    return {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
 
 
 def check_values(cfg: DictConfig) -> None:

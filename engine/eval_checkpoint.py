@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,10 +27,12 @@ import models
 import rm
 from data import build_loader
 from models.loading import load_pretrained
+from models.registry import SETTINGS_KEYS
 from rm.deploy import FORMAT as DEPLOY_FORMAT
 
 from . import distributed as D
 from .checkpoint import TRAIN_FORMAT, CheckpointError, load_file, model_from_checkpoint
+from .config import command_line_keys
 from .environment import environment
 from .evaluate import evaluate
 
@@ -60,10 +63,10 @@ def load_checkpoint_forms(path: str, model_cfg: Any, data_cfg: Any | None, ema: 
     fmt = blob.get("format") if isinstance(blob, dict) else None
     if fmt == DEPLOY_FORMAT:
         plain, meta = rm.load_deploy(path)
-        cfg = {k: meta[k] for k in ("name", "num_classes", "stem", "input_size") if k in meta}
+        cfg = {k: meta[k] for k in SETTINGS_KEYS if k in meta}
         cfg.setdefault("num_classes", _classifier_width(plain))
         _check_name(path, name, cfg.get("name"))
-        return Loaded("deploy", None, plain, cfg, conversion=meta.get("verify"),
+        return Loaded("deploy", None, plain, cfg, meta.get("data_config"), conversion=meta.get("verify"),
                       notes=["deploy artifact: plain form only"])
     if fmt == TRAIN_FORMAT:
         model = model_from_checkpoint(blob, path, ema=ema)
@@ -99,16 +102,43 @@ def _classifier_width(model: nn.Module) -> int:
     return linears[-1].out_features
 
 
-def resolve_data(cfg_data: Any, stored: dict[str, Any] | None, path: str) -> DictConfig:
-    """The data config to evaluate on: a data group chosen on the command line (`data=imagenet`)
-    as composed; otherwise the checkpoint's stored one with `+data.key=value` overrides on top."""
+TRAINED_INPUT = ("input_size", "mean", "std")
+
+
+def trained_input_of(loaded: Loaded) -> dict[str, Any]:
+    """Input size and normalisation the model was trained with, where the file records them: in the
+    model settings (written since they include `mean`), else in the stored data config (training
+    checkpoints of earlier versions, whose `input_size` model setting was the stem's nominal size)."""
+    if "mean" in loaded.model_cfg:
+        return {k: loaded.model_cfg[k] for k in TRAINED_INPUT if k in loaded.model_cfg}
+    return {k: loaded.stored_data[k] for k in TRAINED_INPUT if k in (loaded.stored_data or {})}
+
+
+def resolve_data(cfg_data: Any, stored: dict[str, Any] | None, path: str, trained: dict[str, Any] | None = None,
+                 explicit: set[str] = frozenset()) -> tuple[DictConfig, list[str]]:
+    """The data config to evaluate on, and warnings: a data group chosen on the command line
+    (`data=imagenet`) as composed, otherwise the checkpoint's stored one with `data.key=value`
+    overrides on top. Either way the input size and normalisation the model was trained with
+    (`trained`, from the file) apply unless set on the command line (`explicit` keys); a value that
+    differs from the trained one is kept but warned about."""
     chosen = cfg_data if cfg_data is not None else OmegaConf.create({})
     if "name" in chosen:
-        return chosen
-    if stored is None:
+        data = OmegaConf.create(OmegaConf.to_container(chosen))
+    elif stored is None:
         raise ValueError(f"{path} stores no data settings: pass data=<name> (synthetic, cifar10, cifar100, "
                          f"imagenet) and data.root=... if the files are not in the default place")
-    return OmegaConf.merge(OmegaConf.create(stored), chosen)
+    else:
+        data = OmegaConf.merge(OmegaConf.create(stored), chosen)
+    warnings = []
+    for key in TRAINED_INPUT:
+        if key not in (trained or {}):
+            continue
+        if f"data.{key}" not in explicit:
+            data[key] = trained[key]
+        elif OmegaConf.to_container(data)[key] != trained[key]:
+            warnings.append(f"data.{key}={OmegaConf.to_container(data)[key]} differs from the model's training "
+                            f"({trained[key]}): results at other settings than it was trained with can be far off")
+    return data, warnings
 
 
 def check_compatible(loaded: Loaded, data: DictConfig, path: str) -> None:
@@ -140,6 +170,9 @@ def format_table(results: dict[str, dict[str, float]], conversion: dict | None) 
     for form, r in results.items():
         lines.append(f"{form:9s} {r['top1']:7.2f} {r['top5']:7.2f} {r['loss']:8.4f} {r['img_s']:9.1f} "
                      f"{r['num_samples']:8d}")
+    skipped = max(r.get("skipped", 0) for r in results.values())
+    if skipped:
+        lines.append(f"{skipped} undecodable image(s) skipped (data.bad_images=skip): not counted in the images above")
     if len(results) == 2:
         lines.append(f"top-1 difference plain - residual: {results['plain']['top1'] - results['residual']['top1']:+.3f}")
     for dtype, e in (conversion or {}).items():
@@ -151,17 +184,18 @@ def default_output(checkpoint: str, data_name: str) -> str:
     return f"{os.path.splitext(checkpoint)[0]}.eval-{data_name}.json"
 
 
-def run(cfg: DictConfig) -> dict[str, Any] | None:
+def run(cfg: DictConfig, explicit: set[str] | None = None) -> dict[str, Any] | None:
     """Evaluate `cfg.checkpoint` (conf/evaluate.yaml); every rank runs it, rank 0 reports and
-    returns the report (None elsewhere)."""
+    returns the report (None elsewhere). `explicit`: the keys set on the command line (default: those
+    of the running Hydra app)."""
     device = D.setup(cfg.device)
     try:
-        return _run(cfg, device)
+        return _run(cfg, device, command_line_keys() if explicit is None else explicit)
     finally:
         D.cleanup()
 
 
-def _run(cfg: DictConfig, device: torch.device) -> dict[str, Any] | None:
+def _run(cfg: DictConfig, device: torch.device, explicit: set[str]) -> dict[str, Any] | None:
     if OmegaConf.is_missing(cfg, "checkpoint"):
         raise ValueError("pass checkpoint=PATH (a training checkpoint, deploy artifact or state dict)")
     path = cfg.checkpoint
@@ -171,7 +205,10 @@ def _run(cfg: DictConfig, device: torch.device) -> dict[str, Any] | None:
     chosen = cfg.get("data")
     loaded = load_checkpoint_forms(path, cfg.model, chosen if chosen is not None and "name" in chosen else None,
                                    ema=cfg.ema)
-    data = resolve_data(chosen, loaded.stored_data, path)
+    data, warnings = resolve_data(chosen, loaded.stored_data, path, trained_input_of(loaded), explicit)
+    if D.is_main():
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
     check_compatible(loaded, data, path)
     if "plain" in forms:
         add_plain_form(loaded, int(data.input_size), cfg.downsample, check=D.is_main())
@@ -192,7 +229,7 @@ def _run(cfg: DictConfig, device: torch.device) -> dict[str, Any] | None:
     if not D.is_main():
         return None
 
-    notes = loaded.notes + [f"{f} form not available in a {loaded.kind} file" for f in skipped]
+    notes = loaded.notes + [f"{f} form not available in a {loaded.kind} file" for f in skipped] + warnings
     report = {
         "schema": SCHEMA, "checkpoint": os.path.abspath(path), "kind": loaded.kind, "model": loaded.model_cfg,
         "data": OmegaConf.to_container(data, resolve=True), "split": "val",

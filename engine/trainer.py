@@ -406,8 +406,9 @@ class Trainer:
         if self.main:
             rel = errors["float32"]["max_rel"]
             for label, r in results.items():
+                skipped = f", {r['skipped']} undecodable skipped" if r.get("skipped") else ""
                 log.info(f"final {label:8s} top-1 {r['top1']:.2f}  top-5 {r['top5']:.2f}  loss {r['loss']:.4f}  "
-                         f"({r['num_samples']} images, {r['img_s']:.0f} img/s)")
+                         f"({r['num_samples']} images{skipped}, {r['img_s']:.0f} img/s)")
             log.info(f"conversion error: float32 max rel {rel:.2e}, float64 max rel "
                      f"{errors['float64']['max_rel']:.2e}; top-1 difference "
                      f"{results['plain']['top1'] - results['residual']['top1']:+.2f}")
@@ -415,7 +416,9 @@ class Trainer:
                            "final/top1_plain": results["plain"]["top1"], "final/max_rel_error": rel})
             if rel <= cfg.final.tolerance:
                 deploy_path = os.path.join(self.run_dir, "deploy.pt")
-                save_deploy(plain, deploy_path, meta={**residual.rmnet_cfg, **kwargs, "verify": errors,
+                data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+                save_deploy(plain, deploy_path, meta={**residual.rmnet_cfg, **kwargs, "data_config": data_cfg,
+                                                      "verify": errors,
                                                       "top1_residual": results["residual"]["top1"],
                                                       "top1_plain": results["plain"]["top1"]})
                 summary["deploy"] = deploy_path

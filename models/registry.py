@@ -15,6 +15,10 @@ import torch.nn as nn
 STEMS = ("imagenet", "cifar")
 INPUT_SIZE = {"imagenet": 224, "cifar": 32}
 
+# `rmnet_cfg` keys that describe a model's use (classes, stem, the input it was trained on) rather
+# than constructor arguments.
+SETTINGS_KEYS = ("name", "num_classes", "stem", "input_size", "mean", "std", "data", "plain")
+
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _FAMILY: dict[str, str] = {}
 _STEMS: dict[str, tuple[str, ...]] = {}
@@ -70,6 +74,11 @@ def check_stem(stem: str) -> str:
     if stem not in STEMS:
         raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
     return stem
+
+
+def constructor_kwargs(cfg: dict) -> dict:
+    """The extra `create_model` arguments recorded in an `rmnet_cfg` (e.g. widths)."""
+    return {k: v for k, v in cfg.items() if k not in SETTINGS_KEYS}
 
 
 def create_model(name: str, num_classes: int = 1000, stem: str = "imagenet", **kwargs) -> nn.Module:

@@ -21,7 +21,7 @@ VERSION = 1
 
 
 def _registry_model(cfg: dict[str, Any]) -> nn.Module:
-    kwargs = {k: v for k, v in cfg.items() if k not in ("name", "num_classes", "stem", "input_size", "plain")}
+    kwargs = models.registry.constructor_kwargs(cfg)
     return models.create_model(cfg["name"], num_classes=cfg["num_classes"], stem=cfg["stem"], **kwargs)
 
 

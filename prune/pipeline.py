@@ -131,6 +131,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"prune.families: unknown {sorted(unknown)}; choose from {FAMILIES}")
     ckpt = p.sparse_ckpt or sparse_train(cfg)
     residual = load_residual(ckpt)
+    check_stored_model(residual.rmnet_cfg, cfg, ckpt)
     size = residual.rmnet_cfg["input_size"]
     out = os.path.join(run_root(cfg), criterion(p))
     val = _val_loader(cfg)
@@ -173,6 +174,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
+def check_stored_model(stored: dict[str, Any], cfg: DictConfig, path: str) -> None:
+    """The model a checkpoint holds must be the run's `model` and fit its `data`: every output, run
+    directory and report is labelled with them."""
+    wanted = (cfg.model.name, int(cfg.data.num_classes), cfg.data.stem)
+    held = (stored.get("name"), stored.get("num_classes"), stored.get("stem"))
+    if held != wanted:
+        raise ValueError(f"{path} holds {held[0]} ({held[1]} classes, {held[2]} stem) but this run is "
+                         f"model={wanted[0]} on data={cfg.data.name} ({wanted[1]} classes, {wanted[2]} stem): pass "
+                         f"model={held[0]} and the data it was trained on")
+
+
 def load_any(path: str) -> tuple[nn.Module, str]:
     """(model in eval mode, family) from a deploy artifact, a pruned ResNet or a training checkpoint."""
     blob = load_file(path)
@@ -198,10 +210,19 @@ def evaluate_file(cfg: DictConfig, path: str) -> dict[str, Any]:
     return stats
 
 
-def finetune_file(cfg: DictConfig, path: str) -> dict[str, Any]:
-    """`prune.finetune=PATH`: fine-tune a pruned model file beside it, then evaluate it."""
-    model, family = load_any(path)
+def finetune_file(cfg: DictConfig, path: str, explicit: set[str] = frozenset()) -> dict[str, Any]:
+    """`prune.finetune=PATH`: fine-tune a pruned model file beside it for `prune.finetune_epochs`, then
+    evaluate it. `epochs` (the sparse-training length) has no say here: set explicitly (`explicit`
+    holds the command line's keys) it is refused rather than ignored, and so is an earlier result."""
+    if "epochs" in explicit:
+        raise ValueError(f"epochs={cfg.epochs} is the sparse-training length; fine-tuning runs for "
+                         f"prune.finetune_epochs ({cfg.prune.finetune_epochs}): pass prune.finetune_epochs=N instead")
     out_dir = os.path.dirname(os.path.abspath(path))
+    for result in ("finetuned.pt", "finetune"):
+        if os.path.exists(os.path.join(out_dir, result)):
+            raise ValueError(f"{os.path.join(out_dir, result)} exists from an earlier fine-tune of this model; move "
+                             f"it away (or copy {os.path.basename(path)} to another folder) to fine-tune again")
+    model, family = load_any(path)
     tuned = finetune(cfg, model, out_dir)
     tuned_path = os.path.join(out_dir, "finetuned.pt")
     _save(tuned, tuned_path, family, {**getattr(model, "rmnet_cfg", {}), "family": family})

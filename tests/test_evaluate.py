@@ -136,3 +136,29 @@ def test_torchrun_counts_every_image_once(train_ckpt, tmp_path):
         assert report["results"][form]["num_samples"] == 37
         assert report["results"][form]["top1"] == single["results"][form]["top1"]
         assert report["results"][form]["loss"] == pytest.approx(single["results"][form]["loss"], rel=1e-6)
+
+
+def test_a_trained_run_evaluates_at_the_size_it_was_trained_at(tmp_path, capsys):
+    """The chain users run: train.py at 16x16, then evaluate.py on its deploy.pt and best.pt with a data
+    group chosen (whose default size is 32) gives the accuracy the run reported, at 16x16."""
+    from engine.trainer import train
+    from tests.train_helpers import tiny_config
+
+    summary = train(tiny_config(tmp_path, "run_name=run", "epochs=2", "data.val_size=37"))
+    run_dir = tmp_path / "run"
+    for name, form in (("deploy.pt", "plain"), ("best.pt", "residual")):
+        report = _evaluate(f"checkpoint={run_dir / name}", "data=synthetic", "data.val_size=37",
+                           f"out={tmp_path / (name + '.json')}")
+        assert report["data"]["input_size"] == 16
+        assert report["results"][form]["top1"] == summary[form]["top1"]
+        assert report["results"][form]["num_samples"] == 37
+    _, meta = rm.load_deploy(str(run_dir / "deploy.pt"))
+    assert (meta["input_size"], meta["mean"], meta["std"]) == (16, [0.5] * 3, [0.25] * 3)
+
+    # Another size on purpose: it is used, with a one-line warning.
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[*COMMON, f"checkpoint={run_dir / 'deploy.pt'}", "data=synthetic",
+                                             "data.input_size=32", "data.val_size=37", f"out={tmp_path / 'x.json'}"])
+    report = run(cfg, explicit={"data.input_size", "data.val_size"})
+    assert report["data"]["input_size"] == 32
+    assert "warning: data.input_size=32 differs from the model's training (16)" in capsys.readouterr().err

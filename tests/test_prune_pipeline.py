@@ -1,12 +1,14 @@
 """End to end: sparse-train -> convert -> prune -> fine-tune on synthetic data, report and Figure 6."""
 import json
 import os
+import shutil
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
 import rm
+from engine.checkpoint import load_checkpoint
 from engine.config import CONF_DIR
 from prune import pipeline
 from prune.artifact import load_pruned_residual
@@ -63,13 +65,29 @@ def test_pruned_models_reload_and_run(run_dir):
     assert stats["top1"] == pytest.approx(report["families"]["rmnet"]["top1_pruned"])
 
 
-def test_finetune_file(run_dir):
-    """`prune.finetune=PATH` fine-tunes a pruned deploy artifact beside it and evaluates the result."""
+def test_finetune_file(run_dir, tmp_path):
+    """`prune.finetune=PATH` fine-tunes a pruned deploy artifact beside it for prune.finetune_epochs and
+    evaluates the result; `epochs` (sparse training) is refused, and so is a second run over the first."""
     out, cfg, report = run_dir
-    artifact = report["families"]["rmnet"]["artifact"]
+    artifact = str(tmp_path / "pruned.pt")
+    shutil.copy(report["families"]["rmnet"]["artifact"], artifact)
+    with pytest.raises(ValueError, match=r"epochs=1 is the sparse-training length; .*prune.finetune_epochs=N"):
+        pipeline.finetune_file(cfg, artifact, explicit={"epochs"})
     stats = pipeline.finetune_file(cfg, artifact)
-    assert stats["path"] == os.path.join(os.path.dirname(artifact), "finetuned.pt")
+    assert stats["path"] == str(tmp_path / "finetuned.pt")
     assert stats["params"] == report["families"]["rmnet"]["after"]["params"]
+    assert load_checkpoint(str(tmp_path / "finetune" / "last.pt"))["epoch"] == cfg.prune.finetune_epochs
+    with pytest.raises(ValueError, match=r"finetuned.pt exists from an earlier fine-tune"):
+        pipeline.finetune_file(cfg, artifact)
+
+
+def test_a_sparse_checkpoint_of_another_model_is_refused(run_dir):
+    out, _, _ = run_dir
+    ckpt = os.path.join(out, "prune-resnet18-synthetic-sr0.001", "sparse", "best.pt")
+    cfg = compose_prune([f"output_dir={out}", "model=rmnet26x3_32", f"prune.sparse_ckpt={ckpt}"])
+    with pytest.raises(ValueError, match=r"holds resnet18 \(10 classes, cifar stem\) but this run is "
+                                         r"model=rmnet26x3_32 .* pass model=resnet18"):
+        pipeline.run(cfg)
 
 
 def test_figure6_png(run_dir, tmp_path):

@@ -6,6 +6,8 @@ import logging
 import os
 import pickle
 import random
+import re
+import sys
 import zipfile
 
 import pytest
@@ -25,7 +27,7 @@ from engine.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from engine.config import ConfigError, check_values, per_process_batch
+from engine.config import CONF_DIR, ConfigError, check_values, per_process_batch
 from engine.errors import exit_on_user_error
 from engine.eval_checkpoint import load_checkpoint_forms
 from engine.trainer import Trainer
@@ -198,6 +200,26 @@ def test_cli_wrapper_prints_one_line_and_exits_2(capsys):
         bug()
 
 
+@pytest.mark.parametrize("config, argv, message", [
+    ("train", ["model=rmnet50x6"], r"unknown model 'rmnet50x6'. Did you mean: rmnet50x6_32"),
+    ("train", ["data=cifar11"], r"unknown data 'cifar11'. Did you mean: cifar10, cifar100"),
+    ("train", ["optim=adamx"], r"unknown optim 'adamx'. Did you mean: adamw"),
+    ("evaluate", ["checkpoint=x.pt", "model=nope"], r"unknown model 'nope'"),
+    ("evaluate", ["checkpoint=x.pt", "data.input_sise=16"], r"unknown key 'data.input_sise'. Did you mean 'data.input_size'"),
+    ("benchmark", ["models=[resnet18]", "precison=bf16"], r"unknown key 'precison'. Did you mean 'precision'"),
+    ("benchmark", ["models=[resnet18]", "+precison=bf16"], r"'\+precison=bf16': new keys can only be added under"),
+    ("prune", ["model=resnt20"], r"unknown model 'resnt20'. Did you mean: resnet20"),
+])
+def test_entry_points_refuse_bad_overrides_in_one_line(monkeypatch, capsys, config, argv, message):
+    from engine.cli import run_app
+
+    monkeypatch.setattr(sys, "argv", [f"{config}.py", *argv])
+    with pytest.raises(SystemExit) as e:
+        run_app(config, lambda cfg: pytest.fail("the job ran"))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and re.search(message, err), err
+
+
 # --- batch sizes ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("overrides, message", [
     (["global_batch_size=256"], r"set one of batch_size .* and global_batch_size .*got batch_size=16 and "
@@ -285,3 +307,26 @@ def test_convert_names_what_breaks_its_preconditions():
     model.layer1 = nn.Sequential(model.layer1, Unknown()).eval()
     with pytest.raises(ConversionError, match=r"layer1\.1 of type .*Unknown"):
         rm.convert(model)
+
+
+def test_skipped_images_are_left_out_of_evaluation_not_counted_twice(tmp_path):
+    """With bad_images=skip, validation counts the 4 decodable images once each (a substitute would make
+    it 5, one of them twice) and reports the skipped one; the class-a prediction is right on 2 of 4."""
+    import data
+    from engine.evaluate import evaluate
+
+    _image_folder(tmp_path, b"not an image")
+    cfg = OmegaConf.load(os.path.join(CONF_DIR, "data", "imagenet.yaml"))
+    cfg.merge_with({"root": str(tmp_path), "num_classes": 2, "input_size": 16, "bad_images": "skip"})
+
+    class ClassA(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return torch.stack([torch.ones(len(x)), torch.zeros(len(x))], 1) + self.w
+
+    loader = data.build_loader(cfg, "val", batch_size=2, workers=0, train=False)
+    result = evaluate(ClassA(), loader, progress=False)
+    assert (result["num_samples"], result["skipped"], result["top1"]) == (4, 1, 50.0)

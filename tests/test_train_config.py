@@ -2,7 +2,6 @@
 import os
 
 import pytest
-from hydra.errors import MissingConfigException
 
 import models
 from engine.build import build_model
@@ -30,10 +29,15 @@ def test_bad_keys_fail_with_the_valid_choices(override, words):
         assert w in str(e.value)
 
 
-def test_unknown_group_option_lists_options():
-    with pytest.raises(MissingConfigException) as e:
-        check_overrides(["model=rmnet26x3_3"])
-    assert "rmnet26x3_32" in str(e.value)
+@pytest.mark.parametrize("override, message", [
+    ("model=rmnet26x3_3", r"unknown model 'rmnet26x3_3'. Did you mean: rmnet26x3_32"),
+    ("model=resnet18,rmnet50x6", r"unknown model 'rmnet50x6'. Did you mean: rmnet50x6_32"),   # a sweep
+    ("data=cifar11", r"unknown data 'cifar11'. Did you mean: cifar10, cifar100\? .*options: cifar10, cifar100, imagenet"),
+    ("optim=adamx", r"unknown optim 'adamx'. Did you mean: adamw\?"),
+])
+def test_unknown_group_option_names_the_close_ones(override, message):
+    with pytest.raises(ConfigError, match=message):
+        check_overrides([override])
 
 
 def test_free_form_keys_and_values():
