@@ -1,8 +1,8 @@
 """Inference benchmark of the residual, BN-folded and plain forms: `python benchmark.py --help`.
 
-The logic is in engine/benchmark.py; the settings in conf/benchmark.yaml.
+The logic is in bench/benchmark.py; the settings in conf/benchmark.yaml.
 """
-from engine.benchmark import run
+from bench.benchmark import run
 from engine.cli import run_app
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Trainer overhead: img/s of the trainer's training step against a bare forward/backward/step loop.
 
-    .venv/bin/python benchmarks/train_overhead.py                      # resnet50, rmnet50x6_32 on CPU
-    .venv/bin/python benchmarks/train_overhead.py --batch 128 --amp bf16 --channels-last   # on a GPU
+    .venv/bin/python -m benchmarks.train_overhead                      # resnet50, rmnet50x6_32 on CPU
+    .venv/bin/python -m benchmarks.train_overhead --batch 128 --amp bf16 --channels-last   # on a GPU
 
 Both sides train the same model on the same images (synthetic, 224x224, ImageNet stem). The trainer
 side is `Trainer.train_epoch` (data loading and augmentation from the in-memory synthetic set,
@@ -22,14 +22,13 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from engine.amp import autocast  # noqa: E402
-from engine.config import check_overrides  # noqa: E402
-from engine.trainer import Trainer  # noqa: E402
+from engine import stages
+from engine.amp import autocast
+from engine.config import check_overrides
+from engine.trainer import Trainer
 
 
 def bare_steps(model, images, targets, steps: int, amp: str, device) -> float:
@@ -62,7 +61,7 @@ def measure(name: str, args, out_dir: str) -> dict:
         "workers=0", f"max_steps_per_epoch={steps}", f"amp={args.amp}", f"channels_last={args.channels_last}",
         "sched=constant", "final.enabled=false", f"output_dir={out_dir}", f"run_name={name}",
         f"log_every_steps={steps}"])
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, *stages.build(cfg))
     images, targets = next(iter(trainer.train_loader))
     images, targets = images.to(trainer.device), targets.to(trainer.device)
     if args.channels_last:

@@ -4,10 +4,10 @@
     loader = build_loader(cfg.data, "val", batch_size=256, workers=8)   # sharded over ranks, no padding
 """
 from .datasets import SPLITS, DatasetError, build_dataset
-from .loader import build_loader, worker_count
+from .loader import build_loader, calibration_loader, worker_count
 from .samplers import EvalSampler, TrainSampler
 from .synthetic import SyntheticDataset
 from .transforms import build_transform
 
-__all__ = ["build_dataset", "build_loader", "build_transform", "worker_count", "DatasetError", "SPLITS",
+__all__ = ["build_dataset", "build_loader", "calibration_loader", "build_transform", "worker_count", "DatasetError", "SPLITS",
            "EvalSampler", "TrainSampler", "SyntheticDataset"]

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from .synthetic import SyntheticDataset
 
 SPLITS = ("train", "val")
+DATASETS = ("synthetic", "cifar10", "cifar100", "imagenet")
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 log = logging.getLogger("rmnet.data")
 _CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
@@ -43,7 +44,7 @@ def build_dataset(cfg: Any, split: str, transform: Callable | None = None, subst
     if name == "imagenet":
         return _image_folder(os.path.expanduser(cfg.root), split, transform, cfg.num_classes,
                              cfg.get("bad_images", "fail"), substitute_bad)
-    raise ValueError(f"unknown dataset {name!r}; known: synthetic, cifar10, cifar100, imagenet")
+    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
 
 
 def _cifar_class(name: str):

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader, RandomSampler, default_collate
 
 from .datasets import build_dataset
 from .samplers import EvalSampler, TrainSampler
@@ -54,3 +54,14 @@ def build_loader(cfg: Any, split: str, batch_size: int, workers: int | None = No
                       pin_memory=torch.cuda.is_available(), drop_last=train if drop_last is None else drop_last,
                       collate_fn=None if train else collate_decodable,
                       generator=torch.Generator().manual_seed(seed + rank))
+
+
+def calibration_loader(cfg: Any, batches: int, batch_size: int, workers: int | None = None,
+                       seed: int = 0) -> DataLoader:
+    """`batches` batches of random training images without augmentation (the same on every rank):
+    data for measuring a model's activation statistics. Random, because class-folder datasets
+    (ImageNet) are stored class by class."""
+    dataset = build_dataset(cfg, "train", build_transform(cfg, train=False))
+    sampler = RandomSampler(dataset, num_samples=min(batches * batch_size, len(dataset)),
+                            generator=torch.Generator().manual_seed(seed))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=worker_count(workers))

@@ -16,20 +16,34 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from data.datasets import BAD_IMAGES, DATASETS
+from data.transforms import CROPS
+from models import STEMS
+from rm.rules import SCHEMES
+
+from .amp import AMP_DTYPES
+from .distributed import DEVICES
+from .faults import NONFINITE_MODES
+from .optim import OPTIMIZERS, SCHEDULES
+
+CONVERT_MODES = ("keep_bn", "fuse_bn")   # model.convert: train the plain form, BatchNorm kept or fused
+
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 FREE_FORM = ("model.kwargs", "model_kwargs", "hooks")
-CHOICES = {   # enumerated values, checked before any work starts
-    "amp": ("none", "bf16", "fp16"),
-    "device": ("auto", "cpu", "cuda"),
-    "model.convert": (None, "keep_bn", "fuse_bn"),
-    "optim.name": ("sgd", "adamw"),
-    "sched.name": ("cosine", "step", "constant"),
-    "data.name": ("synthetic", "cifar10", "cifar100", "imagenet"),
-    "data.stem": ("imagenet", "cifar"),
-    "data.augment.crop": ("resized", "pad", "none"),
-    "final.downsample": ("reserve_input", "reserve_shortcut"),
-    "nonfinite_loss": ("stop", "skip"),
-    "fault.kind": (None, "crash", "kill"),
+# Enumerated settings, checked before any work starts. Each list is the table of the module that acts
+# on the setting, so a choice exists in one place.
+CHOICES: dict[str, tuple] = {
+    "amp": tuple(AMP_DTYPES),
+    "device": DEVICES,
+    "model.convert": (None, *CONVERT_MODES),
+    "optim.name": tuple(OPTIMIZERS),
+    "sched.name": tuple(SCHEDULES),
+    "data.name": DATASETS,
+    "data.stem": STEMS,
+    "data.augment.crop": CROPS,
+    "data.bad_images": BAD_IMAGES,
+    "conversion.downsample": SCHEMES,
+    "nonfinite_loss": NONFINITE_MODES,
 }
 
 
@@ -172,13 +186,18 @@ def command_line_keys() -> set[str]:
     return {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
 
 
-def check_values(cfg: DictConfig) -> None:
-    """Enumerated settings and numeric ranges, checked before any work."""
+def check_choices(cfg: DictConfig) -> None:
+    """The enumerated settings `cfg` has (any entry point's config) must be among their choices."""
     for key, choices in CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if value not in choices:
+        value = OmegaConf.select(cfg, key, default="<absent>")
+        if value != "<absent>" and value not in choices:
             raise ConfigError(f"{key}={value!r} is not valid; choose one of "
                               f"{', '.join('null' if c is None else c for c in choices)}")
+
+
+def check_values(cfg: DictConfig) -> None:
+    """A training config's enumerated settings and numeric ranges, checked before any work."""
+    check_choices(cfg)
     if not isinstance(cfg.epochs, int) or cfg.epochs < 1:
         raise ConfigError(f"epochs must be a positive integer, got {cfg.epochs!r}")
     batches = {key: cfg.get(key) for key in ("batch_size", "global_batch_size")}
@@ -195,10 +214,16 @@ def check_values(cfg: DictConfig) -> None:
         if not 0.0 <= cfg[key] < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {cfg[key]}")
     init = cfg.model.get("init")
-    if init and str(init).partition(":")[0] not in ("ckpt", "deploy"):
-        raise ConfigError(f"model.init must be null, ckpt:PATH or deploy:PATH, got {init!r}")
+    if init and not os.path.isfile(init_path(init)):
+        raise ConfigError(f"model.init={init}: no such file; give a checkpoint, deploy artifact or state dict")
     if cfg.resume not in (None, "auto") and not os.path.isfile(str(cfg.resume)):
         raise ConfigError(f"resume={cfg.resume!r}: no such checkpoint; use resume=auto or a path to a last.pt")
+
+
+def init_path(init: str) -> str:
+    """The file of `model.init`: a path, optionally written ckpt:PATH or deploy:PATH (version 1)."""
+    kind, sep, path = str(init).partition(":")
+    return path if sep and kind in ("ckpt", "deploy") else str(init)
 
 
 def per_process_batch(cfg: DictConfig, world: int) -> int:

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+DEVICES = ("auto", "cpu", "cuda")
+
 
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -22,8 +24,8 @@ def setup(device: str = "auto", timeout_min: float = 30) -> torch.device:
 
     `device`: "auto" (this local rank's GPU when CUDA is available, else CPU), "cpu" or "cuda".
     """
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
         raise RuntimeError("device=cuda but CUDA is not available; use device=cpu or device=auto")

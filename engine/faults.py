@@ -1,8 +1,8 @@
 """What the trainer does when things go wrong: preemption signals, non-finite losses, unwritable
-run directories, and a fault-injection switch that the tests use to crash or kill a run.
+run directories.
 
-Checkpoints themselves are written atomically (engine.checkpoint.atomic_save), so a crash or kill
-at any moment leaves the previous last.pt intact and `resume=auto` continues from it.
+Checkpoints themselves are written atomically (rm.io.atomic_save), so a crash or kill at any
+moment leaves the previous last.pt intact and `resume=auto` continues from it.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import threading
 from typing import Any
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+NONFINITE_MODES = ("stop", "skip")   # nonfinite_loss: end the run at a NaN/Inf loss, or skip that update
 
 
 class NonFiniteLossError(RuntimeError):
@@ -83,19 +84,3 @@ def probe_run_dir(run_dir: str) -> None:
     except OSError as e:
         raise RunDirError(f"cannot write to the run directory {run_dir} ({e.strerror or e}); free disk space, "
                           f"fix its permissions or choose another output_dir") from None
-
-
-def inject(fault: Any, step: int, rank: int, run_dir: str) -> None:
-    """TESTING AID (`fault.kind` in conf/train.yaml): once per run directory, crash (`crash`: exit
-    status 1, as a dying rank under torchrun) or SIGKILL (`kill`) rank `fault.rank` right after
-    optimizer step `fault.step`. A marker file keeps the restarted run from failing again."""
-    if not fault or not fault.get("kind") or step != fault.step or rank != fault.rank:
-        return
-    marker = os.path.join(run_dir, f".fault-injected-rank{rank}")
-    if os.path.exists(marker):
-        return
-    open(marker, "w").close()
-    print(f"fault injection: {fault.kind} on rank {rank} after step {step}", file=sys.stderr, flush=True)
-    if fault.kind == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    os._exit(1)

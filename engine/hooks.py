@@ -1,4 +1,4 @@
-"""Training hooks: extra loss terms and post-backward gradient edits, configured by name.
+"""Training hooks: extra loss terms, post-backward gradient edits and per-step actions, configured by name.
 
     @register_hook("bn_l1")
     class BNL1(Hook):
@@ -6,10 +6,13 @@
         def after_backward(self, model): ...
 
 `hooks: {bn_l1: {sr: 1e-4}}` in the train config (CLI: `+hooks.bn_l1.sr=1e-4`) builds
-`BNL1(sr=1e-4)`. A name that is not registered may be given as "package.module:Class", which is
-imported, so other packages add hooks without touching the trainer. The trainer calls
-`loss(model, logits, targets)` for every hook and adds the returned tensors to the loss, and
-`after_backward(model)` once gradients are final (unscaled, all-reduced, before clipping and the step).
+`BNL1(sr=1e-4)`. A hook that is not registered is named by import path, Hydra's way
+(`+hooks.mine._target_=package.module.MyHook +hooks.mine.x=1`), or as the name
+"package.module:Class", so other packages add hooks without touching the trainer. The trainer calls
+`loss(model, logits, targets)` for every hook and adds the returned tensors to the loss,
+`after_backward(model)` once gradients are final (unscaled, all-reduced, before clipping and the
+step), and `after_step(trainer)` after every optimizer step (`trainer.step`, `.rank`, `.run_dir`,
+`.model` describe where the run is).
 """
 from __future__ import annotations
 
@@ -29,6 +32,9 @@ class Hook:
     def after_backward(self, model: nn.Module) -> None:
         return None
 
+    def after_step(self, trainer: Any) -> None:
+        return None
+
 
 _HOOKS: dict[str, Callable[..., Hook]] = {}
 
@@ -46,27 +52,35 @@ def list_hooks() -> list[str]:
     return sorted(_HOOKS)
 
 
-def _factory(name: str) -> Callable[..., Hook]:
+def _import(path: str, name: str) -> Callable[..., Hook]:
+    module, _, attr = path.replace(":", ".").rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ValueError(f"hook {name!r} cannot be imported from {path!r}: {e}") from None
+
+
+def _factory(name: str, target: str | None) -> Callable[..., Hook]:
+    if target is not None:
+        return _import(target, name)
     if name in _HOOKS:
         return _HOOKS[name]
     if ":" in name:
-        module, _, attr = name.partition(":")
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"hook {name!r} cannot be imported: {e}") from None
-    raise ValueError(f"unknown hook {name!r}; registered hooks: {', '.join(list_hooks()) or 'none'}, "
-                     f"or give an import path 'package.module:Class'")
+        return _import(name, name)
+    raise ValueError(f"unknown hook {name!r}; registered hooks: {', '.join(list_hooks()) or 'none'}, or give an "
+                     f"import path (+hooks.{name}._target_=package.module.Class)")
 
 
 def build_hooks(cfg: Mapping[str, Any] | None) -> list[Hook]:
     """Hooks from {name: {kwarg: value}} (None or {} builds none), in the config's order."""
     hooks = []
     for name, kwargs in (cfg or {}).items():
+        kwargs = dict(kwargs or {})
+        factory = _factory(name, kwargs.pop("_target_", None))
         try:
-            hooks.append(_factory(name)(**dict(kwargs or {})))
+            hooks.append(factory(**kwargs))
         except TypeError as e:
-            raise ValueError(f"hook {name!r}: bad arguments {dict(kwargs or {})}: {e}") from None
+            raise ValueError(f"hook {name!r}: bad arguments {kwargs}: {e}") from None
     return hooks
 
 

@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
-
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "step", "constant")
 
 
 def scaled_lr(cfg: Any, global_batch: int) -> float:
@@ -29,30 +26,43 @@ def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: boo
     return groups
 
 
+OPTIMIZERS: dict[str, Callable[[list[dict], float, Any], torch.optim.Optimizer]] = {
+    "sgd": lambda groups, lr, cfg: torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov),
+    "adamw": lambda groups, lr, cfg: torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas)),
+}
+
+
+def _cosine(cfg: Any, t: float) -> float:
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+# Learning-rate factor after warm-up, by (config, fraction of the post-warm-up steps done, epochs done).
+SCHEDULES: dict[str, Callable[[Any, float, float], float]] = {
+    "constant": lambda cfg, t, epoch: 1.0,
+    "step": lambda cfg, t, epoch: cfg.gamma ** int(epoch // cfg.step_epochs),
+    "cosine": lambda cfg, t, epoch: _cosine(cfg, t),
+}
+
+
+def _choice(table: dict, key: str, value: str):
+    if value not in table:
+        raise ValueError(f"{key} must be one of {', '.join(table)}, got {value!r}")
+    return table[value]
+
+
 def build_optimizer(model: nn.Module, cfg: Any, global_batch: int) -> torch.optim.Optimizer:
-    lr = scaled_lr(cfg, global_batch)
-    groups = param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas))
-    raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {cfg.name!r}")
+    build = _choice(OPTIMIZERS, "optim.name", cfg.name)
+    return build(param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias), scaled_lr(cfg, global_batch), cfg)
 
 
 def lr_factor(cfg: Any, step: int, steps_per_epoch: int, epochs: int) -> float:
     """Multiplier of the base lr at optimizer step `step` (0-based); schedules move every step."""
+    schedule = _choice(SCHEDULES, "sched.name", cfg.name)
     warmup = int(cfg.get("warmup_epochs", 0) * steps_per_epoch)
     if step < warmup:
         return (step + 1) / warmup
-    if cfg.name == "constant":
-        return 1.0
-    if cfg.name == "step":
-        return cfg.gamma ** (step // (cfg.step_epochs * steps_per_epoch))
-    if cfg.name == "cosine":
-        total = max(epochs * steps_per_epoch - warmup, 1)
-        t = min((step - warmup) / total, 1.0)
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-    raise ValueError(f"sched.name must be one of {SCHEDULES}, got {cfg.name!r}")
+    t = min((step - warmup) / max(epochs * steps_per_epoch - warmup, 1), 1.0)
+    return schedule(cfg, t, step / steps_per_epoch)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, steps_per_epoch: int,

@@ -1,8 +1,9 @@
-"""The training job: DDP loop, validation, checkpoints, resume and the final conversion.
+"""The training loop: DDP, validation, checkpoints and resume, for a model it is given.
 
-`Trainer(cfg).fit()` runs a whole job from a composed `conf/train.yaml`. Rank 0 decides the run
-directory (a fresh `<model>-<data>-<timestamp>` or the run being resumed) and broadcasts it, so all
-ranks agree; only rank 0 prints, writes TensorBoard scalars, `metrics.jsonl` and checkpoints.
+`Trainer(cfg, model, spec).fit()` trains a built model (engine.stages builds it from the config, the
+pruners hand in pruned ones) on the loaders of `cfg.data` (or ones passed in). Rank 0 decides the
+run directory (a fresh `<model>-<data>-<timestamp>` or the run being resumed) and broadcasts it, so
+all ranks agree; only rank 0 prints, writes TensorBoard scalars, `metrics.jsonl` and checkpoints.
 
 Loop state is resumable at optimizer-step granularity: a checkpoint records epoch, the steps done
 in that epoch, the global step, and every rank's RNG states; the `TrainSampler` restarts the epoch's
@@ -15,7 +16,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Iterable
 
 import torch
 import torch.nn as nn
@@ -23,23 +24,15 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import data as datasets
-import rm
-from rm.deploy import save_deploy, to_spec
+from artifacts import CheckpointError, model_entries
+from models import ModelSpec
 
 from . import distributed as D
 from .amp import autocast, check_amp, grad_scaler
-from .build import build_model, is_plain
-from .checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    model_from_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import ConfigError, check_values, per_process_batch
 from .evaluate import evaluate
-from .faults import NonFiniteLossError, RunDirError, StopSignal, inject, probe_run_dir
+from .faults import NonFiniteLossError, RunDirError, StopSignal, probe_run_dir
 from .hooks import build_hooks
 from .optim import build_optimizer, build_scheduler, scaled_lr
 
@@ -47,15 +40,28 @@ log = logging.getLogger("rmnet.train")
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, model_transform: Callable[[nn.Module], nn.Module] | None = None):
-        """`model_transform` rewrites the model built from `cfg.model` before training (e.g. pruning
-        adds shortcut BNs, or swaps in a pruned model); it runs on every rank, before DDP wrapping."""
+    def __init__(self, cfg: DictConfig, model: nn.Module, spec: ModelSpec, train_loader: Iterable | None = None,
+                 val_loader: Iterable | None = None):
+        """Train `model` (built identically on every rank; its description `spec` goes into the
+        checkpoints) with the settings of `cfg`; loaders default to `cfg.data`'s, sharded over the ranks."""
         check_values(cfg)
-        self.cfg = cfg
+        self.cfg, self.spec = cfg, spec
         self.device = D.setup(cfg.device, cfg.dist_timeout_min)
         self.amp = check_amp(cfg.amp, self.device)
         self.rank, self.world = D.rank(), D.world_size()
         self.main = self.rank == 0
+        torch.manual_seed(cfg.seed + self.rank)   # per-rank augmentation streams
+        # The data first: a missing dataset or a batch that does not fit fails before a run folder exists.
+        self.batch_size = per_process_batch(cfg, self.world)
+        self.train_loader = train_loader or datasets.build_loader(cfg.data, "train", self.batch_size, cfg.workers,
+                                                                  seed=cfg.seed)
+        self.val_loader = val_loader or datasets.build_loader(cfg.data, "val", self.batch_size, cfg.workers)
+        full = self.train_loader.sampler.num_samples // self.batch_size
+        if full == 0:
+            raise ConfigError(f"the batch of {self.batch_size} per process exceeds the "
+                              f"{self.train_loader.sampler.num_samples} training samples per process; lower "
+                              f"{'global_batch_size' if cfg.get('global_batch_size') else 'batch_size'}")
+        self.steps_per_epoch = min(full, cfg.max_steps_per_epoch or full)
         self.run_dir, resume_path = self._plan_run()
         self._setup_logging()
         torch.backends.cudnn.benchmark = not cfg.deterministic
@@ -63,11 +69,7 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
 
-        torch.manual_seed(cfg.seed)   # identical initial weights on every rank
-        model = build_model(cfg.model, cfg.data)
-        if model_transform is not None:
-            model = model_transform(model).train()
-        model = model.to(self.device)
+        model = model.train().to(self.device)
         if cfg.sync_bn and self.world > 1:
             if self.device.type != "cuda":
                 raise ConfigError("sync_bn=true needs CUDA (SyncBatchNorm has no CPU/gloo kernel)")
@@ -79,17 +81,6 @@ class Trainer:
         if cfg.ema_decay > 0:
             self.ema = torch.optim.swa_utils.AveragedModel(
                 model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-        torch.manual_seed(cfg.seed + self.rank)   # per-rank augmentation streams
-
-        self.batch_size = per_process_batch(cfg, self.world)
-        self.train_loader = datasets.build_loader(cfg.data, "train", self.batch_size, cfg.workers, seed=cfg.seed)
-        self.val_loader = datasets.build_loader(cfg.data, "val", self.batch_size, cfg.workers)
-        full = self.train_loader.sampler.num_samples // self.batch_size
-        if full == 0:
-            raise ConfigError(f"the batch of {self.batch_size} per process exceeds the "
-                              f"{self.train_loader.sampler.num_samples} training samples per process; lower "
-                              f"{'global_batch_size' if cfg.get('global_batch_size') else 'batch_size'}")
-        self.steps_per_epoch = min(full, cfg.max_steps_per_epoch or full)
         self.global_batch = self.batch_size * self.world
         self.optimizer = build_optimizer(model, cfg.optim, self.global_batch)
         self.scheduler = build_scheduler(self.optimizer, cfg.sched, self.steps_per_epoch, cfg.epochs)
@@ -105,6 +96,7 @@ class Trainer:
             self.train_model = torch.compile(self.train_model)
 
         self.epoch = self.step_in_epoch = self.step = 0
+        self.timed = False
         self.best_top1 = float("-inf")
         self.stop = StopSignal()
         # Non-finite losses are noticed without a host sync per step: the first bad step is kept on
@@ -171,8 +163,7 @@ class Trainer:
     # --- checkpoints -------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
         return {
-            "model": self.model.state_dict(), "model_cfg": dict(self.model.rmnet_cfg),
-            "spec": to_spec(self.model) if is_plain(self.model) else None,
+            **model_entries(self.model, self.spec),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "ema": self.ema.module.state_dict() if self.ema else None,
             "epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch,
@@ -220,7 +211,7 @@ class Trainer:
             self.scheduler.load_state_dict(blob["scheduler"])
             self.scaler.load_state_dict(blob["scaler"])
         except (KeyError, ValueError, RuntimeError) as e:
-            stored = blob.get("model_cfg") or {}
+            stored = blob.get("model_spec") or blob.get("model_cfg") or {}
             raise CheckpointError(
                 f"{path} does not fit this run ({stored.get('name')}, {stored.get('num_classes')} classes, "
                 f"{stored.get('stem')} stem in the file; {str(e).strip().splitlines()[0]}): resume with the "
@@ -243,7 +234,7 @@ class Trainer:
     # --- the loop ----------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
-        log.info(f"run {self.run_dir}: {cfg.model.name} on {cfg.data.name}, {self.world} process(es) on "
+        log.info(f"run {self.run_dir}: {self.spec.label} on {cfg.data.name}, {self.world} process(es) on "
                  f"{self.device.type}, global batch {self.global_batch}, lr {scaled_lr(cfg.optim, self.global_batch):g}, "
                  f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
         with self.stop:
@@ -268,7 +259,7 @@ class Trainer:
                      f"top-1 {val['top1']:.2f}  top-5 {val['top5']:.2f}  (best {self.best_top1:.2f})  {elapsed:.1f}s")
             if self.stop_requested():
                 self.exit_preempted()
-        return self.finish() if cfg.final.enabled else {"best_top1": self.best_top1}
+        return {"best_top1": self.best_top1, "run_dir": self.run_dir}
 
     def train_epoch(self) -> float:
         """One epoch (or its rest, after a mid-epoch resume); returns the mean training loss."""
@@ -324,6 +315,8 @@ class Trainer:
             if self.step % cfg.log_every_steps == 0 or self.step_in_epoch == self.steps_per_epoch:
                 mean = window.item() / window_steps   # the only host sync of the loop
                 img_s = window_steps * self.global_batch / (time.perf_counter() - tick)
+                if not self.timed:
+                    self._estimate(window_steps, time.perf_counter() - tick)
                 lr = self.optimizer.param_groups[0]["lr"]
                 bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.4g}", img_s=f"{img_s:.3g}")
                 self._scalars({"train/loss": mean, "train/lr": lr, "train/img_s": img_s})
@@ -332,7 +325,8 @@ class Trainer:
                 window_steps, tick = 0, time.perf_counter()
                 self.check_finite()
             bar.update()
-            inject(cfg.fault, self.step, self.rank, self.run_dir)
+            for hook in self.hooks:
+                hook.after_step(self)
             if self.step_in_epoch >= self.steps_per_epoch:
                 break   # a stop request is served by the epoch-end checkpoint
             if cfg.ckpt_every_steps and self.step % cfg.ckpt_every_steps == 0:
@@ -343,6 +337,14 @@ class Trainer:
         bar.close()
         mean = D.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(steps_done), device=self.device)]))
         return (mean[0] / mean[1].clamp(min=1)).item()
+
+    def _estimate(self, steps: int, seconds: float) -> None:
+        """Once per process: the time the rest of the run takes at the first steps' pace."""
+        self.timed = True
+        left = (self.cfg.epochs - self.epoch) * self.steps_per_epoch - self.step_in_epoch
+        total = seconds / steps * left
+        log.info(f"{seconds / steps:.3g} s/step: about {_duration(total)} for the {left} steps left "
+                 f"({self.cfg.epochs} epochs; validation not included)")
 
     def skip_nonfinite(self, loss: torch.Tensor) -> bool:
         """Whether this step's update is skipped: with nonfinite_loss=skip, when any rank's loss is
@@ -381,56 +383,6 @@ class Trainer:
         self._scalars({"val/top1": val["top1"], "val/top5": val["top5"], "val/loss": val["loss"]})
         return val
 
-    # --- the end: convert best.pt, evaluate both forms ---------------------------------------------
-    def finish(self) -> dict[str, Any]:
-        """Convert best.pt with rm.convert, evaluate residual and plain forms, save deploy.pt beside it."""
-        cfg = self.cfg
-        D.barrier()
-        best_path = os.path.join(self.run_dir, "best.pt")
-        blob = load_checkpoint(best_path, map_location="cpu")
-        residual = model_from_checkpoint(blob, best_path, ema=self.ema is not None)
-        kwargs = {"fuse_bn": True, "downsample": cfg.final.downsample}
-        if self.main:
-            plain, errors = rm.convert_verified(residual, input_size=cfg.data.input_size, **kwargs)
-        else:
-            plain, errors = rm.convert(residual, **kwargs), {}
-        results = {}
-        for label, net in (("residual", residual), ("plain", plain)):
-            net = net.to(self.device)
-            if cfg.channels_last:
-                net = net.to(memory_format=torch.channels_last)
-            results[label] = evaluate(net, self.val_loader, self.device, self.amp, cfg.channels_last,
-                                      progress=cfg.progress, desc=f"final {label}")
-        summary = {"best_top1": self.best_top1, "residual": results["residual"], "plain": results["plain"],
-                   "conversion_error": errors, "checkpoint": best_path}
-        if self.main:
-            rel = errors["float32"]["max_rel"]
-            for label, r in results.items():
-                skipped = f", {r['skipped']} undecodable skipped" if r.get("skipped") else ""
-                log.info(f"final {label:8s} top-1 {r['top1']:.2f}  top-5 {r['top5']:.2f}  loss {r['loss']:.4f}  "
-                         f"({r['num_samples']} images{skipped}, {r['img_s']:.0f} img/s)")
-            log.info(f"conversion error: float32 max rel {rel:.2e}, float64 max rel "
-                     f"{errors['float64']['max_rel']:.2e}; top-1 difference "
-                     f"{results['plain']['top1'] - results['residual']['top1']:+.2f}")
-            self._scalars({"final/top1_residual": results["residual"]["top1"],
-                           "final/top1_plain": results["plain"]["top1"], "final/max_rel_error": rel})
-            if rel <= cfg.final.tolerance:
-                deploy_path = os.path.join(self.run_dir, "deploy.pt")
-                data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-                save_deploy(plain, deploy_path, meta={**residual.rmnet_cfg, **kwargs, "data_config": data_cfg,
-                                                      "verify": errors,
-                                                      "top1_residual": results["residual"]["top1"],
-                                                      "top1_plain": results["plain"]["top1"]})
-                summary["deploy"] = deploy_path
-                log.info(f"wrote {deploy_path}")
-            else:
-                log.error(f"conversion error {rel:.2e} exceeds final.tolerance={cfg.final.tolerance}; "
-                          f"no deploy artifact written")
-            with open(os.path.join(self.run_dir, "final.json"), "w") as f:
-                json.dump(summary, f, indent=2)
-        D.barrier()
-        return summary
-
     # --- rank-0 records ----------------------------------------------------------------------------
     def _scalars(self, values: dict[str, float]) -> None:
         if self.tb is not None:
@@ -443,12 +395,12 @@ class Trainer:
                 f.write(json.dumps(row) + "\n")
 
     def close(self) -> None:
+        """TensorBoard and the log files; the process group stays for what the caller does next."""
         if self.tb is not None:
             self.tb.close()
         for handler in list(log.handlers):
             handler.close()
             log.removeHandler(handler)
-        D.cleanup()
 
 
 def _choose_run(cfg: DictConfig) -> tuple[str, str | None]:
@@ -481,10 +433,6 @@ def _choose_run(cfg: DictConfig) -> tuple[str, str | None]:
     return run_dir, None
 
 
-def train(cfg: DictConfig, model_transform: Callable[[nn.Module], nn.Module] | None = None) -> dict[str, Any]:
-    """Run the job described by a composed train config; returns the final summary."""
-    trainer = Trainer(cfg, model_transform)
-    try:
-        return trainer.fit()
-    finally:
-        trainer.close()
+def _duration(seconds: float) -> str:
+    hours, rest = divmod(int(round(seconds)), 3600)
+    return f"{hours} h {rest // 60} min" if hours else f"{rest // 60} min {rest % 60} s"

@@ -1,4 +1,8 @@
-"""Residual (training-time) model families and their registry."""
+"""Residual (training-time) model families, their registry and the typed model spec.
+
+Each family module defines its blocks, registers their RM converters (`rm.register_converter`) and
+registers its variants (`register_model`); adding a family is one file here (docs/ARCHITECTURE.md).
+"""
 from . import mobilenet, preact_resnet, repvgg, repvgg_resnet, resnet, rmnet  # noqa: F401  (importing registers the models)
 from .registry import (
     INPUT_SIZE,
@@ -9,8 +13,10 @@ from .registry import (
     model_family,
     model_stems,
 )
+from .spec import ConversionSettings, InputSpec, ModelSpec
 
-__all__ = ["create_model", "list_models", "model_family", "model_stems", "UnknownModelError", "STEMS", "INPUT_SIZE"]
+__all__ = ["create_model", "list_models", "model_family", "model_stems", "UnknownModelError", "STEMS", "INPUT_SIZE",
+           "ModelSpec", "InputSpec", "ConversionSettings"]
 
 from .timm_compat import register_with_timm  # noqa: E402
 

@@ -15,7 +15,8 @@ of one block's linear 1x1 with the next block's expand 1x1 (eq. 4) is MobileNetV
 Activations are ReLU, not MobileNetV2's ReLU6, so the conversion is exact: the converter gives the
 reserved (signed) channels an identity activation, and a clamp at 6 on the other channels would
 need a module outside the plain chain (docs/ARCHITECTURE.md).
-Both models are `nn.Sequential`s, so the RM walker converts them without a model-level rule.
+Both models are `nn.Sequential`s, so the RM walker converts them without a model-level rule; the
+converter of the inverted residual block is registered here. Widths scale with `width_mult`.
 """
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
+import rm
+from rm.blocks import branch_layers
+from rm.rules import rm_residual
+
+from .layers import init_conv_weights
 from .registry import register_model
 
 STEM_WIDTH = 32
@@ -37,7 +43,10 @@ def conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1, groups: int 
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-def _widths(width_mult: float) -> tuple[int, list[tuple[int, int]]]:
+def _widths(width_mult: float, widths: object = None) -> tuple[int, list[tuple[int, int]]]:
+    if widths is not None:
+        raise ValueError("MobileNets scale their widths with width_mult (e.g. model.kwargs.width_mult=0.5); "
+                         "they take no widths list")
     if width_mult <= 0:
         raise ValueError(f"width_mult must be positive, got {width_mult}")
     scaled = [(max(1, round(w * width_mult)), s) for w, s in V1_PAIRS]
@@ -53,17 +62,15 @@ def _head(width: int, num_classes: int) -> list[tuple[str, nn.Module]]:
 
 
 class MobileNetV1(nn.Sequential):
-    def __init__(self, num_classes: int = 1000, stem: str = "imagenet", width_mult: float = 1.0):
-        cin, pairs = _widths(width_mult)
+    def __init__(self, num_classes: int = 1000, stem: str = "imagenet", width_mult: float = 1.0, widths=None):
+        cin, pairs = _widths(width_mult, widths)
         layers = [("stem", _stem(cin, stem))]
         for i, (cout, stride) in enumerate(pairs):
             layers.append((f"dw{i + 1}", conv_bn_relu(cin, cin, 3, stride, groups=cin)))
             layers.append((f"pw{i + 1}", conv_bn_relu(cin, cout, 1)))
             cin = cout
         super().__init__(OrderedDict(layers + _head(cin, num_classes)))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_conv_weights(self)
 
 
 class InvertedResidual(nn.Module):
@@ -94,12 +101,20 @@ class InvertedResidual(nn.Module):
         return out + x if self.use_shortcut else out
 
 
+@rm.register_converter(InvertedResidual)
+def _convert_block(block: InvertedResidual, ctx: rm.Context) -> list:
+    pairs = ([("conv1", "bn1")] if block.expand else []) + [("conv2", "bn2"), ("conv3", "bn3")]
+    main = branch_layers(block, pairs)
+    # The output stays linear: `rm.convert` composes it with the next block's expand conv (eq. 4).
+    return rm_residual(main, None, None, ctx.nonneg, ctx.downsample) if block.use_shortcut else main
+
+
 class MobileNetV2RM(nn.Sequential):
     """The MobileNetV2 whose RM conversion is MobileNetV1 (module docstring); `ratio` >= 2."""
 
     def __init__(self, num_classes: int = 1000, stem: str = "imagenet", ratio: int = 4,
-                 width_mult: float = 1.0):
-        cin, pairs = _widths(width_mult)
+                 width_mult: float = 1.0, widths=None):
+        cin, pairs = _widths(width_mult, widths)
         if ratio < 2 or any(width % ratio for width, _ in pairs):
             raise ValueError(f"ratio must be >= 2 and divide every pointwise width {sorted({w for w, _ in pairs})}, "
                              f"got {ratio}")
@@ -117,9 +132,7 @@ class MobileNetV2RM(nn.Sequential):
             cin, depthwise = cout, pointwise
         layers.append(("last", conv_bn_relu(cin, depthwise, 1)))
         super().__init__(OrderedDict(layers + _head(depthwise, num_classes)))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_conv_weights(self)
 
 
 @register_model

@@ -7,16 +7,25 @@ final BN + ReLU precedes the pooling. CIFAR sizes use the 3x3 stride-1 stem and 
 64..512 wide (the common CIFAR PreActResNet-18/34); ImageNet sizes use the 7x7 stem and max-pool.
 
 `bnK` normalises the input of `convK` (the authors' naming), so the BN after a conv is the next
-index: the converter reads a branch as (conv1, bn2), (conv2, bn3), ... with the last conv linear.
+index: the converter (registered here) reads a branch as (conv1, bn2), (conv2, bn3), ... with the
+last conv linear.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 
+import rm
+from rm.blocks import branch_layers
+from rm.layer import PreActivation
+from rm.ops import dirac, to_dense
+from rm.rules import rm_residual
+
+from .layers import check_widths, init_conv_weights, resnet_stem
 from .registry import register_model
 
 
@@ -71,17 +80,33 @@ class PreActBottleneck(_PreActUnit):
         return self.conv3(self.relu(self.bn3(self.conv2(out))))
 
 
+@rm.register_converter(PreActBlock, PreActBottleneck)
+def _convert_block(block: _PreActUnit, ctx: rm.Context) -> list:
+    n = block.convs
+    main = branch_layers(block, [(f"conv{i}", f"bn{i + 1}") for i in range(1, n)] + [(f"conv{n}", None)])
+    shortcut = rm.ConvLayer.from_conv(block.shortcut) if block.shortcut is not None else None
+    if block.bn1 is None:  # first block: the stem's BN + ReLU already activated the input
+        return rm_residual(main, shortcut, None, ctx.nonneg, ctx.downsample)
+    bn = rm.BNParams.from_module(block.bn1)
+    if shortcut is not None:  # the projection reads the activated input; x itself is not needed
+        return [PreActivation(bn, keep_raw=False), *rm_residual(main, shortcut, None, True, ctx.downsample)]
+    # The identity shortcut reads x before BN and ReLU, and x is signed. The preceding conv outputs
+    # [ReLU(bn1(x)), x]: the branch reads the first half, and the shortcut selects the second,
+    # which L1 reserves with an identity activation (the Fig. 2a layout) for the last conv to merge.
+    c = main[0].in_channels
+    first = main[0]
+    zeros = first.weight.new_zeros(first.out_channels, c, *first.kernel)
+    main[0] = replace(first, weight=torch.cat([to_dense(first.weight, first.groups), zeros], 1), groups=1)
+    select = rm.ConvLayer(dirac(c, (1, 1), (0, 0), in_offset=c), torch.zeros(c, dtype=torch.float64))
+    return [PreActivation(bn, keep_raw=True), *rm_residual(main, select, None, False, "reserve_shortcut")]
+
+
 class PreActResNet(nn.Sequential):
     def __init__(self, block: type[_PreActUnit], layers: Sequence[int], num_classes: int = 1000,
                  stem: str = "imagenet", widths: Sequence[int] = (64, 128, 256, 512)):
+        widths = check_widths(widths, len(layers), "this pre-activation ResNet")
         cin = widths[0]
-        if stem == "cifar":
-            parts = [("conv", nn.Conv2d(3, cin, 3, 1, 1, bias=False)), ("bn", nn.BatchNorm2d(cin)),
-                     ("relu", nn.ReLU(inplace=True))]
-        else:
-            parts = [("conv", nn.Conv2d(3, cin, 7, 2, 3, bias=False)), ("bn", nn.BatchNorm2d(cin)),
-                     ("relu", nn.ReLU(inplace=True)), ("pool", nn.MaxPool2d(3, 2, 1))]
-        stages = [("stem", nn.Sequential(OrderedDict(parts)))]
+        stages = [("stem", nn.Sequential(resnet_stem(cin, stem)))]
         for i, (n, w) in enumerate(zip(layers, widths)):
             blocks = []
             for j in range(n):
@@ -91,9 +116,7 @@ class PreActResNet(nn.Sequential):
         stages += [("norm", nn.BatchNorm2d(cin)), ("relu", nn.ReLU(inplace=True)),
                    ("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten(1)), ("fc", nn.Linear(cin, num_classes))]
         super().__init__(OrderedDict(stages))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_conv_weights(self)
 
 
 @register_model

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
 from typing import Callable
 
 import torch.nn as nn
 
 STEMS = ("imagenet", "cifar")
 INPUT_SIZE = {"imagenet": 224, "cifar": 32}
-
-# `rmnet_cfg` keys that describe a model's use (classes, stem, the input it was trained on) rather
-# than constructor arguments.
-SETTINGS_KEYS = ("name", "num_classes", "stem", "input_size", "mean", "std", "data", "plain")
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _FAMILY: dict[str, str] = {}
@@ -76,11 +73,6 @@ def check_stem(stem: str) -> str:
     return stem
 
 
-def constructor_kwargs(cfg: dict) -> dict:
-    """The extra `create_model` arguments recorded in an `rmnet_cfg` (e.g. widths)."""
-    return {k: v for k, v in cfg.items() if k not in SETTINGS_KEYS}
-
-
 def create_model(name: str, num_classes: int = 1000, stem: str = "imagenet", **kwargs) -> nn.Module:
     _check_name(name)
     check_stem(stem)
@@ -88,8 +80,11 @@ def create_model(name: str, num_classes: int = 1000, stem: str = "imagenet", **k
         raise ValueError(f"{name} has no {stem!r} stem; it exists with: {', '.join(_STEMS[name])}")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    model = _MODELS[name](num_classes=num_classes, stem=stem, **kwargs)
-    # Recorded so checkpoints, the converter and the tools can rebuild or check the model.
-    model.rmnet_cfg = {"name": name, "num_classes": num_classes, "stem": stem,
-                       "input_size": INPUT_SIZE[stem], **kwargs}
-    return model
+    try:
+        return _MODELS[name](num_classes=num_classes, stem=stem, **kwargs)
+    except TypeError as e:
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if unexpected is None:
+            raise
+        raise ValueError(f"{name} ({_FAMILY[name]} family) takes no argument {unexpected.group(1)!r} "
+                         f"(model.kwargs.{unexpected.group(1)})") from None

@@ -1,15 +1,24 @@
 """RepVGG (Ding et al. 2021) and the deep RepVGG / RM-RepVGG variants of the RMNet authors.
 
 Attribute names follow the RepVGG authors (`stage0`, `rbr_dense.conv`, `rbr_1x1`, `rbr_identity`,
-`linear`) so their checkpoints load unchanged.
+`linear`) so their checkpoints load unchanged. The RM converters (branch fusion, and Dirac filters for
+the channels a partial block passes through) are registered here.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 
+import rm
+from rm.blocks import conv_bn_branch, with_relu
+from rm.layer import identity_slopes, relu_slopes
+from rm.ops import dirac, kernel_center
+from rm.rules import fuse_branches
+
+from .layers import check_widths
 from .registry import register_model
 
 
@@ -63,6 +72,30 @@ class PartialRepVGGBlock(nn.Module):
         return torch.cat([kept, out], dim=1)
 
 
+def _identity_bn(block: nn.Module) -> rm.BNParams | None:
+    return rm.BNParams.from_module(block.rbr_identity) if block.rbr_identity is not None else None
+
+
+@rm.register_converter(RepVGGBlock)
+def _convert_block(block: RepVGGBlock, ctx: rm.Context) -> list:
+    return [with_relu(fuse_branches([conv_bn_branch(block.rbr_dense), conv_bn_branch(block.rbr_1x1)],
+                                    _identity_bn(block)))]
+
+
+@rm.register_converter(PartialRepVGGBlock)
+def _convert_partial_block(block: PartialRepVGGBlock, ctx: rm.Context) -> list:
+    n = block.reserved
+    fused = fuse_branches([conv_bn_branch(block.rbr_dense), conv_bn_branch(block.rbr_1x1)], _identity_bn(block),
+                          identity_offset=n)
+    # The reserved channels come first: Dirac filters that ride through the ReLU (input >= 0) or
+    # through PReLU slope 1 otherwise.
+    carry = dirac(n, fused.kernel, kernel_center(fused), in_channels=fused.in_channels)
+    keep = relu_slopes(n) if ctx.nonneg else identity_slopes(n)
+    return [replace(fused, weight=torch.cat([carry, fused.weight]),
+                    bias=torch.cat([torch.zeros(n, dtype=torch.float64), fused.bias]),
+                    act=torch.cat([keep, relu_slopes(fused.out_channels)]))]
+
+
 class RepVGG(nn.Module):
     def __init__(self, num_blocks: Sequence[int], widths: Sequence[int], num_classes: int = 1000,
                  stem: str = "imagenet", groups_at: dict[int, int] | None = None,
@@ -73,6 +106,7 @@ class RepVGG(nn.Module):
         `rm_ratio` > 0 replaces every other stride-1 block by a `PartialRepVGGBlock`.
         """
         super().__init__()
+        widths = check_widths(widths, len(num_blocks), "RepVGG")
         groups_at = groups_at or {}
         cifar = stem == "cifar"
         self.in_planes = min(64, widths[0])
@@ -101,13 +135,19 @@ class RepVGG(nn.Module):
         return self.linear(torch.flatten(self.gap(x), 1))
 
 
+@rm.register_converter(RepVGG)
+def _convert_model(model: RepVGG, ctx: rm.Context) -> list:
+    names = [f"stage{i}" for i in range(5)] + ["gap"]
+    return ctx.convert_seq([getattr(model, n) for n in names], names) + [nn.Flatten(1), model.linear]
+
+
 _G2 = {i: 2 for i in range(2, 27, 2)}
 _G4 = {i: 4 for i in range(2, 27, 2)}
 _A, _B = [2, 4, 14, 1], [4, 6, 16, 1]
 
 
-def _repvgg(num_blocks, a: float, b: float, groups=None, **kw) -> RepVGG:
-    widths = [int(64 * a), int(128 * a), int(256 * a), int(512 * b)]
+def _repvgg(num_blocks, a: float, b: float, groups=None, widths: Sequence[int] | None = None, **kw) -> RepVGG:
+    widths = widths if widths is not None else [int(64 * a), int(128 * a), int(256 * a), int(512 * b)]
     return RepVGG(num_blocks, widths, groups_at=groups, **kw)
 
 
@@ -135,10 +175,10 @@ def repvgg_b3(**kw): return _repvgg(_B, 3, 5, **kw)
 def repvgg_b3g4(**kw): return _repvgg(_B, 3, 5, _G4, **kw)
 
 
-def _deep(depth: int, rm_ratio: float = 0.0, **kw) -> RepVGG:
+def _deep(depth: int, rm_ratio: float = 0.0, widths: Sequence[int] = (64, 128, 256, 512), **kw) -> RepVGG:
     # Depth counts 3x3 layers: the stem plus four stages of one stride-2 and k stride-1 layers.
     k = (depth - 5) // 4
-    return RepVGG([k + 1] * 4, [64, 128, 256, 512], rm_ratio=rm_ratio, **kw)
+    return RepVGG([k + 1] * 4, widths, rm_ratio=rm_ratio, **kw)
 
 
 @register_model

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch.nn as nn
 
+from .layers import check_widths, init_conv_weights, resnet_stem
 from .registry import register_model
 from .repvgg import RepVGGBlock
 
@@ -23,14 +24,10 @@ class RepVGGResNet(nn.Sequential):
 
     def __init__(self, blocks: Sequence[int], num_classes: int = 1000, stem: str = "imagenet",
                  widths: Sequence[int] = (64, 128, 256, 512)):
-        cifar = stem == "cifar"
-        # Same stems as models.resnet.ResNet: ImageNet 7x7/2 conv + 3x3/2 max-pool, CIFAR 3x3/1 conv.
-        layers = OrderedDict(
-            conv1=nn.Conv2d(3, widths[0], 3 if cifar else 7, 1 if cifar else 2, 1 if cifar else 3, bias=False),
-            bn1=nn.BatchNorm2d(widths[0]),
-            relu=nn.ReLU(inplace=True),
-            maxpool=nn.Identity() if cifar else nn.MaxPool2d(3, 2, 1),
-        )
+        widths = check_widths(widths, len(blocks), "RepVGG-ResNet")
+        stem_parts = resnet_stem(widths[0], stem)   # ResNet's layer names
+        layers = OrderedDict(conv1=stem_parts["conv"], bn1=stem_parts["bn"], relu=stem_parts["relu"],
+                             maxpool=stem_parts["pool"])
         cin = widths[0]
         for i, (n, w) in enumerate(zip(blocks, widths)):
             stage = []
@@ -40,9 +37,7 @@ class RepVGGResNet(nn.Sequential):
             layers[f"layer{i + 1}"] = nn.Sequential(*stage)
         layers.update(avgpool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(1), fc=nn.Linear(cin, num_classes))
         super().__init__(layers)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_conv_weights(self)
 
 
 @register_model

@@ -4,7 +4,10 @@ State-dict keys equal torchvision's (`conv1`, `bn1`, `layerN.i.convK`, `downsamp
 torchvision checkpoints load unchanged, and the converter's torchvision block rules cover these
 models too. The CIFAR stem is a stride-1 3x3 conv without max-pool; CIFAR ResNet-20..110 have three
 stages 16/32/64 wide (He et al. 2016) with 1x1-conv projection shortcuts. `se_resnet*` add
-Squeeze-and-Excitation after the block's (last) 3x3 activation (`models.layers.SEModule`).
+Squeeze-and-Excitation after the block's (last) 3x3 activation (`models.layers.se_module`).
+`shortcut_bn=True` gives every identity shortcut a BatchNorm (network slimming through RM, paper
+§3.4: its scales rank the channels RM reserves for the shortcut). The blocks are torchvision's, whose
+converters `rm` has; this file registers the one for the model.
 """
 from __future__ import annotations
 
@@ -14,7 +17,10 @@ import torch
 import torch.nn as nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from .layers import SEModule
+import rm
+from rm.blocks import convert_resnet
+
+from .layers import check_widths, init_conv_weights, resnet_stem, se_module
 from .registry import register_model
 
 Block = Type[Union[BasicBlock, Bottleneck]]
@@ -25,7 +31,7 @@ class SEBasicBlock(BasicBlock):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.se = SEModule(self.conv1.out_channels)
+        self.se = se_module(self.conv1.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.se(self.relu(self.bn1(self.conv1(x))))
@@ -39,7 +45,7 @@ class SEBottleneck(Bottleneck):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.se = SEModule(self.conv2.out_channels)
+        self.se = se_module(self.conv2.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -52,43 +58,39 @@ class SEBottleneck(Bottleneck):
 class ResNet(nn.Module):
     def __init__(self, block: Block, layers: Sequence[int], num_classes: int = 1000,
                  stem: str = "imagenet", widths: Sequence[int] = (64, 128, 256, 512),
-                 groups: int = 1, width_per_group: int = 64, zero_init_residual: bool = False):
+                 groups: int = 1, width_per_group: int = 64, zero_init_residual: bool = False,
+                 shortcut_bn: bool = False):
         super().__init__()
-        self.groups, self.base_width = groups, width_per_group
+        self.groups, self.base_width, self.shortcut_bn = groups, width_per_group, shortcut_bn
+        widths = check_widths(widths, len(layers), "this ResNet")
         self.inplanes = widths[0]
-        if stem == "cifar":
-            self.conv1 = nn.Conv2d(3, self.inplanes, 3, 1, 1, bias=False)
-            self.maxpool = nn.Identity()
-        else:
-            self.conv1 = nn.Conv2d(3, self.inplanes, 7, 2, 3, bias=False)
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.bn1 = nn.BatchNorm2d(self.inplanes)
-        self.relu = nn.ReLU(inplace=True)
+        parts = resnet_stem(self.inplanes, stem)
+        self.conv1, self.bn1, self.relu, self.maxpool = parts["conv"], parts["bn"], parts["relu"], parts["pool"]
         self.num_stages = len(layers)
         for i, (n, w) in enumerate(zip(layers, widths)):
             setattr(self, f"layer{i + 1}", self._make_layer(block, w, n, 1 if i == 0 else 2))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[-1] * block.expansion, num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_conv_weights(self)
         if zero_init_residual:
             for m in self.modules():
                 last_bn = getattr(m, "bn3", None) if isinstance(m, Bottleneck) else getattr(m, "bn2", None)
                 if isinstance(m, (BasicBlock, Bottleneck)):
                     nn.init.zeros_(last_bn.weight)
 
+    def _shortcut(self, cout: int, stride: int) -> nn.Sequential | None:
+        if stride != 1 or self.inplanes != cout:
+            return nn.Sequential(nn.Conv2d(self.inplanes, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        return nn.Sequential(nn.BatchNorm2d(cout)) if self.shortcut_bn else None
+
     def _make_layer(self, block: Block, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        downsample = None
-        if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
-                nn.BatchNorm2d(planes * block.expansion))
-        layers = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width)]
-        self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes, groups=self.groups, base_width=self.base_width)
-                   for _ in range(1, blocks)]
+        layers = []
+        for i in range(blocks):
+            s = stride if i == 0 else 1
+            shortcut = self._shortcut(planes * block.expansion, s)
+            layers.append(block(self.inplanes, planes, s, shortcut, self.groups, self.base_width))
+            self.inplanes = planes * block.expansion
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,6 +98,9 @@ class ResNet(nn.Module):
         for i in range(self.num_stages):
             x = getattr(self, f"layer{i + 1}")(x)
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+rm.register_converter(ResNet)(convert_resnet)
 
 
 @register_model
@@ -122,9 +127,9 @@ def se_resnet50(**kw): return ResNet(SEBottleneck, [3, 4, 6, 3], **kw)
 def se_resnet101(**kw): return ResNet(SEBottleneck, [3, 4, 23, 3], **kw)
 
 
-def _cifar_resnet(depth: int, **kw) -> ResNet:
+def _cifar_resnet(depth: int, widths=(16, 32, 64), **kw) -> ResNet:
     n = (depth - 2) // 6
-    return ResNet(BasicBlock, [n, n, n], widths=(16, 32, 64), **kw)
+    return ResNet(BasicBlock, [n, n, n], widths=widths, **kw)
 
 
 @register_model(stems=("cifar",))

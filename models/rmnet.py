@@ -4,7 +4,9 @@
 (r - 1) x out middle channels, so the converted block, which adds the reserved input channels, is
 r x out wide in stride-1 blocks); C = channels per group of the grouped 3x3 in stage 1, doubled
 every stage. Attribute names follow the authors' code (`layer0`, `convK`/`bnK`, `downsample`).
-`rmnet..._se` adds Squeeze-and-Excitation after the grouped 3x3 (`models.layers.SEModule`).
+`rmnet..._se` adds Squeeze-and-Excitation after the grouped 3x3 (`models.layers.se_module`);
+`shortcut_bn=True` gives identity shortcuts a BatchNorm (network slimming through RM, paper §3.4).
+The RM converters of both classes are registered here.
 """
 from __future__ import annotations
 
@@ -13,7 +15,10 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .layers import SEModule
+import rm
+from rm.blocks import residual_block
+
+from .layers import check_widths, init_conv_weights, se_module
 from .registry import register_model
 from .repvgg import RepVGGBlock
 
@@ -23,7 +28,8 @@ class RMBlock(nn.Module):
     after the addition; the shortcut is identity or 1x1 conv + BN. With `se`, an SE module follows
     the 3x3's ReLU."""
 
-    def __init__(self, cin: int, cout: int, stride: int, ratio: int, group_width: int, se: bool = False):
+    def __init__(self, cin: int, cout: int, stride: int, ratio: int, group_width: int, se: bool = False,
+                 shortcut_bn: bool = False):
         super().__init__()
         mid = (ratio - 1) * cout
         if mid % group_width:
@@ -35,10 +41,12 @@ class RMBlock(nn.Module):
         self.conv3 = nn.Conv2d(mid, cout, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True)
-        self.se = SEModule(mid) if se else None
+        self.se = se_module(mid) if se else None
         self.downsample = None
         if stride != 1 or cin != cout:
             self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        elif shortcut_bn:
+            self.downsample = nn.Sequential(nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -50,10 +58,17 @@ class RMBlock(nn.Module):
         return self.relu(out + shortcut)
 
 
+@rm.register_converter(RMBlock)
+def _convert_block(block: RMBlock, ctx: rm.Context) -> list:
+    return residual_block(block, [("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")], ctx)
+
+
 class RMNet(nn.Module):
     def __init__(self, blocks: Sequence[int], ratio: int, group_width: int, num_classes: int = 1000,
-                 stem: str = "imagenet", widths: Sequence[int] = (64, 128, 256, 512), se: bool = False):
+                 stem: str = "imagenet", widths: Sequence[int] = (64, 128, 256, 512), se: bool = False,
+                 shortcut_bn: bool = False):
         super().__init__()
+        widths = check_widths(widths, len(blocks), "this RMNet")
         if stem == "cifar":
             self.layer0 = nn.Sequential(RepVGGBlock(3, widths[0], 1))
         else:
@@ -63,21 +78,25 @@ class RMNet(nn.Module):
             gw = group_width * 2 ** i
             stage = []
             for j in range(n):
-                stage.append(RMBlock(cin, w, 2 if (j == 0 and i > 0) else 1, ratio, gw, se))
+                stage.append(RMBlock(cin, w, 2 if (j == 0 and i > 0) else 1, ratio, gw, se, shortcut_bn))
                 cin = w
             setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
         self.num_stages = len(blocks)
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[-1], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_conv_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layer0(x)
         for i in range(self.num_stages):
             x = getattr(self, f"layer{i + 1}")(x)
         return self.fc(torch.flatten(self.gap(x), 1))
+
+
+@rm.register_converter(RMNet)
+def _convert_model(model: RMNet, ctx: rm.Context) -> list:
+    names = ["layer0"] + [f"layer{i + 1}" for i in range(model.num_stages)] + ["gap"]
+    return ctx.convert_seq([getattr(model, n) for n in names], names) + [nn.Flatten(1), model.fc]
 
 
 @register_model

@@ -1,10 +1,9 @@
 """Network slimming through RM (paper §3.4, §4.4): pruning of plain chains and of ResNets, the
-sparse-training model transform, the pipeline of `prune.py`, reports and the Figure 6 plot."""
+pipeline of `prune.py`, reports and the Figure 6 plot."""
 from .masks import global_threshold
 from .plain import PruneResult, channel_scores, prune_plain
 from .residual import prune_residual, residual_scores
-from .shortcut import add_shortcut_bn
 from .surgery import PruneError
 
 __all__ = ["prune_plain", "prune_residual", "channel_scores", "residual_scores", "global_threshold",
-           "add_shortcut_bn", "PruneResult", "PruneError"]
+           "PruneResult", "PruneError"]

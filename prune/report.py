@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from engine.benchmark import fold_bn, time_forward
+from bench.benchmark import fold_bn, time_forward
 from models.complexity import count_macs, count_params
 
 SCHEMA = "rmnet-prune/1"

@@ -5,7 +5,7 @@ projection shortcut's) output, every block's last BN and every shortcut BN of a 
 write the same stream channel, so stream channel j goes only when all of those BN scales are under
 the threshold. That tie is what limits the ResNet's pruning ratio; the channels inside blocks are
 free, as in the plain chain. Works on `models.resnet.ResNet` and torchvision's ResNet, with
-projection, identity or BN-only (`add_shortcut_bn`) shortcuts.
+projection, identity or BN-only (`shortcut_bn=True`) shortcuts.
 """
 from __future__ import annotations
 

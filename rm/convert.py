@@ -1,8 +1,9 @@
 """`convert(model)`: residual model in, new plain model out (the input model is not modified).
 
-Converters are registered per module type (`@register_converter(Type, ...)`): each turns one
-module into a list of items, which are `ConvLayer`s (the IR) or plain modules (pooling, Flatten,
-Linear, ReLU). The walker tracks whether the tensor between modules is known to be non-negative,
+Converters are registered per module type (`@register_converter(Type, ...)`), by the module that
+defines the type, or by its import path (`"torchvision.models.resnet.BasicBlock"`), so that this
+package covers other libraries' blocks without importing them. Each turns one module into a list
+of items, which are `ConvLayer`s (the IR) or plain modules (pooling, Flatten, Linear, ReLU). The walker tracks whether the tensor between modules is known to be non-negative,
 which decides whether reserved channels can ride through a ReLU or need PReLU with slope 1.
 A peephole folds BatchNorm2d/ReLU/PReLU modules (and `PreActivation` markers) that follow a conv
 into its `ConvLayer`; a last pass composes convs that have no activation between them (eq. 4).
@@ -17,6 +18,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import skip_init
 
+from .deploy import SqueezeExcite
 from .layer import BNParams, ConvLayer, PreActivation, relu_slopes
 from .ops import ConversionError
 from .rules import SCHEMES, compose, split_output
@@ -24,18 +26,21 @@ from .rules import SCHEMES, compose, split_output
 Item = Union[ConvLayer, PreActivation, nn.Module]
 Converter = Callable[[nn.Module, "Context"], list[Item]]
 
-_CONVERTERS: dict[type, Converter] = {}
+_CONVERTERS: dict[type | str, Converter] = {}
 
 # Modules copied into the plain chain as they are; the bool says whether they keep a
-# non-negative input non-negative.
+# non-negative input non-negative. (SqueezeExcite is there for plain chains converted again, to fold
+# the BatchNorms a keep-BN conversion left.)
 _PASSTHROUGH: dict[type, bool] = {
     nn.MaxPool2d: True, nn.AvgPool2d: True, nn.AdaptiveAvgPool2d: True, nn.AdaptiveMaxPool2d: True,
-    nn.Flatten: True, nn.Linear: False, nn.ReLU: True,
+    nn.Flatten: True, nn.Linear: False, nn.ReLU: True, SqueezeExcite: True,
 }
 _DROPPED = (nn.Identity, nn.Dropout)  # no-ops in eval mode
 
 
-def register_converter(*types: type) -> Callable[[Converter], Converter]:
+def register_converter(*types: type | str) -> Callable[[Converter], Converter]:
+    """Register a converter for module types, given as classes or as "package.module.QualName"
+    import paths; a subclass uses its nearest registered base class."""
     def deco(fn: Converter) -> Converter:
         for t in types:
             _CONVERTERS[t] = fn
@@ -43,8 +48,20 @@ def register_converter(*types: type) -> Callable[[Converter], Converter]:
     return deco
 
 
-def registered_types() -> list[type]:
+def registered_types() -> list[type | str]:
     return list(_CONVERTERS)
+
+
+def import_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _converter(module: nn.Module) -> Converter | None:
+    for cls in type(module).__mro__:
+        fn = _CONVERTERS.get(cls) or _CONVERTERS.get(import_path(cls))
+        if fn is not None:
+            return fn
+    return None
 
 
 @dataclass
@@ -73,12 +90,12 @@ class Context:
 
 
 def _convert_one(module: nn.Module, ctx: Context) -> list[Item]:
-    for cls in type(module).__mro__:
-        if cls in _CONVERTERS:
-            before = ctx.nonneg
-            items = _CONVERTERS[cls](module, ctx)
-            ctx.nonneg = _nonneg_after(items, before)
-            return items
+    converter = _converter(module)
+    if converter is not None:
+        before = ctx.nonneg
+        items = converter(module, ctx)
+        ctx.nonneg = _nonneg_after(items, before)
+        return items
     if isinstance(module, _DROPPED):
         return []
     if isinstance(module, nn.Conv2d):
@@ -95,8 +112,8 @@ def _convert_one(module: nn.Module, ctx: Context) -> list[Item]:
         # Any Sequential (or subclass that keeps Sequential's forward) is its children in order.
         return ctx.convert_seq(list(module), [n for n, _ in module.named_children()])
     raise ConversionError(
-        f"no RM converter for module {'.'.join(ctx.path)} of type {type(module).__qualname__}; "
-        f"register one with rm.register_converter")
+        f"no RM converter for module {'.'.join(ctx.path)} of type {import_path(type(module))}; register one "
+        f"with rm.register_converter (a converter turns the block into ConvLayers, see rm/blocks.py)")
 
 
 def _nonneg_after(items: list[Item], before: bool) -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from engine.checkpoint import atomic_save, load_file
+from .io import CheckpointError, atomic_save, load_file
 
 FORMAT = "rmnet-deploy"
 VERSION = 1
@@ -59,7 +59,7 @@ _SPEC_FIELDS: dict[type, tuple[str, ...]] = {
 _BY_NAME = {cls.__name__: cls for cls in _SPEC_FIELDS}
 
 
-class DeployFormatError(ValueError):
+class DeployFormatError(CheckpointError):
     """The file is not a deploy artifact this version can read."""
 
 
@@ -91,9 +91,25 @@ def from_spec(spec: list[dict[str, Any]]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def build_plain(layers: list[dict[str, Any]], state_dict: dict[str, torch.Tensor], origin: str = "<artifact>"
+                ) -> nn.Sequential:
+    """The plain chain of a layer list with its weights, in eval mode and in the weights' dtype."""
+    try:
+        floats = [v.dtype for v in state_dict.values() if v.is_floating_point()]
+        # Cast before loading: load_state_dict copies into the existing (float32) parameters, which
+        # would round a float64 artifact.
+        model = from_spec(layers).to(floats[0] if floats else torch.float32)
+        model.load_state_dict(state_dict)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        # A damaged or hand-edited file: its layer list and weights do not rebuild a model.
+        raise DeployFormatError(f"{origin} holds a damaged plain model ({type(e).__name__}: {e}); "
+                                f"convert the checkpoint again") from None
+    return model.eval()
+
+
 def save_deploy(plain: nn.Sequential, path: str, meta: dict[str, Any] | None = None) -> None:
-    """Write `plain` (from `rm.convert`) with free-form metadata (model name, classes, input size,
-    verified conversion error, ...)."""
+    """Write `plain` (from `rm.convert`) atomically with free-form metadata of plain containers
+    (model settings, the input it was trained on, the verified conversion error, ...)."""
     state = {k: v.detach().cpu() for k, v in plain.state_dict().items()}
     atomic_save({"format": FORMAT, "version": VERSION, "spec": to_spec(plain), "state_dict": state,
                  "meta": dict(meta or {})}, path)
@@ -107,14 +123,7 @@ def load_deploy(path: str, map_location: str | torch.device = "cpu") -> tuple[nn
     if blob.get("version", 0) > VERSION:
         raise DeployFormatError(f"{path} has deploy format version {blob['version']}; this code reads "
                                 f"up to {VERSION}: update RMNet")
-    try:
-        floats = [v.dtype for v in blob["state_dict"].values() if v.is_floating_point()]
-        # Cast before loading: load_state_dict copies into the existing (float32) parameters, which
-        # would round a float64 artifact.
-        model = from_spec(blob["spec"]).to(floats[0] if floats else torch.float32)
-        model.load_state_dict(blob["state_dict"])
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
-        # A damaged or hand-edited artifact: its layer list and weights do not rebuild a model.
-        raise DeployFormatError(f"{path} is a damaged deploy artifact ({type(e).__name__}: {e}); "
-                                f"convert the checkpoint again (python convert.py)") from None
-    return model.eval(), blob.get("meta", {})
+    if not isinstance(blob.get("spec"), list) or not isinstance(blob.get("state_dict"), dict):
+        raise DeployFormatError(f"{path} is a damaged deploy artifact (no layer list or weights); convert the "
+                                f"checkpoint again")
+    return build_plain(blob["spec"], blob["state_dict"], path), blob.get("meta", {})

@@ -55,12 +55,13 @@ def dirac(channels: int, kernel: Pair, center: Pair, group_size: int | None = No
     """Kernel whose output channel i copies input channel in_offset + i (paper eq. 1).
 
     With a group_size the kernel is laid out for a grouped conv whose groups are group_size wide
-    (1: depthwise); otherwise it is dense over `in_channels` (default: channels + in_offset) inputs.
+    (1: depthwise), channel i reading (i + in_offset) mod group_size of its group; otherwise it is
+    dense over `in_channels` (default: channels + in_offset) inputs.
     """
     if group_size is not None:
         w = torch.zeros(channels, group_size, *kernel, dtype=torch.float64)
         idx = torch.arange(channels)
-        w[idx, idx % group_size, center[0], center[1]] = 1.0
+        w[idx, (idx + in_offset) % group_size, center[0], center[1]] = 1.0
         return w
     n_in = in_channels if in_channels is not None else channels + in_offset
     w = torch.zeros(channels, n_in, *kernel, dtype=torch.float64)

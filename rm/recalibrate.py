@@ -11,11 +11,10 @@ carried as the identity BN's shift) keeps it, so the plain model computes exactl
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 
 def identity_channels(bn: nn.BatchNorm2d) -> torch.Tensor:
@@ -29,14 +28,14 @@ def identity_channels(bn: nn.BatchNorm2d) -> torch.Tensor:
 
 @torch.no_grad()
 def recalibrate_identity_bn(model: nn.Module, batches: Iterable, num_batches: int | None = None,
-                            progress: bool = True) -> int:
+                            progress: Callable[[Iterable], Iterable] | None = None) -> int:
     """Set the running statistics of every identity BatchNorm channel of `model` (a plain model from
     `rm.convert(..., fuse_bn=False)`) to the statistics of its input over `batches`, keeping the
     model's eval-mode output unchanged. Returns the number of channels recalibrated.
 
     `batches` yields image tensors or (images, labels) pairs, e.g. a training DataLoader;
-    `num_batches` caps how many are used. The pass runs in eval mode, so every BN sees the
-    activations of the model as it will start fine-tuning.
+    `num_batches` caps how many are used; `progress` may wrap the batches (e.g. in a tqdm bar). The
+    pass runs in eval mode, so every BN sees the activations of the model as it will start fine-tuning.
     """
     targets = {bn: mask for bn in model.modules() if isinstance(bn, nn.BatchNorm2d)
                for mask in [identity_channels(bn)] if mask.any()}
@@ -55,7 +54,7 @@ def recalibrate_identity_bn(model: nn.Module, batches: Iterable, num_batches: in
     model.eval()
     try:
         seen = 0
-        for batch in tqdm(batches, total=num_batches, desc="BN statistics", unit="batch", disable=not progress):
+        for batch in progress(batches) if progress is not None else batches:
             if num_batches is not None and seen >= num_batches:
                 break
             images = batch[0] if isinstance(batch, (list, tuple)) else batch

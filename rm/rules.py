@@ -114,15 +114,6 @@ def rm_residual(main: list[ConvLayer], shortcut: ConvLayer | None, act: torch.Te
     return chain
 
 
-def identity_kernel(out_channels: int, in_per_group: int, kernel: tuple[int, int],
-                    center: tuple[int, int], in_offset: int = 0) -> torch.Tensor:
-    """Kernel of an identity branch: output j reads input in_offset + j (within its group)."""
-    w = torch.zeros(out_channels, in_per_group, *kernel, dtype=torch.float64)
-    idx = torch.arange(out_channels)
-    w[idx, (idx + in_offset) % in_per_group, center[0], center[1]] = 1.0
-    return w
-
-
 def fuse_branches(branches: list[ConvLayer], identity: BNParams | None = None,
                   identity_offset: int = 0) -> ConvLayer:
     """RepVGG re-parameterisation: parallel conv+BN branches (and an identity BN) summed -> one conv.
@@ -143,7 +134,7 @@ def fuse_branches(branches: list[ConvLayer], identity: BNParams | None = None,
         bias += b
     if identity is not None:
         scale, shift = identity.scale_shift()
-        ident = identity_kernel(big.out_channels, big.weight.shape[1], big.kernel, center, identity_offset)
+        ident = dirac(big.out_channels, big.kernel, center, group_size=big.weight.shape[1], in_offset=identity_offset)
         weight += ident * scale.view(-1, 1, 1, 1)
         bias += shift
     return ConvLayer(weight, bias, big.stride, big.padding, big.dilation, big.groups)

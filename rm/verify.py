@@ -8,12 +8,14 @@ import torch
 import torch.nn as nn
 
 
-def _input_size(model: nn.Module) -> int:
-    return getattr(model, "rmnet_cfg", {}).get("input_size", 224)
+def output_error(ref: torch.Tensor, out: torch.Tensor) -> dict[str, float]:
+    """Max absolute error of `out` against `ref`, and that error relative to max|ref|."""
+    err = (ref.detach().double().cpu() - torch.as_tensor(out).double().cpu()).abs().max().item()
+    return {"max_abs": err, "max_rel": err / max(ref.detach().abs().max().item(), 1e-30)}
 
 
 @torch.no_grad()
-def verify(model: nn.Module, plain: nn.Module, input_size: int | None = None, batch: int = 2,
+def verify(model: nn.Module, plain: nn.Module, input_size: int = 224, batch: int = 2,
            dtypes: Iterable[torch.dtype] = (torch.float64, torch.float32), seed: int = 0,
            scale: float = 1.0) -> dict[str, dict[str, float]]:
     """Max absolute and relative error of `plain` against `model` on random N(0, scale^2) input.
@@ -21,23 +23,19 @@ def verify(model: nn.Module, plain: nn.Module, input_size: int | None = None, ba
     Relative error is max|plain - model| / max|model|. Both models run in eval mode on copies, so
     neither argument is modified.
     """
-    size = input_size or _input_size(model)
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, 3, size, size, generator=gen, dtype=torch.float64) * scale
+    x = torch.randn(batch, 3, input_size, input_size, generator=gen, dtype=torch.float64) * scale
     device = next(model.parameters()).device
     report = {}
     for dtype in dtypes:
         a = copy.deepcopy(model).to(dtype).eval()
         b = copy.deepcopy(plain).to(dtype).eval()
         xi = x.to(device=device, dtype=dtype)
-        ref, out = a(xi).double(), b(xi).double()
-        err = (ref - out).abs().max().item()
-        report[str(dtype).replace("torch.", "")] = {
-            "max_abs": err, "max_rel": err / max(ref.abs().max().item(), 1e-30)}
+        report[str(dtype).replace("torch.", "")] = output_error(a(xi), b(xi))
     return report
 
 
-def verify_conversion(model: nn.Module, input_size: int | None = None, batch: int = 2, seed: int = 0,
+def verify_conversion(model: nn.Module, input_size: int = 224, batch: int = 2, seed: int = 0,
                       dtypes: Iterable[torch.dtype] = (torch.float64, torch.float32),
                       **convert_kwargs) -> dict[str, dict[str, float]]:
     """Convert a copy of `model` in each dtype and compare it with that copy.
@@ -55,7 +53,7 @@ def verify_conversion(model: nn.Module, input_size: int | None = None, batch: in
     return report
 
 
-def convert_verified(model: nn.Module, input_size: int | None = None, batch: int = 2, seed: int = 0,
+def convert_verified(model: nn.Module, input_size: int = 224, batch: int = 2, seed: int = 0,
                      **convert_kwargs) -> tuple[nn.Module, dict[str, dict[str, float]]]:
     """`convert(model)` plus the `verify_conversion` report, without converting the model's own dtype
     twice: the returned plain model is the one the float32 figure measures."""

@@ -6,8 +6,8 @@ Prints a Markdown report (one table per paper table, paper / ours in every cell)
 `--markdown` also write it to files. Exits with status 1 when a row disagrees with the paper and
 is not a documented paper inconsistency.
 
-    .venv/bin/python scripts/paper_tables.py
-    .venv/bin/python scripts/paper_tables.py --tables table3 depth --json out/paper_tables.json
+    .venv/bin/python -m scripts.paper_tables
+    .venv/bin/python -m scripts.paper_tables --tables table3 depth --json outputs/paper_tables.json
 """
 from __future__ import annotations
 
@@ -16,10 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
-
-from paper import TABLES, check_rows, failures  # noqa: E402
-from paper.report import to_json, to_markdown  # noqa: E402
+from paper import TABLES, check_rows, failures
+from paper.report import to_json, to_markdown
 
 
 def parse_args(argv=None) -> argparse.Namespace:

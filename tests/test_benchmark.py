@@ -7,11 +7,14 @@ import torch
 import torch.nn as nn
 from hydra import compose, initialize_config_dir
 
+import artifacts
 import models
-from engine import benchmark as B
-from engine.export import export_onnx, export_torchscript
-from engine.memory import tensor_lifetime_peak
-from tests.conftest import randomize_bn
+import rm
+from bench import benchmark as B
+from bench.export import export_onnx, export_torchscript
+from bench.memory import tensor_lifetime_peak
+from models import ModelSpec
+from tests.helpers import randomize_bn
 
 CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 SMALL = [16, 32, 64, 128]
@@ -45,8 +48,10 @@ def test_run_writes_report_with_schema(tmp_path):
     for r in rows:
         assert set(r) >= {"params", "macs", "img_per_s", "latency_ms", "memory", "check", "input_size"}
         assert r["input_size"] == 32 and r["num_classes"] == 10
-        assert len(r["img_per_s"]["runs"]) == 2
-        assert r["img_per_s"]["min"] <= r["img_per_s"]["median"] <= r["img_per_s"]["max"]
+        speeds, latencies = r["img_per_s"]["runs"], r["latency_ms"]["runs"]
+        assert len(speeds) == 2 and r["img_per_s"]["max"] == max(speeds)
+        for speed, latency in zip(speeds, latencies):   # both from the same timing of `iters` batches
+            assert speed * latency == pytest.approx(1000 * r["batch_size"])
         assert r["memory"]["lifetime_peak_mib"] > 0 and r["memory"]["cuda_peak_mib"] is None
         assert (r["check"] is None) == (r["form"] == "residual")
         if r["check"]:
@@ -60,15 +65,16 @@ def test_run_writes_report_with_schema(tmp_path):
 def test_plain_and_folded_outputs_equal_residual():
     settings = B.Settings(device="cpu", batch_sizes=[2], warmup=0, iters=1, repeats=1, memory=False)
     for name in ("resnet18", "rmnet26x3_32"):
-        model = randomize_bn(models.create_model(name, num_classes=10, stem="cifar", widths=SMALL), seed=3)
+        spec = ModelSpec(name, 10, "cifar", {"widths": SMALL})
+        model = randomize_bn(spec.build(), seed=3)
         x = torch.randn(2, 3, 32, 32)
         with torch.no_grad():
             ref = model(x)
-            forms = B.build_forms(model, list(B.FORMS))
+            forms = B.build_forms(model, spec, list(B.FORMS))
             for form, m in forms.items():
                 torch.testing.assert_close(m(x), ref, rtol=1e-4, atol=1e-5, msg=f"{name} {form}")
         assert not any(isinstance(m, nn.BatchNorm2d) for m in forms["bn_folded"].modules())
-        rows = B.benchmark_model(model, settings)
+        rows = B.benchmark_model(model, spec, settings)
         assert all(r["check"]["max_rel"] < 1e-5 for r in rows if r["form"] != "residual")
 
 
@@ -106,8 +112,8 @@ def test_settings_defaults_and_errors():
 
 def test_presets_and_model_errors():
     specs, cfg = B.resolve_models(_cfg("preset=table1_imagenet"))
-    assert [s["name"] for s in specs][:3] == ["resnet50", "resnet101", "resnet152"] and len(specs) == 11
-    assert all(s["stem"] == "imagenet" and s["num_classes"] == 1000 for s in specs)
+    assert [s.name for s in specs][:3] == ["resnet50", "resnet101", "resnet152"] and len(specs) == 11
+    assert all(s.stem == "imagenet" and s.num_classes == 1000 for s in specs)
     _, cfg = B.resolve_models(_cfg("preset=a1_batch_sweep", "batch_size=4"))
     assert cfg.batch_size == 4   # the command line wins over the preset
     with pytest.raises(ValueError, match="table1_cifar"):
@@ -118,10 +124,21 @@ def test_presets_and_model_errors():
         B.resolve_models(_cfg("models=[rmnet50x6_23]"))
 
 
+def test_a_deploy_artifact_is_timed_in_its_plain_form_at_its_trained_size(tmp_path):
+    """checkpoints=[deploy.pt]: the file's model, its plain form only, at the input size it was trained at."""
+    spec = ModelSpec("resnet20", 10, "cifar", input=models.InputSpec(24, (0.5,) * 3, (0.25,) * 3, "synthetic"))
+    plain = rm.convert(randomize_bn(spec.build()))
+    artifacts.save_deploy(plain, spec.as_plain(models.ConversionSettings()), str(tmp_path / "deploy.pt"))
+    report = B.run(_cfg(f"checkpoints=[{tmp_path / 'deploy.pt'}]", "batch_size=1", "warmup=0", "iters=1",
+                        "repeats=1", "memory=false", f"out_dir={tmp_path}", "name=d"))
+    assert [(r["model"], r["form"], r["input_size"]) for r in report["results"]] == [("resnet20", "plain", 24)]
+    assert report["results"][0]["params"] == sum(p.numel() for p in plain.parameters())
+
+
 @pytest.fixture
 def plain_resnet20():
     model = randomize_bn(models.create_model("resnet20", num_classes=10, stem="cifar"))
-    return B.build_forms(model, ["plain"])["plain"], torch.randn(2, 3, 32, 32)
+    return rm.convert(model), torch.randn(2, 3, 32, 32)
 
 
 def test_torchscript_export_matches_pytorch(tmp_path, plain_resnet20):

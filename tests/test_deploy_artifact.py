@@ -1,31 +1,39 @@
-import subprocess
+"""Deploy artifacts and convert.py: round trips, dtypes, the command line on real training output."""
+import os
+import re
 import sys
 
 import pytest
 import torch
 
-import convert as convert_cli
+import artifacts
 import models
 import rm
-from engine.checkpoint import atomic_save
-from tests.conftest import randomize_bn
+from engine.checkpoint import save_checkpoint
+from models import ConversionSettings, InputSpec, ModelSpec
+from tests.helpers import randomize_bn
+
+SPEC = ModelSpec("resnet20", 10, "cifar", input=InputSpec(24, (0.5,) * 3, (0.25,) * 3, "synthetic"))
 
 
 def _small_model():
-    return randomize_bn(models.create_model("resnet20", num_classes=10, stem="cifar"))
+    return randomize_bn(SPEC.build())
 
 
 def test_deploy_round_trip(tmp_path):
     model = _small_model()
     plain = rm.convert(model)
     path = tmp_path / "deploy.pt"
-    rm.save_deploy(plain, str(path), meta={"name": "resnet20"})
-    loaded, meta = rm.load_deploy(str(path))
+    artifacts.save_deploy(plain, SPEC.as_plain(ConversionSettings()), str(path), note="kept")
+    loaded, meta = rm.load_deploy(str(path))   # torch-level: the layer list, weights and plain metadata
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(loaded(x), plain(x), rtol=0, atol=0)
-    assert meta["name"] == "resnet20"
-    blob = torch.load(path, weights_only=True)
-    assert blob["format"] == "rmnet-deploy"
+    assert meta["note"] == "kept" and meta["model_spec"]["name"] == "resnet20"
+    art = artifacts.load(path)   # typed: the spec comes back equal
+    assert art.kind == "deploy" and art.spec == SPEC.as_plain(ConversionSettings()) and art.meta == {"note": "kept"}
+    assert torch.load(path, weights_only=True)["format"] == "rmnet-deploy"
+    with pytest.raises(ValueError, match="holds a plain model"):
+        artifacts.save_deploy(model, SPEC, str(tmp_path / "residual.pt"))
 
 
 def test_float64_artifact_keeps_float64_weights(tmp_path):
@@ -37,53 +45,70 @@ def test_float64_artifact_keeps_float64_weights(tmp_path):
         assert a.dtype == b.dtype and torch.equal(a, b), name
 
 
-def test_deploy_artifact_runs_without_model_classes(tmp_path):
-    """A fresh interpreter that cannot import the training-time model code still runs the file."""
-    model = _small_model()
-    path = tmp_path / "deploy.pt"
-    rm.save_deploy(rm.convert(model), str(path))
-    x = torch.randn(1, 3, 32, 32)
-    expected = model(x)
-    torch.save(x, tmp_path / "x.pt")
-    code = f"""
-import importlib.util, sys, torch
-sys.modules["models"] = None  # any import of the model zoo now fails
-spec = importlib.util.spec_from_file_location("deploy", "rm/deploy.py")
-deploy = importlib.util.module_from_spec(spec); spec.loader.exec_module(deploy)
-net, _ = deploy.load_deploy({str(path)!r})
-torch.save(net(torch.load({str(tmp_path / 'x.pt')!r})), {str(tmp_path / 'y.pt')!r})
-"""
-    subprocess.run([sys.executable, "-c", code], check=True)
-    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, rtol=1e-5, atol=1e-5)
+def _convert(monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:
+    """convert.py in this process: (exit status, stdout, stderr)."""
+    from engine.cli import run_app
+    from engine.convert_checkpoint import run
+
+    monkeypatch.setattr(sys, "argv", ["convert.py", *argv])
+    try:
+        run_app("convert", run)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
-def test_cli_converts_a_training_checkpoint(tmp_path, capsys):
+def test_cli_converts_a_training_checkpoint(tmp_path, monkeypatch, capsys):
     model = _small_model()
     ckpt = tmp_path / "last.pt"
-    atomic_save({"format": "rmnet-train", "model": model.state_dict(), "model_cfg": model.rmnet_cfg}, str(ckpt))
+    save_checkpoint(str(ckpt), **artifacts.model_entries(model, SPEC))
     out = tmp_path / "deploy.pt"
-    assert convert_cli.main(["--checkpoint", str(ckpt), "--out", str(out)]) == 0
-    text = capsys.readouterr().out
-    assert "float64" in text and "GMACs" in text
-    plain, meta = rm.load_deploy(str(out))
-    assert meta["verify"]["float64"]["max_rel"] < 1e-10
-    x = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(plain(x), model(x), rtol=1e-5, atol=1e-5)
+    code, text, err = _convert(monkeypatch, capsys, f"checkpoint={ckpt}", f"out={out}")
+    assert code == 0, err
+    assert "24x24 input" in text and "GMACs" in text   # the trained size, not the stem's nominal 32
+    art = artifacts.load(out)
+    assert art.spec == SPEC.as_plain(ConversionSettings()) and art.meta["verify"]["float64"]["max_rel"] < 1e-10
+    x = torch.randn(2, 3, 24, 24)
+    torch.testing.assert_close(art.model(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--checkpoint", "/nonexistent.pt"], "does not exist"),
-    (["--model", "rmnet50x6_23"], "Did you mean"),
+def test_cli_default_output_goes_under_the_ignored_deploy_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, text, _ = _convert(monkeypatch, capsys, "model=resnet20", "stem=cifar", "num_classes=10",
+                             "model.kwargs.widths=[8,8,8]")
+    assert code == 0 and text.strip().endswith("wrote deploy/resnet20-random.pt")
+    assert artifacts.load(tmp_path / "deploy" / "resnet20-random.pt").model[0].in_channels == 3
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["checkpoint=/nonexistent.pt"], r"checkpoint '/nonexistent.pt' does not exist"),
+    (["model=rmnet50x6_23"], r"unknown model 'rmnet50x6_23'. Did you mean: rmnet50x6_32"),
+    ([], r"pass checkpoint=PATH"),
 ])
-def test_cli_reports_bad_input(tmp_path, capsys, args, message):
-    assert convert_cli.main(args + ["--out", str(tmp_path / "x.pt")]) == 2
-    assert message in capsys.readouterr().err
+def test_cli_reports_bad_input(tmp_path, monkeypatch, capsys, argv, message):
+    code, _, err = _convert(monkeypatch, capsys, *argv, f"out={tmp_path / 'x.pt'}")
+    assert code == 2 and err.count("\n") == 1 and re.search(message, err), err
+    assert not os.path.exists(tmp_path / "x.pt")
 
 
-def test_cli_refuses_a_mismatched_checkpoint(tmp_path, capsys):
-    ckpt = tmp_path / "sd.pt"
-    torch.save(_small_model().state_dict(), ckpt)
-    code = convert_cli.main(["--checkpoint", str(ckpt), "--model", "resnet32", "--stem", "cifar",
-                             "--num-classes", "10", "--out", str(tmp_path / "x.pt")])
-    assert code == 2
-    assert "does not match resnet32" in capsys.readouterr().err
+def test_cli_converts_a_narrow_bare_state_dict_and_refuses_a_mismatched_one(tmp_path, monkeypatch, capsys):
+    model = randomize_bn(models.create_model("resnet18", num_classes=10, stem="cifar", widths=[8, 8, 16, 16]))
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    code, _, err = _convert(monkeypatch, capsys, f"checkpoint={tmp_path / 'sd.pt'}", "model=resnet18",
+                            "model.kwargs.widths=[8,8,16,16]", f"out={tmp_path / 'ok.pt'}")
+    assert code == 0, err
+    spec = artifacts.load(tmp_path / "ok.pt").spec
+    assert (spec.name, spec.num_classes, spec.stem, spec.kwargs) == ("resnet18", 10, "cifar", {"widths": [8, 8, 16, 16]})
+    code, _, err = _convert(monkeypatch, capsys, f"checkpoint={tmp_path / 'sd.pt'}", "model=resnet32",
+                            f"out={tmp_path / 'x.pt'}")
+    assert code == 2 and "does not fit resnet32" in err and err.count("\n") == 1
+
+
+def test_cli_refuses_above_the_tolerance_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    save_checkpoint(str(tmp_path / "c.pt"), **artifacts.model_entries(_small_model(), SPEC))
+    code, _, err = _convert(monkeypatch, capsys, f"checkpoint={tmp_path / 'c.pt'}", "conversion.tolerance=1e-12",
+                            f"out={tmp_path / 'x.pt'}")
+    assert code == 2 and "above conversion.tolerance=1e-12; nothing was written" in err
+    assert not os.path.exists(tmp_path / "x.pt")

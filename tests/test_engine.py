@@ -7,16 +7,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+import artifacts
 import rm
-from engine.build import build_model, is_plain
-from engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from engine.checkpoint import save_checkpoint
 from engine.config import ConfigError
 from engine.evaluate import evaluate
 from engine.hooks import BNL1, build_hooks
 from engine.optim import lr_factor, param_groups
+from engine.stages import build
 from engine.trainer import _choose_run
-from tests.conftest import randomize_bn
-from tests.train_helpers import tiny_config
+from tests.helpers import randomize_bn, tiny_config
 
 
 def test_evaluate_matches_direct_computation():
@@ -62,37 +62,45 @@ def test_hooks_by_name_and_import_path():
     hook.after_backward(nn.Sequential(bn))
     assert bn.weight.grad.tolist() == pytest.approx([1.1, 0.9, 1.0])
     assert isinstance(build_hooks({"engine.hooks:BNL1": {}})[0], BNL1)
+    [by_target] = build_hooks({"mine": {"_target_": "engine.hooks.BNL1", "sr": 0.3}})
+    assert isinstance(by_target, BNL1) and by_target.sr == 0.3
     with pytest.raises(ValueError, match="bn_l1"):
         build_hooks({"bn_l2": {}})
+    with pytest.raises(ValueError, match="cannot be imported from 'engine.hooks.Nope'"):
+        build_hooks({"mine": {"_target_": "engine.hooks.Nope"}})
 
 
 def test_init_from_checkpoint_deploy_and_converted(tmp_path):
-    cfg = tiny_config(tmp_path)
-    model = randomize_bn(build_model(cfg.model, cfg.data))
+    """model.init takes any file the one load function reads; the run's data decides the recorded input."""
+    model, spec = build(tiny_config(tmp_path))
+    model = randomize_bn(model)
+    assert (spec.name, spec.stem, spec.num_classes, spec.input.size) == ("resnet18", "cifar", 10, 16)
     torch.save({"state_dict": model.state_dict()}, tmp_path / "w.pt")
     x = torch.randn(2, 3, 16, 16)
-    loaded = build_model(tiny_config(tmp_path, f"model.init=ckpt:{tmp_path / 'w.pt'}").model, cfg.data).eval()
-    torch.testing.assert_close(loaded(x), model(x))
+    loaded, _ = build(tiny_config(tmp_path, f"model.init={tmp_path / 'w.pt'}"))
+    torch.testing.assert_close(loaded.eval()(x), model(x))
 
-    kept = build_model(tiny_config(tmp_path, f"model.init=ckpt:{tmp_path / 'w.pt'}", "model.convert=keep_bn").model,
-                       cfg.data).eval()
-    assert is_plain(kept) and any(isinstance(m, nn.BatchNorm2d) for m in kept.modules())
-    torch.testing.assert_close(kept(x), model(x), rtol=1e-4, atol=1e-5)
+    kept, kept_spec = build(tiny_config(tmp_path, f"model.init=ckpt:{tmp_path / 'w.pt'}", "model.convert=keep_bn"))
+    assert kept_spec.form == "plain" and kept_spec.conversion.fuse_bn is False
+    assert any(isinstance(m, nn.BatchNorm2d) for m in kept.modules())
+    torch.testing.assert_close(kept.eval()(x), model(x), rtol=1e-4, atol=1e-5)
 
-    rm.save_deploy(rm.convert(model, fuse_bn=False), str(tmp_path / "plain.pt"), meta={"name": "resnet18"})
-    plain = build_model(tiny_config(tmp_path, f"model.init=deploy:{tmp_path / 'plain.pt'}").model, cfg.data)
-    assert plain.training and isinstance(plain, nn.Sequential) and is_plain(plain)
+    artifacts.save_deploy(rm.convert(model, fuse_bn=False), kept_spec, str(tmp_path / "plain.pt"))
+    plain, plain_spec = build(tiny_config(tmp_path, f"model.init=deploy:{tmp_path / 'plain.pt'}", "data.input_size=24"))
+    assert plain.training and isinstance(plain, nn.Sequential) and plain_spec.form == "plain"
+    assert plain_spec.input.size == 24   # trained on from now on
     torch.testing.assert_close(plain.eval()(x), model(x), rtol=1e-4, atol=1e-5)
 
-    # A plain model's checkpoint rebuilds from its spec.
-    save_checkpoint(str(tmp_path / "c.pt"), model=plain.state_dict(), model_cfg=plain.rmnet_cfg,
-                    spec=rm.deploy.to_spec(plain))
-    again = model_from_checkpoint(load_checkpoint(str(tmp_path / "c.pt")))
-    torch.testing.assert_close(again(x), plain(x))
+    # A plain model's training checkpoint rebuilds from its layer list.
+    save_checkpoint(str(tmp_path / "c.pt"), **artifacts.model_entries(plain, plain_spec))
+    again = artifacts.load(str(tmp_path / "c.pt"))
+    assert again.kind == "train" and again.spec == plain_spec
+    torch.testing.assert_close(again.model(x), plain(x))
 
-    five = tiny_config(tmp_path, "data.num_classes=5", f"model.init=deploy:{tmp_path / 'plain.pt'}")
     with pytest.raises(ValueError, match="classifies 10 classes"):
-        build_model(five.model, five.data)
+        build(tiny_config(tmp_path, "data.num_classes=5", f"model.init={tmp_path / 'plain.pt'}"))
+    with pytest.raises(artifacts.CheckpointError, match="holds resnet18, not resnet20"):
+        build(tiny_config(tmp_path, "model=resnet20", f"model.init={tmp_path / 'plain.pt'}"))
 
 
 def test_run_directory_choice(tmp_path):

@@ -8,11 +8,15 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+import artifacts
 import models
 import rm
-from engine.checkpoint import CheckpointError, atomic_save, save_checkpoint
+from artifacts import CheckpointError
+from engine.checkpoint import save_checkpoint
 from engine.eval_checkpoint import SCHEMA, run
-from tests.conftest import randomize_bn
+from models import ConversionSettings, InputSpec, ModelSpec
+from rm import atomic_save
+from tests.helpers import randomize_bn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WIDTHS = [8, 8, 16, 16]
@@ -29,16 +33,18 @@ def _one_thread():
     torch.set_num_threads(1)   # see tests/test_benchmark.py: tiny models, shared cores
 
 
+SPEC = ModelSpec("resnet18", 10, "cifar", {"widths": WIDTHS}, input=InputSpec.from_data(DATA))
+
+
 @pytest.fixture(scope="module")
 def residual():
-    model = models.create_model("resnet18", num_classes=10, stem="cifar", widths=WIDTHS)
-    return randomize_bn(model, seed=5, gamma_scale=2.0)
+    return randomize_bn(SPEC.build(), seed=5, gamma_scale=2.0)
 
 
 @pytest.fixture
 def train_ckpt(tmp_path, residual):
     path = str(tmp_path / "best.pt")
-    save_checkpoint(path, model=residual.state_dict(), model_cfg=dict(residual.rmnet_cfg),
+    save_checkpoint(path, **artifacts.model_entries(residual, SPEC),
                     config={"data": DATA, "model": {"name": "resnet18"}})
     return path
 
@@ -61,7 +67,8 @@ def test_training_checkpoint_both_forms_agree(train_ckpt, tmp_path):
     assert report["conversion_error"]["float32"]["max_rel"] < 1e-5
     assert {"device", "torch", "command"} <= set(report["environment"])
 
-    # `+data.key=value` edits the stored config; the default output sits beside the checkpoint.
+    # `data.key=value` (checked and passed on as `++data.key` by the command line) edits the stored config;
+    # the default output sits beside the checkpoint.
     report = _evaluate(f"checkpoint={train_ckpt}", "+data.val_size=20", "forms=[residual]")
     assert report["results"]["residual"]["num_samples"] == 20 and "plain" not in report["results"]
     assert os.path.isfile(tmp_path / "best.eval-synthetic.json")
@@ -69,11 +76,11 @@ def test_training_checkpoint_both_forms_agree(train_ckpt, tmp_path):
 
 def test_deploy_artifact_plain_only(residual, train_ckpt, tmp_path):
     deploy = str(tmp_path / "deploy.pt")
-    rm.save_deploy(rm.convert(residual), deploy, meta=dict(residual.rmnet_cfg))
-    report = _evaluate(f"checkpoint={deploy}", "data=synthetic", "data.input_size=16", "data.val_size=37",
-                       f"out={tmp_path / 'd.json'}")
+    artifacts.save_deploy(rm.convert(residual), SPEC.as_plain(ConversionSettings()), deploy)
+    report = _evaluate(f"checkpoint={deploy}", "data=synthetic", "data.val_size=37", f"out={tmp_path / 'd.json'}")
     assert report["kind"] == "deploy" and list(report["results"]) == ["plain"]
-    assert any("plain form only" in n for n in report["notes"])
+    assert report["data"]["input_size"] == 16   # the trained size, not the data group's 32
+    assert report["notes"] == ["residual form not available in a deploy file of a plain model"]
     reference = _evaluate(f"checkpoint={train_ckpt}", "forms=[residual]", f"out={tmp_path / 'r.json'}")
     ref, got = reference["results"]["residual"], report["results"]["plain"]
     assert (got["top1"], got["top5"], got["num_samples"]) == (ref["top1"], ref["top5"], ref["num_samples"])
@@ -141,10 +148,10 @@ def test_torchrun_counts_every_image_once(train_ckpt, tmp_path):
 def test_a_trained_run_evaluates_at_the_size_it_was_trained_at(tmp_path, capsys):
     """The chain users run: train.py at 16x16, then evaluate.py on its deploy.pt and best.pt with a data
     group chosen (whose default size is 32) gives the accuracy the run reported, at 16x16."""
-    from engine.trainer import train
-    from tests.train_helpers import tiny_config
+    from engine.stages import run_training
+    from tests.helpers import tiny_config
 
-    summary = train(tiny_config(tmp_path, "run_name=run", "epochs=2", "data.val_size=37"))
+    summary = run_training(tiny_config(tmp_path, "run_name=run", "epochs=2", "data.val_size=37"))
     run_dir = tmp_path / "run"
     for name, form in (("deploy.pt", "plain"), ("best.pt", "residual")):
         report = _evaluate(f"checkpoint={run_dir / name}", "data=synthetic", "data.val_size=37",
@@ -152,8 +159,7 @@ def test_a_trained_run_evaluates_at_the_size_it_was_trained_at(tmp_path, capsys)
         assert report["data"]["input_size"] == 16
         assert report["results"][form]["top1"] == summary[form]["top1"]
         assert report["results"][form]["num_samples"] == 37
-    _, meta = rm.load_deploy(str(run_dir / "deploy.pt"))
-    assert (meta["input_size"], meta["mean"], meta["std"]) == (16, [0.5] * 3, [0.25] * 3)
+    assert artifacts.load(run_dir / "deploy.pt").spec.input == InputSpec(16, (0.5,) * 3, (0.25,) * 3, "synthetic")
 
     # Another size on purpose: it is used, with a one-line warning.
     with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):

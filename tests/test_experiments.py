@@ -8,8 +8,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 import models
-from engine.build import build_model
 from engine.config import CONF_DIR, check_values
+from engine.stages import build
 
 PAPER_PREFIXES = ("paper_", "table1_", "table2_", "table3_", "fig5_", "depth_", "a3_")
 EXPERIMENTS = sorted(f[:-5] for f in os.listdir(os.path.join(CONF_DIR, "experiment"))
@@ -44,6 +44,9 @@ def test_recipe_composes_and_builds(name, compose_train):
         cfg = compose_train(f"experiment={name}", *([f"model={model_name}"] if model_name else []))
         with open_dict(cfg):
             del cfg["hydra"]
+            if name.startswith("a3_"):   # A.3 starts from the artifact step 2 of the recipe writes, and trains its
+                assert cfg.model.init == f"checkpoints/{cfg.run_name}_bn.pt"   # plain form with BN kept
+                cfg.model.init, cfg.model.convert = None, "keep_bn"
         check_values(cfg)
         assert cfg.model.name in models.list_models()
         if cfg.data.name == "imagenet":
@@ -54,12 +57,8 @@ def test_recipe_composes_and_builds(name, compose_train):
             # Paper §4.1 CIFAR recipe.
             assert (cfg.optim.lr, cfg.global_batch_size, cfg.optim.weight_decay, cfg.optim.momentum, cfg.epochs,
                     cfg.sched.name, cfg.sched.step_epochs, cfg.sched.gamma) == (0.1, 256, 5e-4, 0.9, 200, "step", 60, 0.1)
-        with open_dict(cfg):
-            cfg.model.init = None  # A.3 starts from an artifact made by scripts/recalibrate_bn.py
-            if name.startswith("a3_"):
-                cfg.model.convert = "keep_bn"  # what that artifact holds
         with torch.device("meta"):
-            model = build_model(cfg.model, cfg.data).eval()
+            model = build(cfg)[0].eval()
         if i < 2:  # the swept models differ only in depth: forward the first two (RepVGG and RM)
             size = cfg.data.input_size
             assert model(torch.empty(1, 3, size, size, device="meta")).shape == (1, cfg.data.num_classes)
@@ -69,7 +68,8 @@ def test_a3_recipe_builds_a_plain_model_with_bn_for_real(compose_train):
     cfg = compose_train("experiment=a3_finetune_resnet18_cifar10")
     with open_dict(cfg):
         cfg.model.init, cfg.model.convert = None, "keep_bn"
-    model = build_model(cfg.model, cfg.data)
+    model, spec = build(cfg)
+    assert spec.form == "plain" and not spec.conversion.fuse_bn
     assert isinstance(model, torch.nn.Sequential)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model)
     assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)

@@ -3,7 +3,7 @@ import pytest
 
 import models
 import rm
-from tests.conftest import randomize_bn
+from tests.helpers import randomize_bn
 
 
 @pytest.mark.slow

@@ -1,15 +1,13 @@
 """Checkpoint import: each foreign layout is built here with its own key names, saved the way its
-authors save it, loaded with `load_pretrained`, and compared output for output."""
+authors save it, loaded with the one load function (`artifacts.load`), and compared output for output."""
 import pytest
 import torch
 import torchvision
 
+import artifacts
 import models
-from engine.checkpoint import CheckpointError
-from models.loading import load_pretrained
-from models.repvgg import RepVGG
-from models.rmnet import RMNet
-from tests.conftest import randomize_bn
+from artifacts import CheckpointError
+from tests.helpers import randomize_bn
 
 _BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -19,7 +17,7 @@ def _same_outputs(a, b, size=32):
     torch.testing.assert_close(a.eval()(x), b.eval()(x), rtol=0, atol=0)
 
 
-def _authors_rmnext(model: RMNet, old: bool) -> dict:
+def _authors_rmnext(model: torch.nn.Module, old: bool) -> dict:
     """The RMNet authors' RMNeXt state dict: conv33/bn33/conv11/bn11 stem branches, tracking-only
     BNs `running1`/`running2` in every block, `stage0` and `running` stem BNs in older files."""
     stem_names = {"rbr_dense.conv": "conv33", "rbr_dense.bn": "bn33", "rbr_1x1.conv": "conv11", "rbr_1x1.bn": "bn11"}
@@ -41,39 +39,34 @@ def _authors_rmnext(model: RMNet, old: bool) -> dict:
     return {"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 120, "best_acc1": 79.5}
 
 
+NARROW = {"widths": [16, 32, 64, 128]}
+
+
 @pytest.mark.parametrize("old", [False, True])
 def test_authors_rmnext_checkpoint_round_trip(tmp_path, old):
-    source = randomize_bn(RMNet([1, 2, 1, 1], 3, 4, num_classes=5, widths=(8, 16, 32, 64)), seed=4)
+    source = randomize_bn(models.create_model("rmnet26x3_32", num_classes=5, **NARROW), seed=4)
     path = tmp_path / "rmnext.pth.tar"
     torch.save(_authors_rmnext(source, old), path)
-    target = RMNet([1, 2, 1, 1], 3, 4, num_classes=5, widths=(8, 16, 32, 64))
-    report = load_pretrained(target, path)
-    assert report.layout == "rmnet-authors"
-    assert report.dropped and all(".running" in k for k in report.dropped)
-    _same_outputs(target, source, 64)
-
-
-def test_authors_layout_fits_full_size_rmnet50x6_32():
-    with torch.device("meta"):
-        source = models.create_model("rmnet50x6_32")
-        target = models.create_model("rmnet50x6_32")
-    assert load_pretrained(target, _authors_rmnext(source, old=False)).layout == "rmnet-authors"
+    art = artifacts.load(path, name="rmnet26x3_32", kwargs=NARROW)
+    assert (art.kind, art.meta["layout"], art.spec.num_classes, art.spec.stem) == ("state_dict", "rmnet-authors", 5,
+                                                                                     "imagenet")
+    assert art.meta["dropped"] and all(".running" in k for k in art.meta["dropped"])
+    _same_outputs(art.model, source, 64)
 
 
 def test_torchvision_resnet_checkpoint_loads(tmp_path):
     tv = randomize_bn(torchvision.models.resnet18(num_classes=10), seed=2)
     path = tmp_path / "r18.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in tv.state_dict().items()}}, path)
-    ours = models.create_model("resnet18", num_classes=10)
-    assert load_pretrained(ours, path).layout == "native"
-    _same_outputs(ours, tv, 64)
+    art = artifacts.load(path, name="resnet18")
+    assert (art.meta["layout"], art.spec.num_classes, art.spec.stem) == ("native", 10, "imagenet")
+    _same_outputs(art.model, tv, 64)
 
 
-def test_torchvision_resnext_state_dict_loads():
+def test_torchvision_resnext_state_dict_loads(tmp_path):
     tv = randomize_bn(torchvision.models.resnext50_32x4d(num_classes=10), seed=3)
-    ours = models.create_model("resnext50_32x4d", num_classes=10)
-    load_pretrained(ours, tv.state_dict())
-    _same_outputs(ours, tv, 64)
+    torch.save(tv.state_dict(), tmp_path / "x.pth")
+    _same_outputs(artifacts.load(tmp_path / "x.pth", name="resnext50_32x4d").model, tv, 64)
 
 
 def _repvgg_authors(blocks, widths, num_classes, seed=0) -> dict:
@@ -102,35 +95,40 @@ def _bn_value(leaf, c, g):
     return torch.rand(c, generator=g) + 0.5 if leaf in ("weight", "running_var") else torch.randn(c, generator=g)
 
 
+A0_NARROW = {"widths": [8, 16, 32, 64]}
+
+
 def test_repvgg_authors_checkpoint_loads(tmp_path):
-    state = _repvgg_authors([1, 2, 1, 1], [8, 16, 32, 64], 5)
-    path = tmp_path / "RepVGG-tiny-train.pth"
+    state = _repvgg_authors([2, 4, 14, 1], A0_NARROW["widths"], 5)
+    path = tmp_path / "RepVGG-A0-train.pth"
     torch.save(state, path)
-    model = RepVGG([1, 2, 1, 1], [8, 16, 32, 64], 5)
-    assert load_pretrained(model, path).layout == "native"
-    loaded = model.state_dict()
+    art = artifacts.load(path, name="repvgg_a0", kwargs=A0_NARROW)
+    assert art.meta["layout"] == "native"
+    loaded = art.model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
 
 
-def test_deploy_form_repvgg_is_refused():
-    state = _repvgg_authors([1, 1, 1, 1], [8, 8, 8, 8], 5)
-    state = {k.replace("rbr_dense.conv", "rbr_reparam"): v for k, v in state.items() if "rbr_dense.conv" in k}
+def test_deploy_form_repvgg_is_refused(tmp_path):
+    state = _repvgg_authors([2, 4, 14, 1], A0_NARROW["widths"], 5)
+    torch.save({k.replace("rbr_dense.conv", "rbr_reparam"): v for k, v in state.items() if "rbr_dense.conv" in k},
+               tmp_path / "deploy.pth")
     with pytest.raises(CheckpointError, match="deploy-form RepVGG"):
-        load_pretrained(RepVGG([1, 1, 1, 1], [8, 8, 8, 8], 5), state)
+        artifacts.load(tmp_path / "deploy.pth", name="repvgg_a0", kwargs=A0_NARROW)
 
 
-def test_torchvision_mobilenetv2_is_refused_with_the_reason():
-    state = torchvision.models.mobilenet_v2(num_classes=10).state_dict()
+def test_torchvision_mobilenetv2_is_refused_with_the_reason(tmp_path):
+    torch.save(torchvision.models.mobilenet_v2(num_classes=10).state_dict(), tmp_path / "mbv2.pth")
     with pytest.raises(CheckpointError, match="torchvision MobileNetV2.*MobileNetV1"):
-        load_pretrained(models.create_model("mobilenetv2_rm", num_classes=10, stem="cifar"), state)
+        artifacts.load(tmp_path / "mbv2.pth", name="mobilenetv2_rm")
 
 
-def test_mismatch_names_the_keys():
+def test_mismatch_names_the_keys(tmp_path):
     source = models.create_model("resnet20", num_classes=10, stem="cifar").state_dict()
     del source["layer1.0.bn1.running_var"]
     source["extra.weight"] = torch.zeros(1)
+    torch.save(source, tmp_path / "r20.pth")
     with pytest.raises(CheckpointError) as err:
-        load_pretrained(models.create_model("resnet20", num_classes=100, stem="cifar"), source)
+        artifacts.load(tmp_path / "r20.pth", name="resnet20", num_classes=100)
     message = str(err.value)
     for part in ("resnet20", "missing keys (1): layer1.0.bn1.running_var", "unexpected keys (1): extra.weight",
                  "fc.weight: file (10, 64), model (100, 64)"):
@@ -145,4 +143,4 @@ def test_unsafe_pickle_is_not_executed(tmp_path):
     path = tmp_path / "unsafe.pth"
     torch.save({"state_dict": {}, "payload": _NotATensor()}, path)
     with pytest.raises(CheckpointError, match="weights_only"):
-        load_pretrained(models.create_model("resnet20", num_classes=10, stem="cifar"), path)
+        artifacts.load(path, name="resnet20")

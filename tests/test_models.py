@@ -57,7 +57,29 @@ def test_torchvision_checkpoints_load_unchanged(name):
 def test_forward_shapes(name, stem, size):
     model = models.create_model(name, num_classes=7, stem=stem)
     assert model(torch.randn(2, 3, size, size)).shape == (2, 7)
-    assert model.rmnet_cfg["input_size"] == models.INPUT_SIZE[stem]
+    assert models.ModelSpec(name, 7, stem).input_size == models.INPUT_SIZE[stem]   # nominal: nothing trained
+
+
+@pytest.mark.parametrize("name,widths", [
+    ("resnet18", [8, 8, 16, 16]), ("resnet56", [8, 8, 16]), ("rmnet26x3_32", [16, 32, 64, 128]),
+    ("repvgg_a0", [8, 16, 32, 64]), ("repvgg21", [8, 16, 32, 64]), ("preactresnet18", [8, 8, 16, 16]),
+    ("repvgg_resnet18", [8, 8, 16, 16]), ("se_resnet18", [8, 8, 16, 16])])
+def test_every_family_with_stages_takes_narrow_widths(name, widths):
+    model = models.create_model(name, num_classes=5, stem="cifar", widths=widths)
+    assert model(torch.randn(1, 3, 16, 16)).shape == (1, 5)
+    [classifier] = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert classifier.in_features == widths[-1]   # the last stage is as wide as asked
+
+
+@pytest.mark.parametrize("name,kwargs,message", [
+    ("resnet56", {"widths": [16, 32, 64, 128]}, r"3 stages: widths takes 3 positive integers, got \[16, 32, 64, 128\]"),
+    ("repvgg_a0", {"widths": [8, 16]}, r"RepVGG has 4 stages"),
+    ("mobilenetv2_rm", {"widths": [8]}, r"width_mult .* no widths list"),
+    ("resnet18", {"depth": 3}, r"resnet18 \(resnet family\) takes no argument 'depth' \(model.kwargs.depth\)"),
+])
+def test_widths_a_family_cannot_take_are_refused_in_one_line(name, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        models.create_model(name, num_classes=5, stem="cifar", **kwargs)
 
 
 def test_timm_registration():

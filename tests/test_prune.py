@@ -11,24 +11,23 @@ from models.resnet import ResNet
 from models.rmnet import RMNet
 from prune import PruneError, channel_scores, prune_plain
 from prune.residual import prune_residual
-from prune.shortcut import add_shortcut_bn
-from rm.recalibrate import recalibrate_identity_bn
-from tests.conftest import randomize_bn
+from rm import recalibrate_identity_bn
+from tests.helpers import randomize_bn
 
 TOL = 1e-10  # float64 throughout: exactness, not rounding, is under test
 
 
-def rmnet():
-    return RMNet([1, 2, 1, 1], 3, 4, num_classes=5, stem="cifar", widths=(8, 16, 32, 64))
+def rmnet(shortcut_bn=False):
+    return RMNet([1, 2, 1, 1], 3, 4, num_classes=5, stem="cifar", widths=(8, 16, 32, 64), shortcut_bn=shortcut_bn)
 
 
-def resnet_cifar():
-    return models.create_model("resnet20", num_classes=5, stem="cifar")
+def resnet_cifar(shortcut_bn=False):
+    return models.create_model("resnet20", num_classes=5, stem="cifar", shortcut_bn=shortcut_bn)
 
 
-def resnext():
+def resnext(shortcut_bn=False):
     return ResNet(Bottleneck, [1, 1, 1, 1], num_classes=5, stem="cifar", widths=(16, 16, 32, 32), groups=4,
-                  width_per_group=16)
+                  width_per_group=16, shortcut_bn=shortcut_bn)
 
 
 def depthwise_chain():
@@ -43,11 +42,10 @@ FAMILIES = {"rmnet": rmnet, "resnet_cifar": resnet_cifar, "resnext": resnext}
 
 
 def plain_of(ctor, seed=0):
-    model = ctor()
-    if not isinstance(model, nn.Sequential):
-        add_shortcut_bn(model)
-        model = rm.convert(randomize_bn(model, seed).double(), fuse_bn=False, downsample="reserve_shortcut")
-    return randomize_bn(model, seed).double()
+    if ctor is depthwise_chain:
+        return randomize_bn(ctor(), seed).double()
+    model = randomize_bn(ctor(shortcut_bn=True), seed).double()
+    return randomize_bn(rm.convert(model, fuse_bn=False, downsample="reserve_shortcut"), seed).double()
 
 
 def kill(model, fraction=0.4, seed=1, zero_shift=True):
@@ -149,10 +147,7 @@ def test_rejects_fused_or_non_plain_models():
 @pytest.mark.parametrize("family", ["resnet_cifar", "resnext"])
 @pytest.mark.parametrize("shortcut_bn", [False, True])
 def test_residual_pruning_is_exact(family, shortcut_bn):
-    model = FAMILIES[family]()
-    if shortcut_bn:
-        add_shortcut_bn(model)
-    model = randomize_bn(model).double()
+    model = randomize_bn(FAMILIES[family](shortcut_bn=shortcut_bn)).double()
     untouched = prune_residual(model, threshold=0.0)
     assert untouched.removed == 0 and max_err(model, untouched.model) == 0.0
     kill(model, fraction=0.5)
@@ -176,15 +171,13 @@ def test_residual_stream_channels_go_only_together():
 def test_rm_prunes_channels_residual_additions_tie():
     """The paper's claim in miniature: a dead shortcut BN kills the reserved channel after RM
     (its recalibrated identity BN scale is sqrt(eps)), which the ResNet cannot remove."""
-    model = resnet_cifar()
-    add_shortcut_bn(model)
-    model = randomize_bn(model).double()
+    model = randomize_bn(resnet_cifar(shortcut_bn=True)).double()
     with torch.no_grad():
         model.layer1[1].downsample[0].weight[:4] = 0
         model.layer1[1].downsample[0].bias[:4] = 0
     plain = rm.convert(model, fuse_bn=False, downsample="reserve_shortcut")
     data = [torch.randn(8, 3, 32, 32, dtype=torch.float64) for _ in range(2)]
-    recalibrate_identity_bn(plain, data, progress=False)
+    recalibrate_identity_bn(plain, data)
     rm_result = prune_plain(plain, threshold=5e-3)
     res_result = prune_residual(model, threshold=5e-3)
     assert res_result.removed == 0
@@ -207,8 +200,10 @@ def test_pruned_model_is_a_deploy_artifact(tmp_path):
 
 @pytest.mark.parametrize("downsample", rm.rules.SCHEMES)
 def test_shortcut_bn_converts_exactly(downsample):
-    model = resnet_cifar()
-    assert add_shortcut_bn(model) == 7  # resnet20: 9 blocks, 2 of them with a projection shortcut
+    model = resnet_cifar(shortcut_bn=True)
+    bn_only = [b for b in model.modules() if isinstance(getattr(b, "downsample", None), nn.Sequential)
+               and isinstance(b.downsample[0], nn.BatchNorm2d)]
+    assert len(bn_only) == 7  # resnet20: 9 blocks, 2 of them with a projection shortcut
     randomize_bn(model)
     report = rm.verify_conversion(model, input_size=32, fuse_bn=False, downsample=downsample)
     assert report["float64"]["max_rel"] < TOL

@@ -7,11 +7,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-import rm
+import artifacts
 from engine.checkpoint import load_checkpoint
 from engine.config import CONF_DIR
 from prune import pipeline
-from prune.artifact import load_pruned_residual
 from prune.figure import draw_figure6
 
 TINY = ["model=resnet18", "+model.kwargs.widths=[8,8,16,16]", "data.input_size=16", "data.train_size=32",
@@ -42,10 +41,11 @@ def test_end_to_end_writes_report(run_dir):
     assert saved == json.loads(json.dumps(report))
     assert set(saved["families"]) == {"rmnet", "resnet"}
     for family, r in saved["families"].items():
-        assert r["after"]["params"] > 0 and r["after"]["img_s"] > 0
-        assert 0 <= r["top1_pruned"] <= 100 and 0 <= r["top1_finetuned"] <= 100
+        # The report's numbers are those of the files it names.
+        tuned = pipeline.evaluate_file(cfg, os.path.join(root, family, "finetuned.pt"))
+        assert (tuned["top1"], tuned["params"]) == (pytest.approx(r["top1_finetuned"]), r["after"]["params"])
+        assert pipeline.evaluate_file(cfg, r["artifact"])["top1"] == pytest.approx(r["top1_pruned"])
         assert sum(layer["kept"] for layer in r["layers"]) == r["channels_total"] - r["channels_removed"]
-        assert os.path.isfile(os.path.join(root, family, "finetune", "best.pt"))
     # RM frees the channels that additions tie in the ResNet: more of them go at the same threshold.
     assert saved["families"]["rmnet"]["channels_removed"] > saved["families"]["resnet"]["channels_removed"]
     assert "| layer | kept / channels |" in open(os.path.join(root, "report.md")).read()
@@ -54,15 +54,13 @@ def test_end_to_end_writes_report(run_dir):
 def test_pruned_models_reload_and_run(run_dir):
     out, cfg, report = run_dir
     x = torch.randn(2, 3, 16, 16)
-    for family in ("rmnet", "resnet"):
-        model, kind = pipeline.load_any(report["families"][family]["artifact"])
-        assert kind == family and model(x).shape == (2, 10)
-    model, meta = load_pruned_residual(report["families"]["resnet"]["artifact"])
-    assert meta["family"] == "resnet" and meta["sr"] == pytest.approx(1e-3)
-    _, rm_meta = rm.load_deploy(report["families"]["rmnet"]["artifact"])
+    for family, kind, form in (("rmnet", "deploy", "plain"), ("resnet", "pruned", "residual")):
+        art = artifacts.load(report["families"][family]["artifact"])
+        assert (art.kind, art.spec.form, art.spec.name) == (kind, form, "resnet18")
+        assert art.model(x).shape == (2, 10)
+        assert art.meta["family"] == family and art.meta["sr"] == pytest.approx(1e-3)
+    rm_meta = artifacts.load(report["families"]["rmnet"]["artifact"]).meta
     assert rm_meta["verify"]["float32"]["max_rel"] < 1e-4   # the RM conversion it was pruned from
-    stats = pipeline.evaluate_file(cfg, report["families"]["rmnet"]["artifact"])
-    assert stats["top1"] == pytest.approx(report["families"]["rmnet"]["top1_pruned"])
 
 
 def test_finetune_file(run_dir, tmp_path):
@@ -101,6 +99,7 @@ def test_figure6_png(run_dir, tmp_path):
 def test_sparse_training_learns_shortcut_bns(run_dir):
     """The sparse checkpoint holds the shortcut BNs that rank the channels RM reserves."""
     out, _, _ = run_dir
-    model = pipeline.load_residual(os.path.join(out, "prune-resnet18-synthetic-sr0.001", "sparse", "best.pt"))
-    bn = model.layer1[0].downsample[0]
+    art = artifacts.load(os.path.join(out, "prune-resnet18-synthetic-sr0.001", "sparse", "best.pt"))
+    assert art.spec.kwargs["shortcut_bn"] is True
+    bn = art.model.layer1[0].downsample[0]
     assert isinstance(bn, torch.nn.BatchNorm2d) and not torch.equal(bn.weight, torch.ones_like(bn.weight))

@@ -1,5 +1,7 @@
 """rm.recalibrate: identity BNs of a fuse_bn=False conversion get data statistics (paper A.3)
 while the plain model keeps computing exactly what the residual model computes."""
+import sys
+
 import pytest
 import torch
 import torch.nn as nn
@@ -7,7 +9,7 @@ import torch.nn as nn
 import models
 import rm
 from rm.recalibrate import identity_channels, recalibrate_identity_bn
-from tests.conftest import randomize_bn
+from tests.helpers import randomize_bn
 
 
 def _data(n_batches=3, batch=4, seed=1):
@@ -42,7 +44,7 @@ def test_outputs_unchanged_and_stats_from_data(dtype, tol):
     for h in hooks:
         h.remove()
 
-    n = recalibrate_identity_bn(plain, data, progress=False)
+    n = recalibrate_identity_bn(plain, data, )
     assert n == sum(int(m.sum()) for m in masks.values())
 
     ref = model(x)
@@ -65,7 +67,7 @@ def test_merged_bias_is_compensated():
     bn = next(m for m in plain if isinstance(m, nn.BatchNorm2d) and identity_channels(m).all()
               and m.bias.abs().max() > 0)
     shift = bn.bias - bn.running_mean
-    recalibrate_identity_bn(plain, _data(1), progress=False)
+    recalibrate_identity_bn(plain, _data(1), )
     torch.testing.assert_close(bn.bias - bn.running_mean, shift)
     assert bn.running_var.sub(1).abs().max() > 1e-3  # statistics really changed
 
@@ -74,7 +76,7 @@ def test_calibrated_bn_is_near_identity_in_training_mode():
     """The point of A.3: with data statistics, batch-statistics BN keeps a reserved channel ~unchanged."""
     _, plain = _plain("resnet20", torch.float64)
     data = _data(1, batch=16)
-    recalibrate_identity_bn(plain, data, progress=False)
+    recalibrate_identity_bn(plain, data, )
     i, bn = next((i, m) for i, m in enumerate(plain) if isinstance(m, nn.BatchNorm2d)
                  and identity_channels(m).any())
     mask = identity_channels(bn)
@@ -92,37 +94,44 @@ def test_bounded_batches_and_errors():
     calls = []
     data = _data(5)
     plain.register_forward_pre_hook(lambda m, a: calls.append(1))
-    recalibrate_identity_bn(plain, data, num_batches=2, progress=False)
+    recalibrate_identity_bn(plain, data, num_batches=2, )
     assert len(calls) == 2
     assert plain.training is False
     with pytest.raises(ValueError, match="no batches"):
-        recalibrate_identity_bn(plain, [], progress=False)
+        recalibrate_identity_bn(plain, [], )
     fused = rm.convert(models.create_model("resnet20", num_classes=10, stem="cifar").eval())
     with pytest.raises(ValueError, match="fuse_bn=False"):
-        recalibrate_identity_bn(fused, data, progress=False)
+        recalibrate_identity_bn(fused, data, )
 
 
-def test_recalibrate_script_writes_an_equivalent_artifact(tmp_path, monkeypatch):
-    """scripts/recalibrate_bn.py: checkpoint + training data in, verified keep-BN deploy artifact out."""
+def test_convert_recalibrates_with_the_stored_data_at_the_trained_size(tmp_path, monkeypatch, capsys):
+    """Paper A.3 through convert.py: a training checkpoint with conversion=keep_bn and recalibrate.batches
+    gives a verified keep-BN deploy artifact whose identity BNs hold data statistics, measured on the
+    data config the checkpoint stores (64 training images here, not the synthetic default's 10000) at
+    the input size it was trained at (16)."""
+    import artifacts
     from engine.checkpoint import save_checkpoint
-    from scripts import recalibrate_bn
+    from engine.cli import run_app
+    from engine.convert_checkpoint import run
+    from models import InputSpec, ModelSpec
 
-    small = recalibrate_bn.load_data_config("synthetic", None)
-    small.train_size = 64  # the embedded dataset, generated small to keep the test fast
-    monkeypatch.setattr(recalibrate_bn, "load_data_config", lambda name, root: small)
-
-    model = randomize_bn(models.create_model("resnet20", num_classes=10, stem="cifar"))
+    data = {"name": "synthetic", "num_classes": 10, "stem": "cifar", "input_size": 16, "train_size": 64,
+            "val_size": 8, "seed": 0, "mean": [0.5] * 3, "std": [0.25] * 3,
+            "augment": {"crop": "pad", "pad": 4, "hflip": 0.5, "crop_pct": 1.0, "randaugment": None,
+                        "mixup": 0.0, "cutmix": 0.0}}
+    spec = ModelSpec("resnet20", 10, "cifar", input=InputSpec.from_data(data))
+    model = randomize_bn(spec.build())
     ckpt, out = tmp_path / "best.pt", tmp_path / "bn.pt"
-    save_checkpoint(str(ckpt), model=model.state_dict(), model_cfg=dict(model.rmnet_cfg))
-    argv = ["--checkpoint", str(ckpt), "--data", "synthetic", "--out", str(out), "--batches", "2",
-            "--batch-size", "8", "--workers", "0"]
-    assert recalibrate_bn.main(argv) == 0
-    plain, meta = rm.load_deploy(str(out))
-    assert meta["fuse_bn"] is False and meta["recalibrated_channels"] > 0
+    save_checkpoint(str(ckpt), **artifacts.model_entries(model, spec), config={"data": data})
+    monkeypatch.setattr(sys, "argv", ["convert.py", f"checkpoint={ckpt}", "conversion=keep_bn", "recalibrate.batches=100",
+                                      "recalibrate.batch_size=8", "workers=0", "progress=false", f"out={out}"])
+    run_app("convert", run)
+    printed = capsys.readouterr().out
+    assert "on 8 batches of synthetic" in printed and "resnet20 (cifar stem, 10 classes, 16x16 input)" in printed
+    art = artifacts.load(out)
+    assert art.spec.conversion.fuse_bn is False and art.meta["recalibrated_channels"] > 0
+    assert art.meta["verify"]["float32"]["max_rel"] < 1e-4
     assert any(isinstance(m, nn.BatchNorm2d) and (m.running_var != 1).any() and identity_channels(m).any()
-               for m in plain)
-    x = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(plain(x), model(x), rtol=1e-4, atol=1e-4)
-    monkeypatch.undo()
-    with pytest.raises(SystemExit, match="choose one of"):
-        recalibrate_bn.load_data_config("nope", None)
+               for m in art.model)
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(art.model(x), model(x), rtol=1e-4, atol=1e-4)

@@ -15,26 +15,17 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-import convert as convert_cli
+import artifacts
 import models
 import rm
-from engine.build import build_model
-from engine.checkpoint import (
-    CheckpointError,
-    extract_state_dict,
-    load_checkpoint,
-    load_file,
-    model_from_checkpoint,
-    save_checkpoint,
-)
+from artifacts import CheckpointError, extract_state_dict
+from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import CONF_DIR, ConfigError, check_values, per_process_batch
 from engine.errors import exit_on_user_error
-from engine.eval_checkpoint import load_checkpoint_forms
+from engine.stages import build
 from engine.trainer import Trainer
-from models.loading import load_pretrained
-from rm.deploy import DeployFormatError
-from rm.ops import ConversionError
-from tests.train_helpers import tiny_config
+from rm import ConversionError, DeployFormatError, load_file
+from tests.helpers import tiny_config
 
 WIDTHS = [8, 8, 16, 16]
 REFUSED = (CheckpointError, DeployFormatError)
@@ -89,49 +80,51 @@ def bad_files(tmp_path_factory):
     return {name: str(p) for name, p in paths.items()}
 
 
-def _loaders(tmp_path):
+def _cli(monkeypatch, capsys, config: str, argv: list[str]) -> str:
+    """Run an entry point in this process as its command line would; returns its one-line error
+    (raising CheckpointError with it, so that callers treat it like the library loaders)."""
+    from engine.cli import run_app
+    from engine.convert_checkpoint import run as convert_job
+    from engine.eval_checkpoint import run as evaluate_job
+    from engine.stages import run_training
+
+    job = {"convert": convert_job, "evaluate": evaluate_job, "train": run_training}[config]
+    monkeypatch.setattr(sys, "argv", [f"{config}.py", *argv])
+    with pytest.raises(SystemExit) as e:
+        job_ran = run_app(config, job)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.startswith("error: ") and "\n" not in err, (config, job_ran, err)
+    raise CheckpointError(err)
+
+
+def _loaders(tmp_path, monkeypatch, capsys):
     """Every way this project reads a weights file, as name -> fn(path)."""
-    data_cfg = OmegaConf.create({"name": "synthetic", "num_classes": 10, "stem": "cifar", "input_size": 32})
+    model = ["model=resnet18", f"model.kwargs.widths=[{','.join(map(str, WIDTHS))}]"]
     return {
-        "load_file+extract_state_dict": lambda p: extract_state_dict(load_file(p), p),
+        "rm.load_file + extract_state_dict": lambda p: extract_state_dict(rm.load_file(p), p),
         "load_checkpoint (resume)": lambda p: load_checkpoint(p),
         "rm.load_deploy": lambda p: rm.load_deploy(p),
-        "models.loading.load_pretrained": lambda p: load_pretrained(tiny(), p),
-        "evaluate": lambda p: load_checkpoint_forms(p, OmegaConf.create({"name": "resnet18",
-                                                                        "kwargs": {"widths": WIDTHS}}), data_cfg),
-        "model.init=ckpt": lambda p: build_model(OmegaConf.create({"name": "resnet18", "kwargs": {"widths": WIDTHS},
-                                                                   "init": f"ckpt:{p}"}), data_cfg),
-        "model.init=deploy": lambda p: build_model(OmegaConf.create({"name": "resnet18", "init": f"deploy:{p}"}),
-                                                   data_cfg),
-        "convert.py": lambda p: _convert_cli(p, tmp_path),
+        "artifacts.load": lambda p: artifacts.load(p, name="resnet18", kwargs={"widths": WIDTHS}),
+        "evaluate.py": lambda p: _cli(monkeypatch, capsys, "evaluate", [f"checkpoint={p}", *model, "data=synthetic"]),
+        "convert.py": lambda p: _cli(monkeypatch, capsys, "convert", [f"checkpoint={p}", *model,
+                                                                     f"out={tmp_path / 'out.pt'}"]),
+        "train.py model.init": lambda p: _cli(monkeypatch, capsys, "train", [f"model.init={p}", *model,
+                                                                            f"output_dir={tmp_path}"]),
     }
-
-
-def _convert_cli(path, tmp_path):
-    rc = convert_cli.main(["--checkpoint", path, "--model", "resnet18", "--stem", "cifar", "--num-classes", "10",
-                           "--out", str(tmp_path / "out.pt")])
-    if rc != 0:
-        raise CheckpointError(f"convert.py exited with {rc}")
-    return rc
 
 
 @pytest.mark.parametrize("kind", ["empty", "random", "text", "truncated5", "truncated50", "truncated95",
                                   "bitflips", "plain_pickle", "zip", "unsafe", "tensor", "strings",
                                   "deploy_format_only"])
-def test_every_loader_refuses_bad_files(bad_files, kind, tmp_path, capsys):
+def test_every_loader_refuses_bad_files(bad_files, kind, tmp_path, monkeypatch, capsys):
     path = bad_files[kind]
-    for loader, load in _loaders(tmp_path).items():
+    for loader, load in _loaders(tmp_path, monkeypatch, capsys).items():
         with pytest.raises(REFUSED) as e:
             load(path)
-        if loader == "convert.py":
-            err = capsys.readouterr().err.strip()
-            assert err.startswith("error: ") and "\n" not in err and path in err, (kind, err)
-        else:
-            assert "\n" not in str(e.value), (loader, kind)
-            if loader == "evaluate" and kind in ("tensor", "strings"):
-                continue   # evaluate hands the loaded blob to load_pretrained, which no longer knows the path
-            assert path in str(e.value) or os.path.basename(path) in str(e.value), (loader, kind, str(e.value))
+        assert "\n" not in str(e.value), (loader, kind)
+        assert path in str(e.value), (loader, kind, str(e.value))
     assert not os.path.exists(os.path.join(os.path.dirname(path), MARKER)), "an unsafe pickle was executed"
+    assert not os.listdir(tmp_path), "a refused file left outputs behind"
 
 
 def test_unsafe_pickle_names_the_object_and_the_fix(bad_files):
@@ -144,41 +137,40 @@ def test_truncated_file_says_so(bad_files):
         load_file(bad_files["truncated50"])
 
 
-def base(num_classes=10, stem="cifar", name="resnet18"):
-    """Full-width models: convert.py builds registry models with their default widths."""
-    return models.create_model(name, num_classes=num_classes, stem=stem).eval()
-
-
 @pytest.mark.parametrize("other", [dict(num_classes=100), dict(stem="imagenet"), dict(name="resnet20")],
                          ids=["classes", "stem", "architecture"])
-def test_foreign_checkpoints_are_refused_with_the_mismatch(tmp_path, other, capsys):
+def test_foreign_checkpoints_are_refused_with_the_mismatch(tmp_path, other, monkeypatch, capsys):
+    """A state dict of another model, class count or stem than the one asked for: the loaders name the
+    mismatching keys and shapes (the first kind of problem at least)."""
     bare = str(tmp_path / "bare.pt")
-    torch.save(base(**other).state_dict(), bare)
-    data_cfg = OmegaConf.create({"name": "synthetic", "num_classes": 10, "stem": "cifar", "input_size": 32})
-    model_cfg = OmegaConf.create({"name": "resnet18", "init": f"ckpt:{bare}"})
-    for load in (lambda: load_pretrained(base(), bare), lambda: build_model(model_cfg, data_cfg)):
-        with pytest.raises(CheckpointError, match="fc.weight|conv1.weight|layer4"):
+    torch.save(tiny(**other).state_dict(), bare)
+    wanted = ["model=resnet18", f"model.kwargs.widths=[{','.join(map(str, WIDTHS))}]"]
+    loads = [lambda: artifacts.load(bare, name="resnet18", num_classes=10, stem="cifar", kwargs={"widths": WIDTHS}),
+             lambda: build(tiny_config(tmp_path, f"model.init={bare}")),
+             lambda: _cli(monkeypatch, capsys, "convert", [f"checkpoint={bare}", *wanted, "num_classes=10",
+                                                          "stem=cifar", f"out={tmp_path / 'o.pt'}"])]
+    for load in loads:
+        with pytest.raises(CheckpointError, match=r"does not fit resnet18.*(fc.weight|conv1.weight|layer)"):
             load()
-    with pytest.raises(CheckpointError):
-        _convert_cli(bare, tmp_path)
-    assert "does not match resnet18" in capsys.readouterr().err
-    plain = rm.convert(base())
+    plain = rm.convert(tiny())
     # a deploy artifact whose weights do not fit its own layer list
     deploy = str(tmp_path / "deploy.pt")
     rm.save_deploy(plain, deploy)
     blob = torch.load(deploy, weights_only=True)
-    blob["state_dict"] = rm.convert(base(**other)).state_dict()
+    blob["state_dict"] = rm.convert(tiny(**other)).state_dict()
     torch.save(blob, deploy)
-    with pytest.raises(DeployFormatError, match="damaged deploy artifact"):
+    with pytest.raises(DeployFormatError, match="damaged plain model"):
         rm.load_deploy(deploy)
 
 
-def test_training_checkpoint_of_an_unknown_model(tmp_path):
+@pytest.mark.parametrize("key", ["model_cfg", "model_spec"], ids=["version1", "version2"])
+def test_training_checkpoint_of_an_unknown_model(tmp_path, key):
     path = str(tmp_path / "old.pt")
-    save_checkpoint(path, model=tiny().state_dict(), model_cfg={"name": "resnet19", "num_classes": 10,
-                                                               "stem": "cifar"})
+    settings = {"name": "resnet19", "num_classes": 10, "stem": "cifar"}
+    save_checkpoint(path, model=tiny().state_dict(),
+                    **{key: settings if key == "model_cfg" else models.ModelSpec(**settings).to_dict()})
     with pytest.raises(CheckpointError, match="resnet19.*Did you mean"):
-        model_from_checkpoint(load_checkpoint(path), path)
+        artifacts.load(path)
 
 
 def test_cli_wrapper_prints_one_line_and_exits_2(capsys):
@@ -244,7 +236,9 @@ def test_global_batch_must_split_evenly_over_the_processes(tmp_path):
 def test_a_batch_larger_than_the_training_set_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"the batch of 512 per process exceeds the 256 training samples per "
                                           r"process; lower global_batch_size"):
-        Trainer(tiny_config(tmp_path, "batch_size=null", "global_batch_size=512"))
+        cfg = tiny_config(tmp_path, "batch_size=null", "global_batch_size=512")
+        Trainer(cfg, *build(cfg))
+    assert not os.listdir(tmp_path)   # refused before a run folder is made
 
 
 # --- datasets -------------------------------------------------------------------------------------

@@ -14,14 +14,17 @@ import torch.nn as nn
 
 import engine.faults as faults
 import engine.trainer as trainer_mod
-from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from artifacts import CheckpointError
+from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import ConfigError
 from engine.faults import NonFiniteLossError, StopSignal
-from engine.trainer import Trainer, train
-from tests.train_helpers import TINY, tiny_config
+from engine.stages import build, run_training
+from engine.trainer import Trainer
+from tests.helpers import TINY, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHORT = ["epochs=2", "max_steps_per_epoch=4", "final.enabled=false"]
+FAULT = ["+hooks.fault._target_=tests.fault_hook.InjectFault"]   # kind, step and rank: +hooks.fault.<key>=
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -38,12 +41,13 @@ def test_sigkill_at_a_random_step_resumes_exactly(tmp_path, one_thread):
     common = [*SHORT, "deterministic=true", "ckpt_every_steps=1", "sched=cosine"]
     step = random.Random(os.getpid()).randint(2, 7)
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), *TINY, f"output_dir={tmp_path}", "run_name=cut",
-           *common, "fault.kind=kill", f"fault.step={step}"]
+           *common, *FAULT, "+hooks.fault.kind=kill", f"+hooks.fault.step={step}"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert load_checkpoint(str(tmp_path / "cut" / "last.pt"))["step"] == step - 1   # killed before its save
-    train(tiny_config(tmp_path, "run_name=cut", "resume=auto", *common, "fault.kind=kill", f"fault.step={step}"))
-    train(tiny_config(tmp_path, "run_name=full", *common))
+    run_training(tiny_config(tmp_path, "run_name=cut", "resume=auto", *common, *FAULT, "+hooks.fault.kind=kill",
+                             f"+hooks.fault.step={step}"))
+    run_training(tiny_config(tmp_path, "run_name=full", *common))
     _same_weights(str(tmp_path / "full" / "last.pt"), str(tmp_path / "cut" / "last.pt"))
     assert f"resumed {tmp_path / 'cut' / 'last.pt'}: epoch {(step - 1) // 4}, step {step - 1}" in \
         open(tmp_path / "cut" / "train.log").read()
@@ -51,18 +55,15 @@ def test_sigkill_at_a_random_step_resumes_exactly(tmp_path, one_thread):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_preemption_signal_checkpoints_after_the_step_and_exits_nonzero(tmp_path, monkeypatch, sig):
-    def signal_at_step_3(fault, step, rank, run_dir):
-        if step == 3:
-            os.kill(os.getpid(), sig)
-
-    monkeypatch.setattr(trainer_mod, "inject", signal_at_step_3)
+    before = signal.getsignal(sig)
     with pytest.raises(SystemExit) as e:
-        train(tiny_config(tmp_path, "run_name=pre", *SHORT))
+        run_training(tiny_config(tmp_path, "run_name=pre", *SHORT, "+hooks.sig._target_=tests.fault_hook.SendSignal",
+                                 f"+hooks.sig.signum={int(sig)}", "+hooks.sig.step=3"))
     assert e.value.code == 128 + sig
     ckpt = load_checkpoint(str(tmp_path / "pre" / "last.pt"))
     assert (ckpt["step"], ckpt["epoch"], ckpt["step_in_epoch"]) == (3, 0, 3)
     assert "stopped by a signal after step 3" in open(tmp_path / "pre" / "train.log").read()
-    assert signal.getsignal(sig) is not StopSignal._handle   # handlers restored
+    assert signal.getsignal(sig) == before   # the handler from before the run is back
 
 
 def test_second_signal_exits_at_once(monkeypatch):
@@ -94,7 +95,8 @@ def test_elastic_restart_resumes_from_the_last_checkpoint(tmp_path):
     """Rank 1 dies after step 3 of 8; torchrun restarts both ranks once, and they resume from step 2."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
            os.path.join(ROOT, "train.py"), *TINY, f"output_dir={tmp_path}", "run_name=el", "resume=auto", *SHORT,
-           "ckpt_every_steps=2", "fault.kind=crash", "fault.rank=1", "fault.step=3", "dist_timeout_min=1",
+           "ckpt_every_steps=2", *FAULT, "+hooks.fault.kind=crash", "+hooks.fault.rank=1", "+hooks.fault.step=3",
+           "dist_timeout_min=1",
            "batch_size=null", "global_batch_size=32"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -161,7 +163,8 @@ def test_disk_full_during_a_run_is_a_clear_error(tmp_path, monkeypatch):
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    trainer = Trainer(tiny_config(tmp_path, "run_name=full", *SHORT))
+    cfg = tiny_config(tmp_path, "run_name=full", *SHORT)
+    trainer = Trainer(cfg, *build(cfg))
     try:
         trainer.save()
         monkeypatch.setattr(trainer_mod, "save_checkpoint", disk_full)
@@ -175,7 +178,8 @@ def test_disk_full_during_a_run_is_a_clear_error(tmp_path, monkeypatch):
 def test_unwritable_run_directory_fails_at_start(tmp_path):
     (tmp_path / "file").write_text("a file where a folder should be")
     with pytest.raises(ConfigError, match="cannot write to the run directory .*choose another output_dir"):
-        Trainer(tiny_config(tmp_path / "file" / "runs", *SHORT))
+        cfg = tiny_config(tmp_path / "file" / "runs", *SHORT)
+        Trainer(cfg, *build(cfg))
 
 
 class _NaNAt(nn.Module):
@@ -193,7 +197,7 @@ class _NaNAt(nn.Module):
 def test_nonfinite_loss_stops_and_never_overwrites_a_good_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "_loss", lambda self, cfg: (None, _NaNAt(3)))
     with pytest.raises(NonFiniteLossError) as e:
-        train(tiny_config(tmp_path, "run_name=diverged", *SHORT, "ckpt_every_steps=1", "log_every_steps=2"))
+        run_training(tiny_config(tmp_path, "run_name=diverged", *SHORT, "ckpt_every_steps=1", "log_every_steps=2"))
     last = tmp_path / "diverged" / "last.pt"
     assert "non-finite loss at step 3 (lr 0.05)" in str(e.value) and f"Last good checkpoint: {last}" in str(e.value)
     ckpt = load_checkpoint(str(last))
@@ -203,7 +207,7 @@ def test_nonfinite_loss_stops_and_never_overwrites_a_good_checkpoint(tmp_path, m
 
 def test_nonfinite_loss_skip_mode_skips_the_update(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "_loss", lambda self, cfg: (None, _NaNAt(3)))
-    train(tiny_config(tmp_path, "run_name=skip", *SHORT, "nonfinite_loss=skip"))
+    run_training(tiny_config(tmp_path, "run_name=skip", *SHORT, "nonfinite_loss=skip"))
     ckpt = load_checkpoint(str(tmp_path / "skip" / "last.pt"))
     assert ckpt["step"] == 8
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
@@ -211,11 +215,13 @@ def test_nonfinite_loss_skip_mode_skips_the_update(tmp_path, monkeypatch):
 
 
 def test_resume_from_a_checkpoint_of_another_model_is_refused(tmp_path):
-    import models
+    import artifacts
+    from models import ModelSpec
 
-    other = models.create_model("resnet20", num_classes=10, stem="cifar")
+    spec = ModelSpec("resnet20", 10, "cifar")
     path = str(tmp_path / "other" / "last.pt")
-    save_checkpoint(path, model=other.state_dict(), model_cfg=other.rmnet_cfg, optimizer={}, scheduler={},
+    save_checkpoint(path, **artifacts.model_entries(spec.build(), spec), optimizer={}, scheduler={},
                     scaler={}, epoch=0, step=0, step_in_epoch=0, best_top1=0.0)
+    cfg = tiny_config(tmp_path, f"resume={path}", *SHORT)
     with pytest.raises(CheckpointError, match=r"does not fit this run \(resnet20, 10 classes, cifar stem"):
-        Trainer(tiny_config(tmp_path, f"resume={path}", *SHORT))
+        Trainer(cfg, *build(cfg))

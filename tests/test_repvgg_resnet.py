@@ -6,7 +6,7 @@ import torch.nn as nn
 import models
 import rm
 from models.repvgg import RepVGGBlock
-from tests.conftest import randomize_bn
+from tests.helpers import randomize_bn
 
 
 @pytest.mark.parametrize("name,layers", [("repvgg_resnet18", 16), ("repvgg_resnet34", 32)])

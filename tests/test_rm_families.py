@@ -12,8 +12,7 @@ from models.preact_resnet import PreActBlock, PreActBottleneck, PreActResNet
 from models.resnet import ResNet, SEBasicBlock, SEBottleneck
 from models.rmnet import RMNet
 from rm.deploy import SqueezeExcite
-from tests.conftest import randomize_bn
-from tests.test_convert import check_exact
+from tests.helpers import check_exact, randomize_bn
 
 SMALL = {
     "mobilenetv2_rm": lambda stem: models.create_model("mobilenetv2_rm", num_classes=5, stem=stem, width_mult=0.125),

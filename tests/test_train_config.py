@@ -4,8 +4,8 @@ import os
 import pytest
 
 import models
-from engine.build import build_model
 from engine.config import CONF_DIR, ConfigError, check_overrides, check_values
+from engine.stages import build
 
 
 def test_every_registered_model_has_a_config():
@@ -45,7 +45,7 @@ def test_free_form_keys_and_values():
     assert cfg.model.kwargs.zero_init_residual and cfg.hooks.bn_l1.sr == 1e-4
     with pytest.raises(ConfigError, match="bf16"):
         check_values(check_overrides(["amp=fp32"]))
-    with pytest.raises(ConfigError, match="ckpt:PATH"):
+    with pytest.raises(ConfigError, match="model.init=weights.pt: no such file"):
         check_values(check_overrides(["model.init=weights.pt"]))
 
 
@@ -56,9 +56,9 @@ def test_experiments_compose_and_validate(experiment):
 
 def test_data_config_decides_stem_and_classes():
     cfg = check_overrides(["model=resnet18", "data=cifar100"])
-    model = build_model(cfg.model, cfg.data)
-    assert model.rmnet_cfg["stem"] == "cifar" and model.fc.out_features == 100
+    model, spec = build(cfg)
+    assert spec.stem == "cifar" and model.fc.out_features == 100
     assert model.conv1.stride == (1, 1)   # the CIFAR stem
     cfg = check_overrides(["model=resnet20", "data=imagenet"])
     with pytest.raises(ValueError, match="no 'imagenet' stem"):
-        build_model(cfg.model, cfg.data)
+        build(cfg)

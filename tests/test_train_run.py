@@ -7,11 +7,13 @@ import sys
 import pytest
 import torch
 
+import artifacts
 import data
-from engine.checkpoint import load_checkpoint, model_from_checkpoint
+from engine.checkpoint import load_checkpoint
 from engine.evaluate import evaluate
-from engine.trainer import Trainer, train
-from tests.train_helpers import TINY, tiny_config
+from engine.stages import run_training
+from engine.trainer import Trainer
+from tests.helpers import TINY, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,7 +45,7 @@ def test_torchrun_two_processes(tmp_path):
     assert final["residual"]["num_samples"] == final["plain"]["num_samples"] == 101
     assert final["residual"]["top1"] == final["plain"]["top1"]
     cfg = tiny_config(out)
-    model = model_from_checkpoint(load_checkpoint(str(run_dir / "best.pt")))
+    model = artifacts.load(run_dir / "best.pt").model
     single = evaluate(model, data.build_loader(cfg.data, "val", 16, workers=0), progress=False)
     assert single["top1"] == pytest.approx(final["residual"]["top1"])
     assert single["loss"] == pytest.approx(final["residual"]["loss"], rel=1e-5)
@@ -60,7 +62,7 @@ def test_resume_gives_the_same_weights(tmp_path, monkeypatch, one_thread, every)
     uninterrupted run (cosine schedule, augmentation on, deterministic CPU)."""
     common = ["epochs=2", "max_steps_per_epoch=4", "sched=cosine", "deterministic=true",
               "final.enabled=false", f"ckpt_every_steps={every}"]
-    train(tiny_config(tmp_path, "run_name=full", *common))
+    run_training(tiny_config(tmp_path, "run_name=full", *common))
 
     save = Trainer.save
 
@@ -70,11 +72,11 @@ def test_resume_gives_the_same_weights(tmp_path, monkeypatch, one_thread, every)
 
     monkeypatch.setattr(Trainer, "save", save_then_stop)
     with pytest.raises(_Stop):
-        train(tiny_config(tmp_path, "run_name=cut", *common))
+        run_training(tiny_config(tmp_path, "run_name=cut", *common))
     monkeypatch.setattr(Trainer, "save", save)
     stopped = load_checkpoint(str(tmp_path / "cut" / "last.pt"))
     assert (stopped["epoch"], stopped["step_in_epoch"]) == ((0, 3) if every else (1, 0))
-    train(tiny_config(tmp_path, "run_name=cut", "resume=auto", *common))
+    run_training(tiny_config(tmp_path, "run_name=cut", "resume=auto", *common))
 
     a = load_checkpoint(str(tmp_path / "full" / "last.pt"))
     b = load_checkpoint(str(tmp_path / "cut" / "last.pt"))

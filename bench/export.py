@@ -11,16 +11,10 @@ import copy
 import os
 import warnings
 
-import numpy as np
 import torch
 import torch.nn as nn
 
-
-def _errors(ref: torch.Tensor, out: np.ndarray | torch.Tensor) -> dict[str, float]:
-    ref = ref.detach().double().cpu()
-    out = torch.as_tensor(out).double().cpu()
-    err = (ref - out).abs().max().item()
-    return {"max_abs": err, "max_rel": err / max(ref.abs().max().item(), 1e-30)}
+from rm import output_error
 
 
 @torch.no_grad()
@@ -33,7 +27,7 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: str) -> di
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
         torch.jit.save(torch.jit.trace(model, example), path)
         loaded = torch.jit.load(path, map_location=example.device)
-    return {"path": path, "runtime": "torch.jit", **_errors(model(example), loaded(example))}
+    return {"path": path, "runtime": "torch.jit", **output_error(model(example), loaded(example))}
 
 
 @torch.no_grad()
@@ -59,7 +53,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str) -> dict[str,
         from onnx.reference import ReferenceEvaluator
 
         out, runtime = ReferenceEvaluator(graph).run(None, {"input": example.numpy()})[0], "onnx.reference"
-    return {"path": path, "runtime": runtime, **_errors(model(example), out)}
+    return {"path": path, "runtime": runtime, **output_error(model(example), out)}
 
 
 EXPORTERS = {"torchscript": (export_torchscript, ".ts.pt"), "onnx": (export_onnx, ".onnx")}

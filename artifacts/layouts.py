@@ -1,8 +1,7 @@
-"""Load foreign checkpoints into this project's models: `load_pretrained(model, path_or_state_dict)`.
+"""State dicts from elsewhere: recognise their key layout and map it onto this project's models.
 
-The state dict is taken out of a training checkpoint, a `{"state_dict": ...}` file or a bare state
-dict (a DDP `module.` prefix is removed), its layout is recognised from its keys, and it is mapped
-onto the model's keys:
+The weights are taken out of a training checkpoint, a `{"state_dict": ...}` file or a bare state
+dict (a DDP `module.` prefix is removed), the layout is recognised from the keys, and mapped:
 
 * ``native``: this project's keys. They equal torchvision's ResNet/ResNeXt keys and the RepVGG
   authors' training-form keys (`stage0.rbr_dense.conv.weight`, `rbr_1x1`, `rbr_identity`,
@@ -15,19 +14,17 @@ onto the model's keys:
 Refused with the reason: torchvision MobileNetV2 (widths, depth and ReLU6 differ from
 `mobilenetv2_rm`, whose shape is fixed by its conversion to MobileNetV1) and deploy-form RepVGG
 files (`rbr_reparam`: one fused conv per block, no branches left to load). Any other mismatch is
-an error naming the missing, unexpected and wrongly shaped keys. Files are read with
-`weights_only=True` (`engine.checkpoint.load_file`): a pickle that needs more is never executed.
+an error naming the missing, unexpected and wrongly shaped keys.
 """
 from __future__ import annotations
 
-import os
 import re
-from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from engine.checkpoint import CheckpointError, extract_state_dict, load_file
+from rm import CheckpointError
 
 StateDict = dict[str, torch.Tensor]
 
@@ -38,28 +35,24 @@ _TRACKING_ONLY = {"running", "running1", "running2"}
 _TV_MOBILENETV2 = ("features.1.conv.0.0.weight", "classifier.1.weight")
 
 
-@dataclass
-class LoadReport:
-    layout: str
-    dropped: list[str] = field(default_factory=list)  # checkpoint keys that compute nothing
+def extract_state_dict(blob: Any, origin: str = "<checkpoint>") -> StateDict:
+    """The model weights inside a training checkpoint, a {"state_dict": ...} file or a bare state
+    dict; a DDP `module.` prefix is removed."""
+    if isinstance(blob, dict):
+        for key in ("model", "state_dict", "model_state_dict"):
+            if isinstance(blob.get(key), dict):
+                blob = blob[key]
+                break
+    if not isinstance(blob, dict) or not blob or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in blob.items()):
+        raise CheckpointError(f"{origin} holds no model state dict (expected tensors by parameter name)")
+    if all(k.startswith("module.") for k in blob):
+        blob = {k[len("module."):]: v for k, v in blob.items()}
+    return blob
 
 
-def load_pretrained(model: nn.Module, source: str | os.PathLike | dict, map_location: str | torch.device = "cpu"
-                    ) -> LoadReport:
-    """Load `source` (a file path, a loaded checkpoint or a state dict) into `model` in place."""
-    origin = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<state dict>"
-    blob = load_file(origin, map_location) if isinstance(source, (str, os.PathLike)) else source
-    state = extract_state_dict(blob, origin)
-    layout, state, dropped = _map_keys(state, origin)
-    _check_fits(model, state, origin, layout)
-    expected = model.state_dict()
-    for key in expected.keys() - state.keys():  # only num_batches_tracked can be absent (_check_fits)
-        state[key] = expected[key]
-    model.load_state_dict(state)
-    return LoadReport(layout, dropped)
-
-
-def _map_keys(state: StateDict, origin: str) -> tuple[str, StateDict, list[str]]:
+def map_layout(state: StateDict, origin: str) -> tuple[str, StateDict, list[str]]:
+    """(layout name, the state dict with this project's keys, the dropped statistics-only keys)."""
     keys = state.keys()
     if all(k in keys for k in _TV_MOBILENETV2):
         raise CheckpointError(
@@ -87,17 +80,24 @@ def _map_keys(state: StateDict, origin: str) -> tuple[str, StateDict, list[str]]
     return "rmnet-authors", mapped, dropped
 
 
-def _check_fits(model: nn.Module, state: StateDict, origin: str, layout: str) -> None:
+def mismatch(model: nn.Module, state: StateDict) -> list[str]:
+    """What keeps `state` from loading into `model` (num_batches_tracked may be absent): one entry per
+    kind of problem, empty when it fits."""
     expected = model.state_dict()
     missing = sorted(k for k in expected.keys() - state.keys() if not k.endswith("num_batches_tracked"))
     unexpected = sorted(state.keys() - expected.keys())
     shapes = sorted(f"{k}: file {tuple(state[k].shape)}, model {tuple(v.shape)}"
                     for k, v in expected.items() if k in state and state[k].shape != v.shape)
-    if not (missing or unexpected or shapes):
-        return
-    name = getattr(model, "rmnet_cfg", {}).get("name", type(model).__name__)
-    problems = [f"{label} ({len(items)}): {', '.join(items[:8])}{', ...' if len(items) > 8 else ''}"
-                for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                                     ("shape mismatches", shapes)) if items]
-    raise CheckpointError(f"{origin} ({layout} layout) does not fit {name}: " + "; ".join(problems)
-                          + ". Check the model name, stem and num_classes.")
+    return [f"{label} ({len(items)}): {', '.join(items[:8])}{', ...' if len(items) > 8 else ''}"
+            for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                 ("shape mismatches", shapes)) if items]
+
+
+def load_into(model: nn.Module, state: StateDict, what: str) -> None:
+    """Load `state` into `model` in place, or raise CheckpointError naming every mismatch; `what`
+    describes the file and model for the message."""
+    problems = mismatch(model, state)
+    if problems:
+        raise CheckpointError(f"{what}: " + "; ".join(problems) + ". Check the model name, stem and num_classes.")
+    full = model.state_dict()
+    model.load_state_dict({**{k: full[k] for k in full.keys() - state.keys()}, **state})

@@ -10,7 +10,9 @@ smaller defaults apply (CPU_DEFAULTS) unless set explicitly, and the report says
 Forms: `residual` (as trained), `bn_folded` (every conv+BN pair folded by torch.fx, the fair
 baseline for a deployed residual net), `plain` (`rm.convert`). Parameters and MACs are counted and
 the outputs of the folded and plain forms are checked against the residual form in float32 before
-any precision change.
+any precision change. Models are registry names (random weights, the stem's nominal input size) or
+files (`checkpoints=[...]`, read by `artifacts.load`: a deploy artifact has its plain form only, and
+every file is timed at the input size it was trained at).
 """
 from __future__ import annotations
 
@@ -32,11 +34,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.fx.experimental.optimization import fuse
 from tqdm import tqdm
 
+import artifacts
 import models
 import rm
+from engine.environment import environment
+from models import ModelSpec
 from models.complexity import count_macs, count_params
 
-from .environment import environment
 from .export import EXPORTERS
 from .memory import peak_activation_memory
 
@@ -132,9 +136,10 @@ def load_preset(name: str) -> dict[str, Any]:
     return preset
 
 
-def resolve_models(cfg: DictConfig) -> tuple[list[dict[str, Any]], DictConfig]:
-    """The `create_model` arguments (name, stem, num_classes, model_kwargs) of each model, and the
-    config with the preset merged in (a preset fills only what the command line left unset)."""
+def resolve_models(cfg: DictConfig) -> tuple[list[ModelSpec | str], DictConfig]:
+    """What to benchmark: a ModelSpec per registry name (stem, num_classes, model_kwargs applied) and
+    a path per file of `checkpoints`, and the config with the preset merged in (a preset fills only
+    what the command line left unset)."""
     names = _plain_list(cfg.models)
     if cfg.preset:
         if names:
@@ -142,25 +147,28 @@ def resolve_models(cfg: DictConfig) -> tuple[list[dict[str, Any]], DictConfig]:
         preset = load_preset(cfg.preset)
         cfg = OmegaConf.merge(cfg, {k: v for k, v in preset.items() if cfg.get(k) is None or k == "models"})
         names = _plain_list(cfg.models)
-    if not names:
-        raise ValueError("nothing to benchmark: pass models=[resnet50,rmnet50x6_32] or preset=table1_imagenet")
-    specs = []
+    files = [str(p) for p in _plain_list(cfg.checkpoints)]
+    if not names and not files:
+        raise ValueError("nothing to benchmark: pass models=[resnet50,rmnet50x6_32], preset=table1_imagenet or "
+                         "checkpoints=[path/to/deploy.pt]")
+    kwargs = OmegaConf.to_container(cfg.model_kwargs) if cfg.model_kwargs else {}
+    sources: list[ModelSpec | str] = []
     for name in names:
         stem = cfg.stem or models.model_stems(name)[0]  # raises UnknownModelError with suggestions
-        specs.append({"name": name, "stem": stem, "num_classes": int(cfg.num_classes or 1000),
-                      **(OmegaConf.to_container(cfg.model_kwargs) if cfg.model_kwargs else {})})
-    return specs, cfg
+        sources.append(ModelSpec(name, int(cfg.num_classes or 1000), stem, kwargs))
+    return sources + files, cfg
 
 
 def fold_bn(model: nn.Module) -> nn.Module:
     """A copy of `model` with every Conv2d -> BatchNorm2d pair folded into the conv (torch.fx;
     eval-mode statistics). BatchNorms that follow no conv (RepVGG identity branches) stay."""
-    folded = fuse(model.eval(), inplace=False)
-    folded.rmnet_cfg = getattr(model, "rmnet_cfg", {})
-    return folded.eval()
+    return fuse(model.eval(), inplace=False).eval()
 
 
-def build_forms(model: nn.Module, forms: list[str]) -> dict[str, nn.Module]:
+def build_forms(model: nn.Module, spec: ModelSpec, forms: list[str]) -> dict[str, nn.Module]:
+    """The requested forms of `model`; a plain model has only its plain form."""
+    if spec.form == "plain":
+        return {"plain": model.eval()} if "plain" in forms else {}
     builders = {"residual": lambda m: m, "bn_folded": fold_bn, "plain": rm.convert}
     return {form: builders[form](model.eval()) for form in forms}
 
@@ -224,21 +232,24 @@ def _input(batch: int, size: int, s: Settings) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if s.channels_last else x
 
 
-def benchmark_model(model: nn.Module, s: Settings) -> list[dict[str, Any]]:
-    """One row per (form, batch size). `model` (from `models.create_model`, so it carries
-    `rmnet_cfg`) is moved to the device and cast to the benchmark precision in place."""
-    cfg = model.rmnet_cfg
-    size = cfg["input_size"]
+def benchmark_model(model: nn.Module, spec: ModelSpec, s: Settings) -> list[dict[str, Any]]:
+    """One row per (form, batch size), at the spec's input size. `model` is moved to the device and
+    cast to the benchmark precision in place."""
+    size = spec.input_size
+    name = spec.name or "plain"
     model = model.to(s.device).eval()
-    forms = build_forms(model, s.forms)
+    forms = build_forms(model, spec, s.forms)
+    if not forms:
+        raise ValueError(f"{spec.label} is a plain model: benchmark it with forms=[plain]")
     static = {form: {"params": count_params(m), "macs": count_macs(m, size)} for form, m in forms.items()}
     with backend_flags("fp32"):  # IEEE float32: cuDNN's default TF32 would swamp the conversion error
-        checks = {form: rm.verify(model, m, size, dtypes=(torch.float32,))["float32"] if s.check else None
+        checks = {form: rm.verify(model, m, size, dtypes=(torch.float32,))["float32"]
+                  if s.check and spec.form == "residual" else None
                   for form, m in forms.items() if form != "residual"}
     exports = {}
     for kind in s.export:
         exporter, suffix = EXPORTERS[kind]
-        path = os.path.join(s.export_dir, f"{cfg['name']}_{cfg['stem']}_plain{suffix}")
+        path = os.path.join(s.export_dir, f"{name}_{spec.stem}_plain{suffix}")
         exports[kind] = exporter(forms["plain"], torch.randn(2, 3, size, size, device=s.device), path)
 
     rows = []
@@ -250,7 +261,7 @@ def benchmark_model(model: nn.Module, s: Settings) -> list[dict[str, Any]]:
                 x = _input(batch, size, s)
                 seconds = time_forward(runnable, x, s.warmup, s.iters, s.repeats)
                 rows.append({
-                    "model": cfg["name"], "stem": cfg["stem"], "num_classes": cfg["num_classes"],
+                    "model": name, "stem": spec.stem, "num_classes": spec.num_classes,
                     "input_size": size, "form": form, "batch_size": batch, **static[form],
                     "img_per_s": _summary([batch * s.iters / t for t in seconds]),
                     "latency_ms": _summary([1000 * t / s.iters for t in seconds]),
@@ -319,8 +330,12 @@ def write_report(report: dict[str, Any], out_dir: str, name: str) -> tuple[str, 
     return base + ".md", base + ".json"
 
 
-def _default_name(cfg: DictConfig, s: Settings, specs: list[dict]) -> str:
-    what = cfg.preset or "-".join(spec["name"] for spec in specs)[:80]
+def _label(source: ModelSpec | str) -> str:
+    return source.name if isinstance(source, ModelSpec) else os.path.splitext(os.path.basename(source))[0]
+
+
+def _default_name(cfg: DictConfig, s: Settings, sources: list[ModelSpec | str]) -> str:
+    what = cfg.preset or "-".join(_label(source) for source in sources)[:80]
     parts = [datetime.date.today().isoformat(), what, torch.device(s.device).type, s.precision]
     if s.channels_last:
         parts.append("cl")
@@ -332,19 +347,23 @@ def _default_name(cfg: DictConfig, s: Settings, specs: list[dict]) -> str:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Benchmark every model of `cfg` (conf/benchmark.yaml), print the table and write it as
     Markdown and JSON to `cfg.out_dir`; returns the report."""
-    specs, cfg = resolve_models(cfg)
+    sources, cfg = resolve_models(cfg)
     s = resolve_settings(cfg)
     for note in s.notes:
         print(f"note: {note}")
     rows = []
-    for spec in tqdm(specs, desc="benchmark", unit="model", file=sys.stdout):
-        model = models.create_model(**spec)
-        rows += benchmark_model(model, s)
+    for source in tqdm(sources, desc="benchmark", unit="model", file=sys.stdout):
+        if isinstance(source, ModelSpec):
+            model, spec = source.build(), source
+        else:
+            art = artifacts.load(source)
+            model, spec = art.model, art.spec
+        rows += benchmark_model(model, spec, s)
         del model
         if torch.device(s.device).type == "cuda":
             torch.cuda.empty_cache()
     report = {"schema": SCHEMA, "environment": environment(s.device), "settings": asdict(s), "results": rows}
-    md, js = write_report(report, cfg.out_dir, cfg.name or _default_name(cfg, s, specs))
+    md, js = write_report(report, cfg.out_dir, cfg.name or _default_name(cfg, s, sources))
     print(to_markdown(report))
     print(f"wrote {md} and {js}")
     return report

@@ -1,0 +1,60 @@
+"""The data config a trained model is used with: its trained input size and normalisation by default,
+and classes and stem that fit.
+
+Checkpoints and deploy artifacts record what their model was trained on (`ModelSpec.input`) and,
+from the trainer, the whole data config. Evaluation, BN recalibration and pruning read data with
+those settings unless the command line sets others, and then say so in one line.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from models import INPUT_SIZE, InputSpec, ModelSpec
+
+TRAINED_INPUT = ("input_size", "mean", "std")
+
+
+def data_for(chosen: Any, stored: dict[str, Any] | None, trained: InputSpec | None, explicit: set[str],
+             origin: str) -> tuple[DictConfig, list[str]]:
+    """(data config, warnings). `chosen`: the data section of the command's config (a group such as
+    `data=imagenet`, or only `data.key=value` edits); `stored`: the data config the file records;
+    `trained`: its model's input; `explicit`: the keys set on the command line.
+
+    A chosen group is used as composed, otherwise the stored config with the edits on top; either way
+    the trained input size, mean and std apply unless set explicitly, and an explicit value that
+    differs from the trained one is kept but warned about."""
+    chosen = chosen if chosen is not None else OmegaConf.create({})
+    if "name" in chosen:
+        data = OmegaConf.create(OmegaConf.to_container(chosen))
+    elif stored is None:
+        raise ValueError(f"{origin} stores no data settings: pass data=<name> (synthetic, cifar10, cifar100, "
+                         f"imagenet) and data.root=... if the files are not in the default place")
+    else:
+        data = OmegaConf.merge(OmegaConf.create(stored), chosen)
+    warnings = []
+    if trained is not None:
+        values = {"input_size": trained.size, "mean": trained.mean, "std": trained.std}
+        for key in TRAINED_INPUT:
+            want = values[key]
+            if want is None:
+                continue
+            want = list(want) if isinstance(want, tuple) else want
+            if f"data.{key}" not in explicit:
+                data[key] = want
+            elif OmegaConf.to_container(data)[key] != want:
+                warnings.append(f"data.{key}={OmegaConf.to_container(data)[key]} differs from the model's training "
+                                f"({want}): results at other settings than it was trained with can be far off")
+    return data, warnings
+
+
+def check_data(spec: ModelSpec, data: Any, origin: str) -> None:
+    """The model's classes and stem must be the data's; ValueError naming both and what to pass."""
+    if int(spec.num_classes) != int(data.num_classes):
+        raise ValueError(f"{origin} classifies {spec.num_classes} classes but data {data.name!r} has "
+                         f"{data.num_classes}: use the dataset the model was trained for (or data.num_classes=N)")
+    if spec.stem and spec.stem != data.stem:
+        size = INPUT_SIZE[spec.stem]
+        raise ValueError(f"{origin} has the {spec.stem!r} stem ({size}x{size} input) but data {data.name!r} uses "
+                         f"the {data.stem!r} stem: choose matching data (or data.stem={spec.stem})")

@@ -1,0 +1,66 @@
+"""Safe file I/O for checkpoints and deploy artifacts, with torch alone.
+
+Writes are atomic (temporary file + fsync + rename: a crash leaves the previous file intact);
+reads use `torch.load(weights_only=True)`, so a pickle that needs more than tensors and plain
+containers is never executed, and every failure is a `CheckpointError` that names the file and why.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from typing import Any
+
+import torch
+
+
+class CheckpointError(ValueError):
+    """A file that cannot be used as a checkpoint or artifact; the message names it and the problem."""
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_file(path: str, map_location: str | torch.device = "cpu") -> Any:
+    """torch.load with weights_only=True; every failure becomes a CheckpointError that says why."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        unsafe = re.search(r"GLOBAL ([\w.]+)", str(e), re.IGNORECASE)
+        if unsafe:
+            raise CheckpointError(
+                f"{path} needs the Python object {unsafe.group(1)} to load; files are read with "
+                f"weights_only=True, so such pickles are never executed. Re-save it as a plain dict of "
+                f"tensors (torch.save(model.state_dict(), path))") from None
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint, or a corrupt one "
+                              f"({_first_sentence(e)}); copy or re-save the file") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError) as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint, truncated or corrupt? "
+                              f"({_first_sentence(e)}); copy or re-save the file") from None
+
+
+def _first_sentence(error: Exception) -> str:
+    """The finding, without the advice torch appends to its load errors."""
+    text = " ".join(str(error).split())
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split(" Check the documentation")[0]
+    text = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?", "", text)
+    return text.strip().split(". ")[0].rstrip(".") or type(error).__name__

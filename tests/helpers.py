@@ -1,0 +1,43 @@
+"""Helpers the tests share (a module of its own: test modules never import each other)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+import rm
+from engine.config import check_overrides
+
+FLOAT64_TOL, FLOAT32_TOL = 1e-10, 1e-5
+
+# resnet18 at widths 8..32 on 16x16 synthetic images: a few ms per step on one CPU core.
+TINY = ["model=resnet18", "model.kwargs.widths=[8,8,16,16]", "data=synthetic", "data.input_size=16",
+        "data.train_size=256", "data.val_size=101", "batch_size=16", "workers=0", "progress=false",
+        "sched=constant", "optim.lr=0.05", "optim.lr_batch=null", "log_every_steps=1"]
+
+
+def tiny_config(tmp_path, *overrides: str, config_name: str = "train"):
+    """The composed, checked config of a tiny training run writing under `tmp_path`."""
+    return check_overrides([*TINY, f"output_dir={tmp_path}", *overrides], config_name=config_name)
+
+
+def randomize_bn(model: nn.Module, seed: int = 0, gamma_scale: float = 1.0) -> nn.Module:
+    """Give every BatchNorm non-trivial affine parameters and running statistics (default BN
+    statistics are an identity map and hide conversion bugs); returns the model in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            with torch.no_grad():
+                m.weight.copy_((torch.rand(c, generator=g) + 0.5) * gamma_scale)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.3)
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
+                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
+    return model.eval()
+
+
+def check_exact(model: nn.Module, size: int, **kw) -> dict:
+    """Convert `model` and assert the plain model's outputs equal its own (float64 and float32)."""
+    report = rm.verify_conversion(model, input_size=size, **kw)
+    assert report["float64"]["max_rel"] < FLOAT64_TOL, report
+    assert report["float32"]["max_rel"] < FLOAT32_TOL, report
+    return report
