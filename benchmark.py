@@ -1,9 +1,17 @@
-"""Inference benchmark of the residual, BN-folded and plain forms: `python benchmark.py --help`.
+"""benchmark.py: inference speed (img/s median and spread, latency), params, MACs, peak activation memory
+and output check of the residual, BN-folded and plain form of each model: registry models with random
+weights (models=[...], preset=...) or files (checkpoints=[...], timed at the size they were trained at).
+The paper's protocol on GPU (batch 128, 50 warm-up + 50 timed); smaller defaults on CPU (it says so).
 
-The logic is in bench/benchmark.py; the settings in conf/benchmark.yaml.
+Examples:
+  python benchmark.py models=[resnet50,rmnet50x6_32,repvgg_b2]
+  python benchmark.py preset=table1_imagenet precision=bf16 channels_last=true
+  python benchmark.py models=[resnet50] batch_size=[1,8,32,128]        # sweep (paper A.1)
+  python benchmark.py checkpoints=[checkpoints/run/deploy.pt]          # a trained plain model
+  python benchmark.py models=[rmnet26x3_32] stem=cifar export=[onnx,torchscript]
 """
 from bench.benchmark import run
 from engine.cli import run_app
 
 if __name__ == "__main__":
-    run_app("benchmark", run)
+    run_app("benchmark", run, __doc__)

@@ -1,5 +1,9 @@
-"""Network slimming through RM (paper §3.4, §4.4), with the Hydra configs and the trainer of train.py.
+"""prune.py: network slimming through RM (paper §3.4, §4.4; the authors' train_pruning.py): sparse-train
+the residual model with an L1 penalty on BN scales, convert it with BN kept, prune the plain model (and,
+for comparison, the residual one), fine-tune both, report; the Figure 6 plot is redrawn from every
+report under output_dir.
 
+Examples:
   python prune.py                                  # sparse-train resnet20 (sr 1e-4), prune at 5e-3 both ways
   python prune.py prune.sr=5e-4 prune.threshold=1e-3 data=cifar10
   python prune.py prune.ratio=0.5                  # global ratio instead of a threshold
@@ -7,11 +11,6 @@
   python prune.py prune.finetune=PATH              # fine-tune a pruned model file, then evaluate it
   python prune.py -m prune.sr=1e-4,5e-4,1e-3 prune.threshold=5e-4,1e-3,5e-3   # Figure 6 sweep
   python -m prune.figure checkpoints               # (re)draw Figure 6 from the runs' reports
-  python prune.py --help                           # every setting (conf/prune.yaml + conf/train.yaml)
-
-The mirror of the authors' `train_pruning.py --sr S --threshold T` / `--eval CKPT` / `--finetune CKPT`.
-Every override is checked before any work, as in train.py. After a full run the Figure 6 plot under
-output_dir is redrawn from every report there.
 """
 import logging
 
@@ -35,4 +34,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_app("prune", main)
+    run_app("prune", main, __doc__)

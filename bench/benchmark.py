@@ -155,7 +155,7 @@ def resolve_models(cfg: DictConfig) -> tuple[list[ModelSpec | str], DictConfig]:
     sources: list[ModelSpec | str] = []
     for name in names:
         stem = cfg.stem or models.model_stems(name)[0]  # raises UnknownModelError with suggestions
-        sources.append(ModelSpec(name, int(cfg.num_classes or 1000), stem, kwargs))
+        sources.append(ModelSpec(name, int(cfg.num_classes or (10 if stem == "cifar" else 1000)), stem, kwargs))
     return sources + files, cfg
 
 

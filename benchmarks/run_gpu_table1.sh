@@ -8,5 +8,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: this script measures GPU figures only')"
-"$PY" benchmark.py preset=table1_imagenet device=cuda precision=fp32 "$@"
-"$PY" benchmark.py preset=table1_imagenet device=cuda precision=bf16 channels_last=true "$@"
+"$PY" benchmark.py preset=table1_imagenet device=cuda precision=fp32 out_dir=benchmarks/results "$@"
+"$PY" benchmark.py preset=table1_imagenet device=cuda precision=bf16 channels_last=true out_dir=benchmarks/results "$@"

@@ -129,6 +129,6 @@ def _image_folder(root: str, split: str, transform, num_classes: int, bad_images
     except (FileNotFoundError, RuntimeError) as e:
         raise DatasetError(f"imagenet at {folder} is malformed ({e}); {layout}") from None
     if len(ds.classes) != num_classes:
-        raise DatasetError(f"{folder} has {len(ds.classes)} class folders but data.num_classes is "
-                           f"{num_classes}; {layout}")
+        raise DatasetError(f"{folder} has {len(ds.classes)} class folders but data.num_classes is {num_classes}: "
+                           f"pass data.num_classes={len(ds.classes)} if that is your dataset; {layout}")
     return ds

@@ -1,27 +1,82 @@
-"""The command line of every Hydra entry point (train.py, evaluate.py, benchmark.py, prune.py).
+"""The command line of every Hydra entry point (train.py, evaluate.py, benchmark.py, convert.py, prune.py).
 
-`run_app("evaluate", job)` checks the overrides before Hydra sees them (`engine.config.prepare_argv`:
-unknown keys, options and model names are named with close matches), then lets Hydra compose the
-config (sweeps with `-m`, `--help`, `--cfg job` work as usual) and runs `job(cfg)`. Bad input, in
-the overrides or found by the job, ends with `error: <message>` on one line and exit status 2.
+`run_app("evaluate", job, __doc__)` checks the overrides before Hydra sees them
+(`engine.config.prepare_argv`: unknown keys, options and model names are named with close matches),
+then lets Hydra compose the config (sweeps with `-m`, `--cfg job` work as usual) and runs `job(cfg)`.
+Bad input, in the overrides or found by the job, ends with `error: <message>` on one line and exit
+status 2. `--help` prints the entry point's examples, the config groups with their options and every
+setting with its description: the commented YAML of conf/<name>.yaml, which is where the settings
+are documented (`--hydra-help` is Hydra's own page).
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Callable
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from .config import CONF_DIR, prepare_argv
-from .errors import EXIT_USER_ERROR, USER_ERRORS, exit_on_user_error, message
+from .config import CONF_DIR, check_choices, prepare_argv
+from .errors import EXIT_USER_ERROR, USER_ERRORS, exit_on_user_error, report
 
 
-def run_app(config_name: str, job: Callable[[DictConfig], Any]) -> None:
+def _groups(config_name: str) -> list[str]:
+    """The config groups `conf/<config_name>.yaml` selects (its own defaults list and the configs it includes)."""
+    defaults = OmegaConf.load(os.path.join(CONF_DIR, f"{config_name}.yaml")).get("defaults") or []
+    groups = []
+    for entry in defaults:
+        if isinstance(entry, str) and entry != "_self_":
+            groups += _groups(entry)
+        elif isinstance(entry, DictConfig):
+            group = str(next(iter(entry))).removeprefix("override ")
+            if os.path.isdir(os.path.join(CONF_DIR, group)) and group not in groups:
+                groups.append(group)
+    return list(dict.fromkeys(groups))
+
+
+def _settings(config_name: str) -> str:
+    """conf/<config_name>.yaml without its defaults list and Hydra section: the settings and their comments."""
+    lines, skipping = [], False
+    with open(os.path.join(CONF_DIR, f"{config_name}.yaml")) as f:
+        for line in f:
+            top = line[:1] not in (" ", "#", "\n", "-")
+            if top:
+                skipping = line.startswith(("defaults:", "hydra:"))
+            if not skipping:
+                lines.append(line.rstrip())
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    return "\n".join(lines).rstrip()
+
+
+def help_text(config_name: str, doc: str) -> str:
+    parts = [doc.strip(), "", "Groups (group=option):"]
+    for group in _groups(config_name):
+        options = sorted(f[:-5] for f in os.listdir(os.path.join(CONF_DIR, group)) if f.endswith(".yaml"))
+        listing = (f"{len(options)} models, `python -m models` lists them" if group == "model"
+                   else ", ".join(options))
+        parts.append(f"  {group}: {listing}")
+    parts += ["", f"Settings (key=value), from conf/{config_name}.yaml:", "", _settings(config_name)]
+    if config_name == "prune":
+        parts += ["", "and every setting of train.py (python train.py --help)."]
+    parts += ["", "Bad input ends with one line `error: ...` and exit status 2. Hydra's own flags: --hydra-help."]
+    return "\n".join(parts)
+
+
+def run_app(config_name: str, job: Callable[[DictConfig], Any], doc: str = "") -> None:
     import hydra
 
+    if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
+        print(help_text(config_name, doc))
+        return
     try:
         sys.argv[1:] = prepare_argv(sys.argv[1:], config_name)
     except USER_ERRORS as e:
-        print(f"error: {message(e)}", file=sys.stderr)
+        report(e)
         raise SystemExit(EXIT_USER_ERROR) from None
-    hydra.main(config_path=CONF_DIR, config_name=config_name, version_base="1.3")(exit_on_user_error(job))()
+
+    def checked(cfg: DictConfig) -> Any:
+        check_choices(cfg)
+        return job(cfg)
+
+    hydra.main(config_path=CONF_DIR, config_name=config_name, version_base="1.3")(exit_on_user_error(checked))()

@@ -6,10 +6,15 @@ ValueErrors raised for bad arguments (a stem or class count that does not fit); 
 FileNotFoundError and UnknownModelError a KeyError. A diverged run (NonFiniteLossError) ends the
 same way: its message names the step and the checkpoint to resume. Any other exception is a bug
 and keeps its traceback.
+
+Under torchrun every rank meets the same bad input; only rank 0 prints the line (the others exit
+with the same status silently), so the user reads one line, followed by torchrun's own report that
+the workers exited with status 2.
 """
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from typing import Callable, TypeVar
 
@@ -30,6 +35,12 @@ def message(error: BaseException) -> str:
     return " ".join(str(text).split())
 
 
+def report(error: BaseException) -> None:
+    """`error: <message>` on stderr, from rank 0 of a torchrun job only."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"error: {message(error)}", file=sys.stderr)
+
+
 def exit_on_user_error(fn: F) -> F:
     """Wrap a CLI entry point: a user error becomes `error: <message>` on stderr and exit status 2.
 
@@ -40,6 +51,6 @@ def exit_on_user_error(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as e:
-            print(f"error: {message(e)}", file=sys.stderr)
+            report(e)
             raise SystemExit(EXIT_USER_ERROR) from None
     return wrapper  # type: ignore[return-value]

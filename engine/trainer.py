@@ -229,7 +229,7 @@ class Trainer:
             # augmentation is not
             log.warning(f"{path} holds RNG states of {len(rngs)} ranks, not {self.world}; reseeding instead")
             torch.manual_seed(self.cfg.seed + self.rank + 7919 * self.step)
-        log.info(f"resumed {path}: epoch {self.epoch}, step {self.step}, best top-1 {self.best_top1:.2f}")
+        log.info(f"resumed {path} at {self.position()}, best top-1 {self.best_top1:.2f}")
 
     # --- the loop ----------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -364,9 +364,13 @@ class Trainer:
         flag = torch.tensor(float(self.stop.signum is not None), device=self.device)
         return bool(D.all_reduce_sum(flag).item() > 0) if self.world > 1 else self.stop.signum is not None
 
+    def position(self) -> str:
+        """Where the run stands, in the words of both the stop and the resume message."""
+        return f"epoch {self.epoch + 1}/{self.cfg.epochs}, {self.step_in_epoch} steps into it (global step {self.step})"
+
     def exit_preempted(self) -> None:
         last = os.path.join(self.run_dir, "last.pt")
-        log.warning(f"stopped by a signal after step {self.step} (epoch {self.epoch + 1}, step {self.step_in_epoch}); "
+        log.warning(f"stopped by a signal at {self.position()}; "
                     f"checkpoint {last}. Continue with resume={last} (or resume=auto)")
         raise SystemExit(self.stop.exit_code or 1)
 

@@ -49,7 +49,8 @@ def test_sigkill_at_a_random_step_resumes_exactly(tmp_path, one_thread):
                              f"+hooks.fault.step={step}"))
     run_training(tiny_config(tmp_path, "run_name=full", *common))
     _same_weights(str(tmp_path / "full" / "last.pt"), str(tmp_path / "cut" / "last.pt"))
-    assert f"resumed {tmp_path / 'cut' / 'last.pt'}: epoch {(step - 1) // 4}, step {step - 1}" in \
+    assert (f"resumed {tmp_path / 'cut' / 'last.pt'} at epoch {(step - 1) // 4 + 1}/2, {(step - 1) % 4} steps into it "
+            f"(global step {step - 1})") in \
         open(tmp_path / "cut" / "train.log").read()
 
 
@@ -62,7 +63,7 @@ def test_preemption_signal_checkpoints_after_the_step_and_exits_nonzero(tmp_path
     assert e.value.code == 128 + sig
     ckpt = load_checkpoint(str(tmp_path / "pre" / "last.pt"))
     assert (ckpt["step"], ckpt["epoch"], ckpt["step_in_epoch"]) == (3, 0, 3)
-    assert "stopped by a signal after step 3" in open(tmp_path / "pre" / "train.log").read()
+    assert "stopped by a signal at epoch 1/2, 3 steps into it (global step 3)" in open(tmp_path / "pre" / "train.log").read()
     assert signal.getsignal(sig) == before   # the handler from before the run is back
 
 
@@ -102,7 +103,7 @@ def test_elastic_restart_resumes_from_the_last_checkpoint(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "fault injection: crash on rank 1 after step 3" in proc.stderr
     log = open(tmp_path / "el" / "train.log").read()
-    assert f"resumed {tmp_path / 'el' / 'last.pt'}: epoch 0, step 2" in log
+    assert f"resumed {tmp_path / 'el' / 'last.pt'} at epoch 1/2, 2 steps into it (global step 2)" in log
     assert "2 process(es) on cpu, global batch 32, lr 0.05, 4 steps/epoch" in log   # 16 per rank
     ckpt = load_checkpoint(str(tmp_path / "el" / "last.pt"))
     assert (ckpt["step"], ckpt["world_size"]) == (8, 2)

@@ -85,3 +85,15 @@ def test_resume_gives_the_same_weights(tmp_path, monkeypatch, one_thread, every)
         assert torch.equal(v, b["model"][k]), k
     for k, v in a["optimizer"]["state"].items():
         assert torch.equal(v["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"])
+
+
+def test_resume_of_a_finished_run_rewrites_nothing(tmp_path):
+    """resume=auto on a run that ended reports its results: deploy.pt and final.json stay as they were."""
+    first = run_training(tiny_config(tmp_path, "run_name=done", "epochs=1", "max_steps_per_epoch=2"))
+    run_dir = tmp_path / "done"
+    files = ("deploy.pt", "final.json", "last.pt", "best.pt")
+    before = {f: os.stat(run_dir / f).st_mtime_ns for f in files}
+    again = run_training(tiny_config(tmp_path, "run_name=done", "resume=auto", "epochs=1", "max_steps_per_epoch=2"))
+    assert {f: os.stat(run_dir / f).st_mtime_ns for f in files} == before
+    assert again["plain"] == first["plain"] and again["deploy"] == first["deploy"]
+    assert "the run is finished" in open(run_dir / "train.log").read()
