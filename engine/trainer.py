@@ -342,6 +342,8 @@ class Trainer:
         """Once per process: the time the rest of the run takes at the first steps' pace."""
         self.timed = True
         left = (self.cfg.epochs - self.epoch) * self.steps_per_epoch - self.step_in_epoch
+        if left <= 0:
+            return
         total = seconds / steps * left
         log.info(f"{seconds / steps:.3g} s/step: about {_duration(total)} for the {left} steps left "
                  f"({self.cfg.epochs} epochs; validation not included)")

@@ -187,9 +187,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log.info(f"{family}: {result.removed}/{result.total} channels removed, params {after['params']:,} "
                  f"({100 * report['families'][family]['pruned_param_ratio']:.1f}% pruned), top-1 pruned "
                  f"{top1_pruned:.2f}")
+    report["rows"] = [comparison_row(report, family) for family in report["families"]]
     paths = write_report(report, out)
     log.info(f"wrote {paths[0]} and {paths[1]}")
     return report
+
+
+def comparison_row(report: dict[str, Any], family: str) -> dict[str, Any]:
+    """One pruned model in the form every pruner's report shares (prune.compare merges them)."""
+    f = report["families"][family]
+    return {"method": "slimming", "form": "rm" if family == "rmnet" else "residual", "model": report["model"],
+            "data": report["data"], "target": report["criterion"], "params": f["after"]["params"],
+            "macs": f["after"]["macs"], "top1_before": f["before"].get("top1"), "top1_pruned": f["top1_pruned"],
+            "top1_finetuned": f["top1_finetuned"], "img_s": f["after"]["img_s"], "artifact": f["artifact"]}
 
 
 def check_stored_model(spec: ModelSpec, cfg: DictConfig, path: str) -> None:

@@ -26,8 +26,14 @@ def test_synthetic_loader_normalises_and_augments():
     cfg = check_overrides(["data=synthetic", "data.train_size=64", "data.val_size=10"]).data
     loader = data.build_loader(cfg, "train", batch_size=16, workers=0)
     x, y = next(iter(loader))
-    assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32 and y.shape == (16,)
-    assert -3 < x.mean() < 3 and len(loader) == 4
+    assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32 and y.shape == (16,) and len(loader) == 4
+    # Validation images are the generated pixels, normalised with the config's mean and std.
+    val = data.build_loader(cfg, "val", batch_size=10, workers=0)
+    x, y = next(iter(val))
+    images, labels = val.dataset.images, val.dataset.targets
+    mean, std = torch.tensor(cfg.mean).view(1, 3, 1, 1), torch.tensor(cfg.std).view(1, 3, 1, 1)
+    torch.testing.assert_close(x, (images.float() / 255 - mean) / std)
+    assert torch.equal(y, labels)
 
 
 def _write_cifar(root, name: str, n: int):
@@ -55,10 +61,11 @@ def test_cifar_pickles_load(tmp_path, name):
     val = data.build_dataset(cfg, "val", data.build_transform(cfg, train=False))
     assert len(train) == (30 if name == "cifar10" else 6) and len(val) == 6
     x, y = val[0]
-    assert x.shape == (3, 32, 32) and 0 <= y < cfg.num_classes
-    # The raw pixels survive: un-normalising the eval transform gives the pickled bytes back.
+    # The raw pixels and the label survive: un-normalising the eval transform gives the pickled bytes back.
     with open(os.path.join(folder, "test_batch" if name == "cifar10" else "test"), "rb") as fh:
-        raw = torch.tensor(pickle.load(fh)["data"][0].reshape(3, 32, 32), dtype=torch.float32)
+        blob = pickle.load(fh)
+    raw = torch.tensor(blob["data"][0].reshape(3, 32, 32), dtype=torch.float32)
+    assert y == blob["labels" if name == "cifar10" else "fine_labels"][0]
     back = (x * torch.tensor(cfg.std).view(3, 1, 1) + torch.tensor(cfg.mean).view(3, 1, 1)) * 255
     assert torch.allclose(back, raw, atol=1e-3)
 

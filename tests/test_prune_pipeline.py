@@ -88,6 +88,20 @@ def test_a_sparse_checkpoint_of_another_model_is_refused(run_dir):
         pipeline.run(cfg)
 
 
+def test_comparison_table_lists_every_pruned_model(run_dir, capsys):
+    from prune.compare import ROW, collect, main
+
+    out, _, report = run_dir
+    rows = collect([str(out)])
+    assert [(r["method"], r["form"]) for r in rows] == [("slimming", "residual"), ("slimming", "rm")]
+    assert all(set(r) == set(ROW) for r in rows)
+    by_form = {r["form"]: r for r in rows}
+    assert by_form["rm"]["params"] == report["families"]["rmnet"]["after"]["params"]
+    main([str(out)])
+    assert f"| resnet18 | synthetic | slimming | rm | thr0.3 | {by_form['rm']['params'] / 1e6:.3f} |" in \
+        capsys.readouterr().out
+
+
 def test_figure6_png(run_dir, tmp_path):
     out, _, _ = run_dir
     paths = draw_figure6(str(out), str(tmp_path))

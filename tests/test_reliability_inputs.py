@@ -324,3 +324,16 @@ def test_skipped_images_are_left_out_of_evaluation_not_counted_twice(tmp_path):
     loader = data.build_loader(cfg, "val", batch_size=2, workers=0, train=False)
     result = evaluate(ClassA(), loader, progress=False)
     assert (result["num_samples"], result["skipped"], result["top1"]) == (4, 1, 50.0)
+
+
+def test_a_run_whose_data_is_missing_leaves_no_run_folder(tmp_path):
+    """The data is checked before the run folder exists: a failed start leaves nothing to clean up."""
+    import data
+    from engine.config import check_overrides
+    from engine.stages import run_training
+
+    cfg = check_overrides(["model=resnet20", "model.kwargs.widths=[8,8,8]", "data=cifar10", "workers=0",
+                           f"data.root={tmp_path / 'nowhere'}", f"output_dir={tmp_path / 'runs'}"])
+    with pytest.raises(data.DatasetError, match="cifar10 not found"):
+        run_training(cfg)
+    assert not os.path.exists(tmp_path / "runs")
