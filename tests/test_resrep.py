@@ -208,11 +208,13 @@ def test_mask_schedule_reaches_the_target(kind):
 
 def test_next_masks_when_the_target_is_met_takes_the_shortest_prefix():
     """Once the current mask meets the target, the update is the shortest prefix of the ranking that
-    meets it, whatever the granularity: the weakest rows go first, one row fewer would miss it."""
+    meets it, whatever the granularity: the weakest rows go first, one row fewer would miss it. The
+    first layer's rows are the weakest of all, and the prefix passes them: its strongest stays."""
     model = model_of("resnet20-residual")
     add_compactors(model)
     layout = Layout(model, SIZE)
     norms = [torch.arange(1, c + 1, dtype=torch.float64) * (i + 1) + i * 1e-3 for i, c in enumerate(layout.channels())]
+    norms[0] = norms[0] * 1e-3
 
     def macs(masks):
         return layout.macs(resolve(layout.slots, [~m for m in masks], norms))
@@ -224,7 +226,8 @@ def test_next_masks_when_the_target_is_met_takes_the_shortest_prefix():
     fewer = [m.clone() for m in masks]
     fewer[strongest][norms[strongest].masked_fill(~masks[strongest], 0).argmax()] = False
     assert macs(fewer) > target
-    assert masks[0][0] and not masks[-1][-1]   # the smallest row norm goes, the largest stays
+    assert masks[0].tolist() == [True] * (len(masks[0]) - 1) + [False]
+    assert not masks[-1][-1]
 
 
 def test_hook_settings_are_checked():

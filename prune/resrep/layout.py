@@ -81,7 +81,7 @@ class Layout:
                      else torch.full((t.groups,), t.out_full // t.groups))
             in_g = (keeps[t.in_slot].view(t.groups, -1).sum(1) if t.in_slot is not None
                     else torch.full((t.groups,), t.in_full // t.groups))
-            total += t.size * int((out_g * in_g)[out_g > 0].sum())
+            total += t.size * int((out_g * in_g).sum())
         return total
 
 
