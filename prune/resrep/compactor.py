@@ -106,6 +106,7 @@ def _chain_slots(model: nn.Sequential) -> list[Slot]:
 
 
 def _residual_slots(model: nn.Module) -> list[Slot]:
+    # The ResNet walk (blocks and their conv/BN pairs) of slimming's residual pruner.
     slots = []
     for block in _structure(model)[0]:
         for (conv, bn), (reader, _) in zip(block.pairs, block.pairs[1:]):

@@ -157,7 +157,8 @@ def prune_form(cfg: DictConfig, residual: artifacts.Artifact, form: str, target_
     artifact = os.path.join(form_dir, "pruned.pt")
     meta = {"method": "resrep", "form": form, "target": float(r.target), "threshold": result.threshold,
             **({"verify": start.meta["verify"]} if "verify" in start.meta else {})}
-    _save(result.model, start.spec, artifact, **meta)
+    if D.is_main():
+        _save(result.model, start.spec, artifact, **meta)
     after = model_stats(result.model, size, r.bench)
     entry = {"before": before, "after": after, "target_macs": target_macs,
              "macs_removed": 1 - after["macs"] / reference["macs"],
@@ -190,6 +191,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for form in r.forms:
         report["forms"][form] = prune_form(cfg, residual, form, target_macs, out, reference, val)
     report["rows"] = [row(report, form) for form in report["forms"]]
-    paths = write_report(report, out, to_markdown)
-    log.info(f"wrote {paths[0]} and {paths[1]}")
+    if D.is_main():
+        paths = write_report(report, out, to_markdown)
+        log.info(f"wrote {paths[0]} and {paths[1]}")
     return report
