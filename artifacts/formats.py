@@ -38,10 +38,19 @@ def conv_groups(model: nn.Module) -> dict[str, int]:
 
 
 def model_entries(model: nn.Module, spec: ModelSpec) -> dict[str, Any]:
-    """The model part of a training checkpoint."""
+    """The model part of a training checkpoint. A plain model holding modules the deploy format does not
+    have (a training form: ResRep's compactors) is saved without its layer list: the weights resume
+    the run that holds the model, and `load` says the file is such a form."""
     return {"model": model.state_dict(), "model_spec": spec.to_dict(),
-            "layers": to_spec(model) if spec.form == "plain" else None,
+            "layers": _layers(model) if spec.form == "plain" else None,
             "groups": conv_groups(model) if spec.pruned else None}
+
+
+def _layers(model: nn.Module) -> list[dict[str, Any]] | None:
+    try:
+        return to_spec(model)
+    except TypeError:
+        return None
 
 
 def save_deploy(model: nn.Module, spec: ModelSpec, path: str, **meta: Any) -> None:

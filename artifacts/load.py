@@ -114,6 +114,10 @@ def _train(blob: dict[str, Any], path: str, ema: bool) -> Artifact:
                             conversion=ConversionSettings(fuse_bn=fuse_bn))
         if layers is None and has_shortcut_bn(state, _build(spec, path).state_dict()):
             spec = replace(spec, kwargs={**spec.kwargs, "shortcut_bn": True})
+    if spec.form == "plain" and layers is None:
+        raise rm.CheckpointError(f"{path} holds a training form of a plain model (layers the deploy format does "
+                                 f"not have, e.g. ResRep's compactors), which no file rebuilds: load the model "
+                                 f"that run folded and saved (resrep.py writes <form>/pruned.pt)")
     model = (build_plain(layers, state, path) if layers is not None
              else _registry_model(spec, state, path, blob.get("groups")))
     return Artifact("train", model, spec, meta, path)

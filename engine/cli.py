@@ -57,7 +57,8 @@ def help_text(config_name: str, doc: str) -> str:
                    else ", ".join(options))
         parts.append(f"  {group}: {listing}")
     parts += ["", f"Settings (key=value), from conf/{config_name}.yaml:", "", _settings(config_name)]
-    if config_name == "prune":
+    defaults = OmegaConf.load(os.path.join(CONF_DIR, f"{config_name}.yaml")).get("defaults") or []
+    if "train" in defaults:   # prune.yaml, resrep.yaml: built on train.yaml
         parts += ["", "and every setting of train.py (python train.py --help)."]
     parts += ["", "Bad input ends with one line `error: ...` and exit status 2. Hydra's own flags: --hydra-help."]
     return "\n".join(parts)

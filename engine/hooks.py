@@ -12,7 +12,9 @@
 `loss(model, logits, targets)` for every hook and adds the returned tensors to the loss,
 `after_backward(model)` once gradients are final (unscaled, all-reduced, before clipping and the
 step), and `after_step(trainer)` after every optimizer step (`trainer.step`, `.rank`, `.run_dir`,
-`.model` describe where the run is).
+`.model` describe where the run is). `param_groups(model)`, asked once before the optimizer is
+built, returns optimizer groups with settings of their own (`{"params": [...], "weight_decay": 0.0}`);
+their parameters leave the default groups.
 """
 from __future__ import annotations
 
@@ -24,7 +26,10 @@ import torch.nn as nn
 
 
 class Hook:
-    """Base class: override either method; the defaults do nothing."""
+    """Base class: override any method; the defaults do nothing."""
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        return []
 
     def loss(self, model: nn.Module, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
         return None

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -13,17 +13,20 @@ def scaled_lr(cfg: Any, global_batch: int) -> float:
     return cfg.lr * global_batch / cfg.lr_batch if cfg.get("lr_batch") else cfg.lr
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool,
+                 own: Sequence[dict] = ()) -> list[dict]:
     """Without `decay_norm_and_bias`, BatchNorm/PReLU parameters and biases (every tensor of < 2
-    dimensions) get no weight decay, as in the RepVGG recipe."""
+    dimensions) get no weight decay, as in the RepVGG recipe. `own` are groups with settings of their
+    own (hooks' `param_groups`, e.g. ResRep's compactors); their parameters leave the default groups."""
+    taken = {id(p) for group in own for p in group["params"]}
     decay, no_decay = [], []
     for p in model.parameters():
-        if p.requires_grad:
+        if p.requires_grad and id(p) not in taken:
             (decay if decay_norm_and_bias or p.ndim > 1 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+    return groups + [dict(group) for group in own]
 
 
 OPTIMIZERS: dict[str, Callable[[list[dict], float, Any], torch.optim.Optimizer]] = {
@@ -50,9 +53,10 @@ def _choice(table: dict, key: str, value: str):
     return table[value]
 
 
-def build_optimizer(model: nn.Module, cfg: Any, global_batch: int) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: Any, global_batch: int, own: Sequence[dict] = ()) -> torch.optim.Optimizer:
     build = _choice(OPTIMIZERS, "optim.name", cfg.name)
-    return build(param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias), scaled_lr(cfg, global_batch), cfg)
+    return build(param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias, own), scaled_lr(cfg, global_batch),
+                 cfg)
 
 
 def lr_factor(cfg: Any, step: int, steps_per_epoch: int, epochs: int) -> float:

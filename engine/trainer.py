@@ -82,10 +82,11 @@ class Trainer:
             self.ema = torch.optim.swa_utils.AveragedModel(
                 model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
         self.global_batch = self.batch_size * self.world
-        self.optimizer = build_optimizer(model, cfg.optim, self.global_batch)
+        self.hooks = build_hooks(OmegaConf.to_container(cfg.hooks))
+        own_groups = [group for hook in self.hooks for group in hook.param_groups(model)]
+        self.optimizer = build_optimizer(model, cfg.optim, self.global_batch, own_groups)
         self.scheduler = build_scheduler(self.optimizer, cfg.sched, self.steps_per_epoch, cfg.epochs)
         self.scaler = grad_scaler(self.device, self.amp)
-        self.hooks = build_hooks(OmegaConf.to_container(cfg.hooks))
         self.mixup, self.criterion = self._loss(cfg)
 
         self.train_model: nn.Module = model

@@ -110,12 +110,12 @@ def _top1(model: nn.Module, loader, cfg: DictConfig, desc: str) -> float:
     return evaluate(model, loader, progress=cfg.progress, desc=desc)["top1"]
 
 
-def to_prunable_plain(cfg: DictConfig, residual: artifacts.Artifact) -> artifacts.Artifact:
-    """The RM-converted plain model with BN kept, identity BNs recalibrated on training data, verified
-    against the residual model with the conversion policy."""
+def to_prunable_plain(cfg: DictConfig, residual: artifacts.Artifact, calib_batches: int) -> artifacts.Artifact:
+    """The RM-converted plain model with BN kept, identity BNs recalibrated on `calib_batches` training
+    batches, verified against the residual model with the conversion policy."""
     policy = ConversionPolicy.from_cfg(cfg.conversion)
     plain = artifacts.to_plain(residual, policy, verify=False)
-    loader = calibration_loader(cfg.data, int(cfg.prune.calib_batches), per_process_batch(cfg, D.world_size()),
+    loader = calibration_loader(cfg.data, int(calib_batches), per_process_batch(cfg, D.world_size()),
                                 cfg.workers, seed=cfg.seed)
     bar = functools.partial(tqdm, total=len(loader), desc="BN statistics", unit="batch", disable=not cfg.progress)
     recalibrate_identity_bn(plain.model, loader, progress=bar)
@@ -131,7 +131,7 @@ def prune_family(cfg: DictConfig, residual: artifacts.Artifact, family: str
     crit = {"ratio": float(p.ratio)} if p.ratio is not None else {"threshold": float(p.threshold)}
     if family == "resnet":
         return prune_residual(residual.model, **crit), None
-    plain = to_prunable_plain(cfg, residual)
+    plain = to_prunable_plain(cfg, residual, p.calib_batches)
     return prune_plain(plain.model, **crit), plain
 
 

@@ -1,0 +1,11 @@
+"""ResRep (Ding et al., ICCV 2021) on residual models and, through RM, on every layer: compactors,
+gradient resetting and the mask schedule as a trainer hook, the exact compactor fold, and the
+pipeline of `resrep.py`."""
+from .compactor import CompactedBN, Compactor, Slot, add_compactors, compacted_slots, compactors, slots
+from .fold import FoldResult, fold_compactors
+from .hook import ResRepHook, reset_gradient
+from .layout import Layout, resolve
+from .schedule import next_masks
+
+__all__ = ["Compactor", "CompactedBN", "Slot", "add_compactors", "compacted_slots", "compactors", "slots",
+           "FoldResult", "fold_compactors", "ResRepHook", "reset_gradient", "Layout", "resolve", "next_masks"]

@@ -1,0 +1,197 @@
+"""The ResRep job (`resrep.py`): base model -> per form: compactors -> ResRep training -> fold ->
+evaluate -> benchmark -> report.
+
+    <output_dir>/resrep-<model>-<data>/base/                 base training run (when resrep.base is null)
+    <output_dir>/resrep-<model>-<data>/t<target>/<form>/     train/ (the run with compactors), pruned.pt
+    <output_dir>/resrep-<model>-<data>/t<target>/            report.json, report.md
+
+Both forms start from the same trained residual model. `residual` puts compactors inside the
+ResNet's blocks (ResRep as published); `rm` converts the model with the conversion policy (BN
+kept), gives its identity BNs data statistics and verifies it (`prune.pipeline.to_prunable_plain`,
+as slimming does), then puts compactors on every layer, reserved channels included. Both prune to
+the same budget: (1 - resrep.target) x the residual model's MACs, so the two forms are compared at
+equal cost. Training is `engine.stages.train` with the `resrep` hook; the transient model with
+compactors is reloaded from the run's last.pt (the final weights: ResRep folds the end of training,
+not the best epoch, whose masked rows need not have decayed) and folded into a deploy artifact (rm)
+or a pruned ResNet (residual), both read by `artifacts.load`, evaluate.py and benchmark.py.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torch.nn as nn
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+import artifacts
+import engine.distributed as D
+from engine import stages
+from engine.checkpoint import load_checkpoint
+from engine.evaluate import evaluate
+
+from ..pipeline import to_prunable_plain
+from ..report import device_line, model_stats, write_report
+from .compactor import add_compactors
+from .fold import fold_compactors
+from .hook import ResRepHook  # also registers the `resrep` hook the training runs name
+from .layout import Layout, resolve
+from .report import SCHEMA, row, to_markdown
+
+log = logging.getLogger("rmnet.resrep")
+FORMS = ("residual", "rm")
+
+
+def run_root(cfg: DictConfig) -> str:
+    return cfg.resrep.out_dir or os.path.join(cfg.output_dir, f"resrep-{cfg.model.name}-{cfg.data.name}")
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """The ResRep settings, before any training starts."""
+    r = cfg.resrep
+    if not 0 < r.target < 1:
+        raise ValueError(f"resrep.target is the fraction of MACs to remove, in (0, 1); got {r.target}")
+    unknown = set(r.forms) - set(FORMS)
+    if unknown or not r.forms:
+        raise ValueError(f"resrep.forms: {sorted(unknown) or 'none given'}; choose from {', '.join(FORMS)}")
+    if r.threshold < 0:
+        raise ValueError(f"resrep.threshold must be >= 0, got {r.threshold}")
+    if "rm" in r.forms and cfg.conversion.fuse_bn:
+        raise ValueError("compactors follow BatchNorms: use conversion=keep_bn (the default of resrep.py)")
+    if cfg.model.get("convert") or cfg.model.get("init"):
+        raise ValueError("resrep.py starts from a residual model: give it as resrep.base=PATH, not model.init / "
+                         "model.convert")
+    if cfg.ema_decay > 0:
+        raise ValueError("ResRep folds the trained weights, whose masked rows decay to zero; an EMA of them does "
+                         "not: use ema_decay=0")
+    if r.base and not os.path.isfile(r.base):
+        raise ValueError(f"resrep.base={r.base}: no such file")
+    if not (isinstance(r.epochs, int) and r.epochs >= 1):
+        raise ValueError(f"resrep.epochs must be a positive integer, got {r.epochs!r}")
+    if r.lr is not None and not r.lr > 0:
+        raise ValueError(f"resrep.lr must be positive (or null: optim.lr), got {r.lr}")
+    ResRepHook(1, **_hook_settings(r))   # the hook checks its own settings: now, not after the base training
+
+
+def _hook_settings(r: Any) -> dict[str, Any]:
+    return {"lasso": float(r.lasso), "penalty_rows": str(r.penalty_rows), "interval": int(r.interval),
+            "start_epochs": float(r.start_epochs), "granularity": int(r.granularity),
+            "compactor_momentum": None if r.compactor_momentum is None else float(r.compactor_momentum)}
+
+
+def _train_cfg(cfg: DictConfig, out_dir: str, run_name: str, hooks: dict[str, Any], **keys: Any) -> DictConfig:
+    """The train config of one trainer run: the user's settings and hooks plus `hooks`, a fixed run
+    directory that a re-run resumes, no final conversion, and `keys` overridden."""
+    tcfg = copy.deepcopy(cfg)
+    with open_dict(tcfg):
+        del tcfg["resrep"]
+        tcfg.output_dir, tcfg.run_name, tcfg.resume = out_dir, run_name, "auto"
+        tcfg.final.enabled = False
+        tcfg.hooks = {**OmegaConf.to_container(cfg.hooks), **hooks}
+        for key, value in keys.items():
+            OmegaConf.update(tcfg, key, value, merge=False)
+    return tcfg
+
+
+def base_model(cfg: DictConfig) -> artifacts.Artifact:
+    """The trained residual model: resrep.base, or a run of `epochs` epochs (resumed, or reused when
+    finished, by a re-run)."""
+    path = cfg.resrep.base
+    if not path:
+        tcfg = _train_cfg(cfg, run_root(cfg), "base", {})
+        stages.train(tcfg, *stages.build(tcfg))
+        path = os.path.join(run_root(cfg), "base", "best.pt")
+    bcfg = copy.deepcopy(cfg)
+    with open_dict(bcfg):
+        bcfg.model.init = path   # stages.build reads it as train.py's model.init does (checked against model, data)
+    model, spec = stages.build(bcfg)
+    return artifacts.Artifact("train", model.eval(), spec, {}, path)
+
+
+def _top1(model: nn.Module, loader: Any, cfg: DictConfig, desc: str) -> float:
+    """Validation top-1 on the run's device (the model moves there)."""
+    device = D.setup(cfg.device, cfg.dist_timeout_min)
+    return evaluate(model.to(device), loader, device, progress=cfg.progress, desc=desc)["top1"]
+
+
+def _save(model: nn.Module, spec: Any, path: str, **meta: Any) -> None:
+    if spec.form == "plain":
+        artifacts.save_deploy(model, spec, path, **meta)
+    else:
+        artifacts.save_pruned(model, replace(spec, pruned=True), path, **meta)
+
+
+def check_reachable(model: nn.Module, size: int, target_macs: float, form: str, reference_macs: int) -> None:
+    """The target must be met with one channel left in every compacted layer."""
+    layout = Layout(model, size)
+    ones = [torch.ones(c, dtype=torch.double) for c in layout.channels()]
+    least = layout.macs(resolve(layout.slots, [torch.zeros(c, dtype=torch.bool) for c in layout.channels()], ones))
+    if least > target_macs:
+        raise ValueError(f"the {form} form cannot reach resrep.target: with one channel in every prunable layer it "
+                         f"still has {least:,} MACs, above the target {target_macs:,.0f} (= (1 - target) x the "
+                         f"residual model's {reference_macs:,}); lower resrep.target")
+
+
+def prune_form(cfg: DictConfig, residual: artifacts.Artifact, form: str, target_macs: float, out: str,
+               reference: dict[str, Any], val: Any) -> dict[str, Any]:
+    """One form: compactors, ResRep training, fold, evaluation; returns its report entry."""
+    r, size = cfg.resrep, residual.spec.input_size
+    start = residual if form == "residual" else to_prunable_plain(cfg, residual, r.calib_batches)
+    before = reference if form == "residual" else {**model_stats(start.model, size, r.bench),
+                                                   "top1": _top1(start.model, val, cfg, "RM plain")}
+    model = copy.deepcopy(start.model)
+    add_compactors(model)
+    check_reachable(model, size, target_macs, form, reference["macs"])
+    form_dir = os.path.join(out, form)
+    hooks = {"resrep": {"target_macs": float(target_macs), **_hook_settings(r)}}
+    keys: dict[str, Any] = {"epochs": int(r.epochs)}
+    if r.lr is not None:
+        keys["optim.lr"] = float(r.lr)
+    stages.train(_train_cfg(cfg, form_dir, "train", hooks, **keys), model, start.spec)
+    model.load_state_dict(load_checkpoint(os.path.join(form_dir, "train", "last.pt"))["model"])
+    top1_compactor = _top1(model, val, cfg, f"{form} with compactors")
+    result = fold_compactors(model.cpu(), float(r.threshold))
+    artifact = os.path.join(form_dir, "pruned.pt")
+    meta = {"method": "resrep", "form": form, "target": float(r.target), "threshold": result.threshold,
+            **({"verify": start.meta["verify"]} if "verify" in start.meta else {})}
+    if D.is_main():
+        _save(result.model, start.spec, artifact, **meta)
+    after = model_stats(result.model, size, r.bench)
+    entry = {"before": before, "after": after, "target_macs": target_macs,
+             "macs_removed": 1 - after["macs"] / reference["macs"],
+             "macs_removed_of_form": 1 - after["macs"] / before["macs"], "target_met": after["macs"] <= target_macs,
+             "top1_compactor": top1_compactor, "top1_pruned": _top1(result.model, val, cfg, f"{form} pruned"),
+             "channels_removed": result.removed, "channels_total": result.total, "masked": result.masked,
+             "masked_kept": result.masked_kept, "max_removed_norm": result.max_removed_norm,
+             "threshold": result.threshold, "layers": result.layers, "artifact": artifact,
+             "train_dir": os.path.join(form_dir, "train")}
+    log.info(f"{form}: {result.removed}/{result.total} channels removed, {after['macs']:,} MACs "
+             f"({100 * entry['macs_removed']:.1f}% removed, target {100 * r.target:.1f}%), top-1 "
+             f"{entry['top1_pruned']:.2f} (with compactors {top1_compactor:.2f})")
+    return entry
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The whole job for one target; returns the report."""
+    check_settings(cfg)
+    r = cfg.resrep
+    residual = base_model(cfg)
+    size = residual.spec.input_size
+    out = os.path.join(run_root(cfg), f"t{r.target:g}")
+    val = stages.build_val_loader(cfg)
+    reference = {**model_stats(residual.model, size, r.bench), "top1": _top1(residual.model, val, cfg, "base model")}
+    target_macs = (1 - float(r.target)) * reference["macs"]
+    report = {"schema": SCHEMA, "model": cfg.model.name, "data": cfg.data.name, "target": float(r.target),
+              "target_macs": target_macs, "base": residual.path, "device": device_line(r.bench),
+              "bench": OmegaConf.to_container(r.bench), "settings": OmegaConf.to_container(r),
+              "reference": reference, "forms": {}}
+    for form in r.forms:
+        report["forms"][form] = prune_form(cfg, residual, form, target_macs, out, reference, val)
+    report["rows"] = [row(report, form) for form in report["forms"]]
+    if D.is_main():
+        paths = write_report(report, out, to_markdown)
+        log.info(f"wrote {paths[0]} and {paths[1]}")
+    return report
