@@ -31,6 +31,10 @@ PRUNE = ["model.kwargs.widths=[8,8,16]", "data.input_size=16", "data.train_size=
          "prune.finetune_epochs=1", "prune.bench.batch_size=2", "prune.bench.iters=1", "prune.bench.warmup=0",
          "prune.bench.repeats=1"]
 PRUNE_FILE = [a for a in PRUNE if not a.startswith("epochs=")]   # with prune.finetune=, epochs= is refused
+RESREP = ["model.kwargs.widths=[8,8,16]", "data.input_size=16", "data.train_size=64", "data.val_size=16",
+          "batch_size=16", "epochs=1", "max_steps_per_epoch=2", "progress=false", "resrep.epochs=1",
+          "resrep.start_epochs=0", "resrep.interval=1", "resrep.calib_batches=1", "resrep.bench.batch_size=2",
+          "resrep.bench.iters=1", "resrep.bench.warmup=0", "resrep.bench.repeats=1"]
 # README command (without its comment) -> how it runs: ("run", extra arguments), ("error", regex of the
 # one-line error it must end with (data this machine does not have), extra arguments), ("cfg",) (compose
 # and print the config only: full-size or multi-GPU jobs), ("check",) (the command line is checked
@@ -74,6 +78,14 @@ PLAN = {
     ".venv/bin/python prune.py prune.finetune=PATH": ("run", PRUNE_FILE),
     ".venv/bin/python prune.py -m prune.sr=1e-4,5e-4,1e-3 prune.threshold=5e-4,1e-3,5e-3": ("check",),
     ".venv/bin/python -m prune.figure checkpoints": ("run", []),
+    ".venv/bin/python resrep.py": ("run", RESREP),
+    ".venv/bin/python resrep.py resrep.base=RUN/best.pt resrep.target=0.6 resrep.forms=[rm]": ("run", RESREP),
+    ".venv/bin/python train.py experiment=paper_cifar model=resnet56 data=cifar10 run_name=resnet56_cifar10":
+        ("error", r"cifar10 not found"),
+    ".venv/bin/python resrep.py experiment=resrep_resnet56_cifar10 resrep.base=checkpoints/resnet56_cifar10/best.pt":
+        ("error", r"resrep.base=checkpoints/resnet56_cifar10/best.pt: no such file"),
+    ".venv/bin/torchrun --nproc_per_node=8 resrep.py experiment=resrep_resnet50_imagenet "
+    "resrep.base=resnet50-0676ba61.pth": ("cfg",),
     ".venv/bin/python -m scripts.paper_tables": ("run", ["--tables", "table3", "--no-progress"]),
     ".venv/bin/python -m scripts.paper_tables --tables table3 depth --json outputs/tables.json --markdown outputs/tables.md":
         ("run", ["--no-progress"]),
@@ -88,7 +100,8 @@ PLAN = {
     "model.init=checkpoints/a3_resnet18_cifar10_pretrain/best.pt model.convert=fuse_bn":
         ("error", r"model.init=checkpoints/a3_resnet18_cifar10_pretrain/best.pt: no such file"),
 }
-ENTRY_POINTS = ("train", "evaluate", "benchmark", "convert", "prune")
+ENTRY_POINTS = ("train", "evaluate", "benchmark", "convert", "prune", "resrep")
+SCRIPT_JOBS = ("prune", "resrep")   # entry points whose job is the script's own main()
 
 
 def _argv(command: str, subs: dict[str, str]) -> list[str]:
@@ -149,8 +162,8 @@ def _run(argv: list[str]) -> tuple[int, str]:
                 sys.argv = argv
                 if name == "benchmark":
                     from bench.benchmark import run as job
-                elif name == "prune":   # the job is prune.py's own main()
-                    job = runpy.run_path(os.path.join(ROOT, "prune.py"), run_name="readme_test")["main"]
+                elif name in SCRIPT_JOBS:
+                    job = runpy.run_path(os.path.join(ROOT, f"{name}.py"), run_name="readme_test")["main"]
                 else:
                     job = jobs[name]
                 run_app(name, job, "")
@@ -209,6 +222,8 @@ def test_readme_commands_run_cleanly(tmp_path, monkeypatch, one_thread):
             subs["PATH"] = str(root / "thr0.005" / "rmnet" / "pruned.pt")
             shutil.copy(subs["PATH"], repo / "checkpoints" / "pruned.pt")
             subs["PATH"] = str(repo / "checkpoints" / "pruned.pt")
+        if command == ".venv/bin/python resrep.py":   # the next resrep command starts from its base run
+            subs["RUN"] = str(repo / "checkpoints" / "resrep-resnet20-synthetic" / "base")
         if command.endswith("experiment=quickstart"):
             shutil.copy(repo / "checkpoints" / "qs" / "best.pt", repo / "scaffold" / "best.pt")
         lines = err.strip().splitlines()
