@@ -1,4 +1,4 @@
-"""The command line of every Hydra entry point (train.py, evaluate.py, benchmark.py, convert.py, prune.py).
+"""The command line of every Hydra entry point (train.py, evaluate.py, benchmark.py, convert.py, prune.py, amc.py).
 
 `run_app("evaluate", job, __doc__)` checks the overrides before Hydra sees them
 (`engine.config.prepare_argv`: unknown keys, options and model names are named with close matches),
@@ -57,7 +57,8 @@ def help_text(config_name: str, doc: str) -> str:
                    else ", ".join(options))
         parts.append(f"  {group}: {listing}")
     parts += ["", f"Settings (key=value), from conf/{config_name}.yaml:", "", _settings(config_name)]
-    if config_name == "prune":
+    if config_name != "train" and "train" in OmegaConf.load(os.path.join(CONF_DIR, f"{config_name}.yaml")).get(
+            "defaults", []):
         parts += ["", "and every setting of train.py (python train.py --help)."]
     parts += ["", "Bad input ends with one line `error: ...` and exit status 2. Hydra's own flags: --hydra-help."]
     return "\n".join(parts)

@@ -71,12 +71,14 @@ def check_settings(cfg: DictConfig) -> None:
             raise ValueError(f"prune.{key}={path}: no such file")
 
 
-def _train_cfg(cfg: DictConfig, out_dir: str, run_name: str, sr: float | None, **keys: Any) -> DictConfig:
-    """The train config of one trainer run: the user's settings, the bn_l1 hook with `sr` (None:
-    without it), a fixed run directory that a re-run resumes, and `keys` overridden."""
+def _train_cfg(cfg: DictConfig, out_dir: str, run_name: str, sr: float | None, section: str = "prune",
+               **keys: Any) -> DictConfig:
+    """The train config of one trainer run: the user's settings without the job's own `section`,
+    the bn_l1 hook with `sr` (None: without it), a fixed run directory that a re-run resumes, and
+    `keys` overridden."""
     tcfg = copy.deepcopy(cfg)
     with open_dict(tcfg):
-        del tcfg["prune"]
+        del tcfg[section]
         tcfg.output_dir, tcfg.run_name, tcfg.resume = out_dir, run_name, "auto"
         tcfg.hooks.pop("bn_l1", None)
         if sr is not None:
@@ -95,14 +97,14 @@ def sparse_train(cfg: DictConfig) -> str:
     return os.path.join(root, "sparse", "best.pt")
 
 
-def finetune(cfg: DictConfig, model: nn.Module, spec: ModelSpec, out_dir: str) -> nn.Module:
-    """Fine-tune a pruned model with the trainer (no sparsity penalty, prune.finetune_epochs epochs);
-    returns its best weights."""
-    p = cfg.prune
+def finetune(cfg: DictConfig, model: nn.Module, spec: ModelSpec, out_dir: str, section: str = "prune") -> nn.Module:
+    """Fine-tune a pruned model with the trainer (no sparsity penalty, `<section>.finetune_epochs`
+    epochs at `<section>.finetune_lr`); returns its best weights."""
+    p = cfg[section]
     keys: dict[str, Any] = {"epochs": int(p.finetune_epochs), "final.enabled": False}
     if p.finetune_lr is not None:
         keys["optim.lr"] = float(p.finetune_lr)
-    stages.train(_train_cfg(cfg, out_dir, "finetune", None, **keys), copy.deepcopy(model), spec)
+    stages.train(_train_cfg(cfg, out_dir, "finetune", None, section, **keys), copy.deepcopy(model), spec)
     return artifacts.load(os.path.join(out_dir, "finetune", "best.pt")).model
 
 
@@ -110,12 +112,12 @@ def _top1(model: nn.Module, loader, cfg: DictConfig, desc: str) -> float:
     return evaluate(model, loader, progress=cfg.progress, desc=desc)["top1"]
 
 
-def to_prunable_plain(cfg: DictConfig, residual: artifacts.Artifact) -> artifacts.Artifact:
-    """The RM-converted plain model with BN kept, identity BNs recalibrated on training data, verified
-    against the residual model with the conversion policy."""
+def to_prunable_plain(cfg: DictConfig, residual: artifacts.Artifact, section: str = "prune") -> artifacts.Artifact:
+    """The RM-converted plain model with BN kept, identity BNs recalibrated on `<section>.calib_batches`
+    training batches, verified against the residual model with the conversion policy."""
     policy = ConversionPolicy.from_cfg(cfg.conversion)
     plain = artifacts.to_plain(residual, policy, verify=False)
-    loader = calibration_loader(cfg.data, int(cfg.prune.calib_batches), per_process_batch(cfg, D.world_size()),
+    loader = calibration_loader(cfg.data, int(cfg[section].calib_batches), per_process_batch(cfg, D.world_size()),
                                 cfg.workers, seed=cfg.seed)
     bar = functools.partial(tqdm, total=len(loader), desc="BN statistics", unit="batch", disable=not cfg.progress)
     recalibrate_identity_bn(plain.model, loader, progress=bar)

@@ -6,7 +6,7 @@ import json
 import os
 import platform
 import statistics
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -33,13 +33,15 @@ def device_line(bench: Any) -> str:
     return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def write_report(report: dict[str, Any], out_dir: str) -> tuple[str, str]:
+def write_report(report: dict[str, Any], out_dir: str,
+                 render: Callable[[dict[str, Any]], str] | None = None) -> tuple[str, str]:
+    """report.json and report.md (`render`, default the slimming report's `to_markdown`) in `out_dir`."""
     os.makedirs(out_dir, exist_ok=True)
     json_path, md_path = os.path.join(out_dir, "report.json"), os.path.join(out_dir, "report.md")
     with open(json_path, "w") as f:
         json.dump(report, f, indent=2)
     with open(md_path, "w") as f:
-        f.write(to_markdown(report))
+        f.write((render or to_markdown)(report))
     return json_path, md_path
 
 
