@@ -196,7 +196,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         top1_before = reference["top1"] if model is residual.model else _top1(model, val, cfg, device, f"{method} unpruned")
         pruned, policy, histories[LABELS[method]] = amc_prune(cfg, model, spec, out_dir, loaders, device,
                                                                    LABELS[method])
-        meta = {"method": method, "flops_ratio": float(a.flops_ratio), "policy": policy["layers"]}
+        meta = {"method": method, "flops_ratio": float(a.flops_ratio), "policy": policy["layers"],
+                "data_config": OmegaConf.to_container(cfg.data, resolve=True)}   # evaluate.py's default data
         artifact = os.path.join(out_dir, "pruned.pt")
         _save(pruned, spec, artifact, **meta)
         top1_pruned = _top1(pruned, val, cfg, device, f"{method} pruned")
