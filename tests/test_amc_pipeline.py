@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 import amc
 import artifacts
 from bench import benchmark as B
-from engine.config import CONF_DIR
+from engine.config import CONF_DIR, check_values
 from engine.eval_checkpoint import run as evaluate_run
 from prune.amc import pipeline
 
@@ -122,3 +122,15 @@ def test_bad_settings_are_one_line_before_any_work(monkeypatch, capsys, tmp_path
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and re.search(message, err), err
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("ratio", ["0.5", "0.6", "0.7", "0.75"])
+def test_the_table_recipes_compose_and_pass_the_checks(ratio):
+    """conf/experiment/amc_cifar10_r*: the authors' table on CIFAR-10 (recipe amc_cifar)."""
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = compose("amc", overrides=[f"experiment=amc_cifar10_r{ratio}"])
+    check_values(cfg)
+    pipeline.check_settings(cfg)
+    assert (cfg.amc.flops_ratio, cfg.model.name, cfg.data.name) == (float(ratio), "mobilenetv2_rm", "cifar10")
+    assert (cfg.epochs, cfg.amc.rm_finetune_epochs, cfg.amc.finetune_epochs, cfg.amc.episodes, cfg.amc.warmup,
+            cfg.amc.holdout, cfg.optim.lr, cfg.optim.weight_decay) == (150, 150, 150, 800, 100, 5000, 0.05, 4e-5)

@@ -1,15 +1,17 @@
 """The RM + AMC job (`amc.py`): train -> RM (BN kept) -> AMC search -> prune -> fine-tune -> report,
 and the AMC baseline on the residual model with the same budget, search length and fine-tuning.
 
-    <output_dir>/amc-<model>-<data>/train/                  the residual model's training run (reused)
+    <output_dir>/amc-<model>-<data>/train/                  the residual model's training run
+    <output_dir>/amc-<model>-<data>/rm_finetune/            the RM form's fine-tuning (amc.rm_finetune_epochs)
     <output_dir>/amc-<model>-<data>/r<flops_ratio>/         per budget:
-        rm/{rm_finetune/, search.pt, policy.json, pruned.pt, finetune/, finetuned.pt}
+        rm/{search.pt, policy.json, pruned.pt, finetune/, finetuned.pt}
         residual/{search.pt, policy.json, pruned.pt, finetune/, finetuned.pt}
         report.json  report.md  reward_curves.png
 
 Both methods search on the same data: held-out training images score each policy (never the
 validation set, which only the report's top-1 columns use), other training images give the feature
-maps of the least-squares refit. The FLOPs ratio applies to each model's own MACs (the BN-folded
+maps of the least-squares refit. The training runs are shared by every budget and resume when run
+again, as do the searches (their state files). The FLOPs ratio applies to each model's own MACs (the BN-folded
 deploy form), as the authors' `amc_search.py --flops_ratio` does: the RM form of MobileNetV2 is
 MobileNetV1, which costs more than MobileNetV2, so RM + AMC at a ratio keeps more MACs than AMC at
 the same ratio; the report gives both in absolute numbers.
@@ -153,8 +155,7 @@ def _top1(model: nn.Module, loader: Any, cfg: DictConfig, device: torch.device, 
     return evaluate(copy.deepcopy(model).to(device), loader, device, progress=cfg.progress, desc=desc)["top1"]
 
 
-def start_model(cfg: DictConfig, residual: artifacts.Artifact, method: str, out_dir: str
-                ) -> tuple[nn.Module, ModelSpec]:
+def start_model(cfg: DictConfig, residual: artifacts.Artifact, method: str) -> tuple[nn.Module, ModelSpec]:
     """What `method` prunes: the RM form with BN kept (identity BNs recalibrated, verified, optionally
     fine-tuned), or the residual model itself."""
     if method == "residual":
@@ -162,10 +163,11 @@ def start_model(cfg: DictConfig, residual: artifacts.Artifact, method: str, out_
     plain = to_prunable_plain(cfg, residual, "amc")
     if cfg.amc.rm_finetune_epochs == 0:
         return plain.model, plain.spec
-    tcfg = _train_cfg(cfg, out_dir, "rm_finetune", None, "amc",
+    root = run_root(cfg)
+    tcfg = _train_cfg(cfg, root, "rm_finetune", None, "amc",
                       **{"epochs": int(cfg.amc.rm_finetune_epochs), "final.enabled": False})
     stages.train(tcfg, plain.model, plain.spec)
-    return artifacts.load(os.path.join(out_dir, "rm_finetune", "best.pt")).model, plain.spec
+    return artifacts.load(os.path.join(root, "rm_finetune", "best.pt")).model, plain.spec
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -192,7 +194,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for method in a.methods:
         out_dir = os.path.join(out, method)
         os.makedirs(out_dir, exist_ok=True)
-        model, spec = start_model(cfg, residual, method, out_dir)
+        model, spec = start_model(cfg, residual, method)
         top1_before = reference["top1"] if model is residual.model else _top1(model, val, cfg, device, f"{method} unpruned")
         pruned, policy, histories[LABELS[method]] = amc_prune(cfg, model, spec, out_dir, loaders, device,
                                                                    LABELS[method])
