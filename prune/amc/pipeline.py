@@ -187,8 +187,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     report: dict[str, Any] = {
         "schema": SCHEMA, "model": cfg.model.name, "data": cfg.data.name, "flops_ratio": float(a.flops_ratio),
         "checkpoint": ckpt, "device": device_line(a.bench), "bench": OmegaConf.to_container(a.bench),
-        "search": {k: OmegaConf.to_container(a, resolve=True)[k] for k in
-                   ("episodes", "warmup", "holdout", "lbound", "rbound", "channel_round", "reward", "refit")},
+        "search": {k: a[k] for k in ("episodes", "warmup", "holdout", "lbound", "rbound", "channel_round", "reward",
+                                     "refit")},
         "reference": reference, "methods": {}, "rows": []}
     histories = {}
     for method in a.methods:
