@@ -114,6 +114,8 @@ def test_a_rerun_resumes_the_finished_searches(run, caplog):
     (["amc.warmup=900"], r"amc.warmup must be an integer in \[0, amc.episodes=800\], got 900"),
     (["conversion=fused"], r"use conversion=keep_bn"),
     (["amc.flops_ratoi=0.5"], r"unknown key 'amc.flops_ratoi'. Did you mean 'amc.flops_ratio'"),
+    (["model=rmnet26x3_32"], r"AMC on the residual form supports MobileNetV2 \(mobilenetv2_rm\) and ResNets, not "
+                             r"RMNet; prune it through RM alone \(amc.methods=\[rm\]\)"),
 ])
 def test_bad_settings_are_one_line_before_any_work(monkeypatch, capsys, tmp_path, argv, message):
     monkeypatch.setattr(sys, "argv", ["amc.py", f"output_dir={tmp_path}", *argv])

@@ -111,17 +111,19 @@ def _act(unit) -> str | None:
     return None if unit.act is None else str(unit.act)
 
 
+def check_residual(model: nn.Module) -> None:
+    """AMC's residual form knows the blocks of MobileNetV2 (mobilenetv2_rm) and of ResNets."""
+    if not isinstance(model, (MobileNetV2RM, ResNet, tvm.ResNet)):
+        raise PruneError(f"AMC on the residual form supports MobileNetV2 (mobilenetv2_rm) and ResNets, not "
+                         f"{type(model).__name__}; prune it through RM alone (amc.methods=[rm])")
+
+
 def residual_graph(model: nn.Module, input_size: int) -> Graph:
     """Segments of a residual model: the channels inside blocks (MobileNetV2's expansion, a ResNet
     block's inner convs), the stem of MobileNetV2 (its first block has no shortcut) and the last conv
     before the classifier. The stream channels that additions tie stay."""
-    if isinstance(model, MobileNetV2RM):
-        segments = _mobilenetv2_segments(model)
-    elif isinstance(model, (ResNet, tvm.ResNet)):
-        segments = _resnet_segments(model)
-    else:
-        raise PruneError(f"AMC on the residual form supports MobileNetV2 (mobilenetv2_rm) and ResNets, got "
-                         f"{type(model).__name__}; prune other families through RM (the plain form)")
+    check_residual(model)
+    segments = _mobilenetv2_segments(model) if isinstance(model, MobileNetV2RM) else _resnet_segments(model)
     io: dict[str, tuple[int | None, int | None]] = {}
     for k, seg in enumerate(segments):
         io[seg.producer] = (io.get(seg.producer, (None, None))[0], k)

@@ -37,7 +37,7 @@ from data import build_dataset, build_transform, worker_count
 from engine import stages
 from engine.config import per_process_batch
 from engine.evaluate import evaluate
-from models import ModelSpec
+from models import ModelSpec, create_model
 from models.complexity import count_macs
 
 from ..pipeline import _save, _train_cfg, check_stored_model, finetune, to_prunable_plain
@@ -45,7 +45,7 @@ from ..report import device_line, model_stats
 from .channels import apply_policy, collect_features
 from .ddpg import AgentSettings
 from .env import ChannelPruningEnv, check_budget
-from .graph import Graph, plain_graph, residual_graph
+from .graph import Graph, check_residual, plain_graph, residual_graph
 from .report import SCHEMA, draw_reward_curves, write_amc_report
 from .search import SearchSettings, search
 
@@ -78,6 +78,10 @@ def check_settings(cfg: DictConfig) -> None:
             raise ValueError(f"amc.{key} must be a non-negative integer, got {a[key]!r}")
     if a.checkpoint and not os.path.isfile(a.checkpoint):
         raise ValueError(f"amc.checkpoint={a.checkpoint}: no such file")
+    if "residual" in a.methods:   # a shape-only build says whether the residual baseline can run
+        with torch.device("meta"):
+            check_residual(create_model(cfg.model.name, num_classes=int(cfg.data.num_classes), stem=cfg.data.stem,
+                                        **OmegaConf.to_container(cfg.model.kwargs)))
 
 
 def train_residual(cfg: DictConfig) -> str:
