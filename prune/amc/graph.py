@@ -119,9 +119,9 @@ def check_residual(model: nn.Module) -> None:
 
 
 def residual_graph(model: nn.Module, input_size: int) -> Graph:
-    """Segments of a residual model: the channels inside blocks (MobileNetV2's expansion, a ResNet
-    block's inner convs), the stem of MobileNetV2 (its first block has no shortcut) and the last conv
-    before the classifier. The stream channels that additions tie stay."""
+    """Segments of a residual model: the channels inside blocks (MobileNetV2's expansions, a ResNet
+    block's inner convs) and, in MobileNetV2, the stem (its first block has no shortcut) and the last
+    conv before the classifier. The stream channels that additions tie stay."""
     check_residual(model)
     segments = _mobilenetv2_segments(model) if isinstance(model, MobileNetV2RM) else _resnet_segments(model)
     io: dict[str, tuple[int | None, int | None]] = {}
