@@ -71,16 +71,18 @@ def check_settings(cfg: DictConfig) -> None:
             raise ValueError(f"prune.{key}={path}: no such file")
 
 
-def _train_cfg(cfg: DictConfig, out_dir: str, run_name: str, sr: float | None, **keys: Any) -> DictConfig:
-    """The train config of one trainer run: the user's settings, the bn_l1 hook with `sr` (None:
-    without it), a fixed run directory that a re-run resumes, and `keys` overridden."""
+def train_cfg(cfg: DictConfig, section: str, out_dir: str, run_name: str, hooks: dict[str, Any] | None = None,
+              **keys: Any) -> DictConfig:
+    """The train config of one trainer run of a pruning job (prune.py, amc.py, resrep.py): the user's
+    settings without the job's own `section` and without a sparsity penalty (bn_l1) of their own,
+    `hooks` added, a fixed run directory that a re-run resumes, and `keys` overridden."""
     tcfg = copy.deepcopy(cfg)
     with open_dict(tcfg):
-        del tcfg["prune"]
+        del tcfg[section]
         tcfg.output_dir, tcfg.run_name, tcfg.resume = out_dir, run_name, "auto"
         tcfg.hooks.pop("bn_l1", None)
-        if sr is not None:
-            tcfg.hooks.bn_l1 = {"sr": float(sr)}
+        for name, kwargs in (hooks or {}).items():
+            tcfg.hooks[name] = kwargs
         for key, value in keys.items():
             OmegaConf.update(tcfg, key, value, merge=False)
     return tcfg
@@ -90,19 +92,20 @@ def sparse_train(cfg: DictConfig) -> str:
     """Train the residual model with shortcut BNs and the bn_l1 penalty; returns its best.pt.
     Re-running resumes (or, when finished, reuses) the run."""
     root = run_root(cfg)
-    tcfg = _train_cfg(cfg, root, "sparse", cfg.prune.sr, **{"final.enabled": False, "model.kwargs.shortcut_bn": True})
+    tcfg = train_cfg(cfg, "prune", root, "sparse", {"bn_l1": {"sr": float(cfg.prune.sr)}},
+                     **{"final.enabled": False, "model.kwargs.shortcut_bn": True})
     stages.train(tcfg, *stages.build(tcfg))
     return os.path.join(root, "sparse", "best.pt")
 
 
-def finetune(cfg: DictConfig, model: nn.Module, spec: ModelSpec, out_dir: str) -> nn.Module:
-    """Fine-tune a pruned model with the trainer (no sparsity penalty, prune.finetune_epochs epochs);
-    returns its best weights."""
-    p = cfg.prune
+def finetune(cfg: DictConfig, model: nn.Module, spec: ModelSpec, out_dir: str, section: str = "prune") -> nn.Module:
+    """Fine-tune a pruned model with the trainer (no sparsity penalty, `<section>.finetune_epochs`
+    epochs at `<section>.finetune_lr`); returns its best weights."""
+    p = cfg[section]
     keys: dict[str, Any] = {"epochs": int(p.finetune_epochs), "final.enabled": False}
     if p.finetune_lr is not None:
         keys["optim.lr"] = float(p.finetune_lr)
-    stages.train(_train_cfg(cfg, out_dir, "finetune", None, **keys), copy.deepcopy(model), spec)
+    stages.train(train_cfg(cfg, section, out_dir, "finetune", **keys), copy.deepcopy(model), spec)
     return artifacts.load(os.path.join(out_dir, "finetune", "best.pt")).model
 
 

@@ -78,6 +78,14 @@ PLAN = {
     ".venv/bin/python prune.py prune.finetune=PATH": ("run", PRUNE_FILE),
     ".venv/bin/python prune.py -m prune.sr=1e-4,5e-4,1e-3 prune.threshold=5e-4,1e-3,5e-3": ("check",),
     ".venv/bin/python -m prune.figure checkpoints": ("run", []),
+    # AMC's search takes a minute even on a tiny model: its commands are composed here and run end to end
+    # by tests/test_amc_pipeline.py.
+    ".venv/bin/python amc.py": ("cfg",),
+    ".venv/bin/python amc.py experiment=amc_cifar10_r0.5": ("error", r"cifar10 not found"),
+    ".venv/bin/python amc.py amc.checkpoint=RUN/best.pt amc.flops_ratio=0.7": ("cfg",),
+    ".venv/bin/python amc.py -m amc.flops_ratio=0.5,0.6,0.7,0.75": ("check",),
+    ".venv/bin/python amc.py model=resnet20": ("cfg",),
+    ".venv/bin/python amc.py model=rmnet26x3_32 amc.methods=[rm]": ("cfg",),
     ".venv/bin/python resrep.py": ("run", RESREP),
     ".venv/bin/python resrep.py resrep.base=RUN/best.pt resrep.target=0.6 resrep.forms=[rm]": ("run", RESREP),
     ".venv/bin/python train.py experiment=paper_cifar model=resnet56 data=cifar10 run_name=resnet56_cifar10":
@@ -100,8 +108,8 @@ PLAN = {
     "model.init=checkpoints/a3_resnet18_cifar10_pretrain/best.pt model.convert=fuse_bn":
         ("error", r"model.init=checkpoints/a3_resnet18_cifar10_pretrain/best.pt: no such file"),
 }
-ENTRY_POINTS = ("train", "evaluate", "benchmark", "convert", "prune", "resrep")
-SCRIPT_JOBS = ("prune", "resrep")   # entry points whose job is the script's own main()
+ENTRY_POINTS = ("train", "evaluate", "benchmark", "convert", "prune", "amc", "resrep")
+SCRIPT_JOBS = ("prune", "amc", "resrep")   # entry points whose job is the script's own main()
 
 
 def _argv(command: str, subs: dict[str, str]) -> list[str]:

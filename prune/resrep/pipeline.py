@@ -33,7 +33,7 @@ from engine import stages
 from engine.checkpoint import load_checkpoint
 from engine.evaluate import evaluate
 
-from ..pipeline import to_prunable_plain
+from ..pipeline import to_prunable_plain, train_cfg
 from ..report import device_line, model_stats, write_report
 from .compactor import add_compactors
 from .fold import fold_compactors
@@ -82,26 +82,12 @@ def _hook_settings(r: Any) -> dict[str, Any]:
             "compactor_momentum": None if r.compactor_momentum is None else float(r.compactor_momentum)}
 
 
-def _train_cfg(cfg: DictConfig, out_dir: str, run_name: str, hooks: dict[str, Any], **keys: Any) -> DictConfig:
-    """The train config of one trainer run: the user's settings and hooks plus `hooks`, a fixed run
-    directory that a re-run resumes, no final conversion, and `keys` overridden."""
-    tcfg = copy.deepcopy(cfg)
-    with open_dict(tcfg):
-        del tcfg["resrep"]
-        tcfg.output_dir, tcfg.run_name, tcfg.resume = out_dir, run_name, "auto"
-        tcfg.final.enabled = False
-        tcfg.hooks = {**OmegaConf.to_container(cfg.hooks), **hooks}
-        for key, value in keys.items():
-            OmegaConf.update(tcfg, key, value, merge=False)
-    return tcfg
-
-
 def base_model(cfg: DictConfig) -> artifacts.Artifact:
     """The trained residual model: resrep.base, or a run of `epochs` epochs (resumed, or reused when
     finished, by a re-run)."""
     path = cfg.resrep.base
     if not path:
-        tcfg = _train_cfg(cfg, run_root(cfg), "base", {})
+        tcfg = train_cfg(cfg, "resrep", run_root(cfg), "base", **{"final.enabled": False})
         stages.train(tcfg, *stages.build(tcfg))
         path = os.path.join(run_root(cfg), "base", "best.pt")
     bcfg = copy.deepcopy(cfg)
@@ -150,7 +136,8 @@ def prune_form(cfg: DictConfig, residual: artifacts.Artifact, form: str, target_
     keys: dict[str, Any] = {"epochs": int(r.epochs)}
     if r.lr is not None:
         keys["optim.lr"] = float(r.lr)
-    stages.train(_train_cfg(cfg, form_dir, "train", hooks, **keys), model, start.spec)
+    stages.train(train_cfg(cfg, "resrep", form_dir, "train", hooks, **{"final.enabled": False, **keys}), model,
+                 start.spec)
     model.load_state_dict(load_checkpoint(os.path.join(form_dir, "train", "last.pt"))["model"])
     top1_compactor = _top1(model, val, cfg, f"{form} with compactors")
     result = fold_compactors(model.cpu(), float(r.threshold))

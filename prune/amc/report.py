@@ -1,0 +1,77 @@
+"""The AMC run's report (the authors' "Help pruning achieve better performance" table: method, FLOPs
+ratio, params, MACs, top-1 before and after fine-tuning, img/s) and its reward curves."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..report import write_report
+
+SCHEMA = "rmnet-amc/1"
+
+
+def draw_reward_curves(histories: dict[str, list[dict[str, Any]]], warmup: int, path: str) -> str:
+    """One line of episode rewards and one of the best reward so far per method; returns `path`."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for (label, history), color in zip(histories.items(), ("tab:red", "tab:blue", "tab:green")):
+        episodes = [h["episode"] + 1 for h in history]
+        ax.plot(episodes, [h["reward"] for h in history], color=color, alpha=0.35, lw=1, label=f"{label}: episode")
+        ax.plot(episodes, [h["best_reward"] for h in history], color=color, lw=2, label=f"{label}: best so far")
+    if warmup:
+        ax.axvline(warmup + 0.5, color="gray", ls="--", lw=1, label="end of random warm-up")
+    ax.set_xlabel("episode")
+    ax.set_ylabel("reward (held-out training images)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _m(n: float) -> str:
+    return f"{n / 1e6:.3f} M"
+
+
+def _top1(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    ref, s = report["reference"], report["search"]
+    lines = [f"# RM + AMC: {report['model']} on {report['data']}, FLOPs ratio {report['flops_ratio']:g}", "",
+             f"Search: {s['episodes']} episodes ({s['warmup']} random warm-up), reward `{s['reward']}` on "
+             f"{s['holdout']} held-out training images, keep ratios in [{s['lbound']}, {s['rbound']}], channels in "
+             f"multiples of {s['channel_round']}, least-squares refit {'on' if s['refit'] else 'off'}. "
+             f"Params, MACs and img/s of the deploy forms (BN folded), speed on {report['device']}, "
+             f"batch {report['bench']['batch_size']}. The ratio applies to each model's own MACs; top-1 on "
+             f"the validation set.", "",
+             "| method | form | FLOPs ratio (target / reached) | params | MACs | top-1 before | top-1 pruned | "
+             "top-1 fine-tuned | img/s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+             f"| unpruned {report['model']} | residual | 1 | {_m(ref['params'])} | {_m(ref['macs'])} | "
+             f"{_top1(ref['top1'])} | - | - | {ref['img_s']:.0f} |"]
+    for row in report["rows"]:
+        m = report["methods"][row["form"]]
+        lines.append(f"| {m['label']} | {m['form']} | {row['target']:g} / {m['policy']['ratio']:.3f} | "
+                     f"{_m(row['params'])} | {_m(row['macs'])} | {_top1(row['top1_before'])} | "
+                     f"{_top1(row['top1_pruned'])} | {_top1(row['top1_finetuned'])} | {row['img_s']:.0f} |")
+    lines += ["", f"Reward curves: `{os.path.basename(report['reward_curves'])}`."]
+    for row in report["rows"]:
+        m = report["methods"][row["form"]]
+        p = m["policy"]
+        lines += ["", f"## {m['label']}: kept channels per layer", "",
+                  f"Best policy from episode {p['episode'] + 1} (reward {p['reward']:.4f}, held-out top-1 "
+                  f"{p['top1_holdout']:.2f}); {p['macs']:,} of {p['total_macs']:,} MACs. Pruned model "
+                  f"`{m['pruned_artifact']}`, final model `{row['artifact']}`.", "",
+                  "| layer | read by | kept / channels |", "| --- | --- | --- |"]
+        lines += [f"| {layer['layer']} | {layer['reader']} | {layer['kept']} / {layer['channels']} |"
+                  for layer in p["layers"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_amc_report(report: dict[str, Any], out_dir: str) -> tuple[str, str]:
+    return write_report(report, out_dir, to_markdown)
