@@ -5,6 +5,8 @@ ResRep) and the two forms (pruned residual, pruned after RM) side by side.
     python -m prune.compare checkpoints --out outputs/pruning.md
 
 Each pruner's report.json carries a `rows` list of one dict per pruned model with the keys of ROW.
+`target` is each method's own: slimming's criterion (thr<threshold> | ratio<ratio>), AMC's FLOPs
+ratio (the fraction of each form's MACs kept), ResRep's fraction of the residual model's MACs removed.
 """
 from __future__ import annotations
 
@@ -28,6 +30,13 @@ def collect(roots: list[str]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["model"], r["data"], r["method"], r["form"], str(r["target"])))
 
 
+TARGET = {"amc": "{:g} of the MACs kept", "resrep": "{:.1%} of the residual MACs removed"}
+
+
+def target_text(row: dict[str, Any]) -> str:
+    return TARGET.get(row["method"], "{}").format(row["target"])
+
+
 def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
@@ -36,7 +45,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| model | data | method | form | target | params (M) | MMACs | top-1 before | top-1 pruned | "
              "top-1 fine-tuned | img/s |", "|" + " --- |" * 11]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['data']} | {r['method']} | {r['form']} | {r['target']} | "
+        lines.append(f"| {r['model']} | {r['data']} | {r['method']} | {r['form']} | {target_text(r)} | "
                      f"{r['params'] / 1e6:.3f} | {r['macs'] / 1e6:.1f} | {_num(r['top1_before'], '.2f')} | "
                      f"{_num(r['top1_pruned'], '.2f')} | {_num(r['top1_finetuned'], '.2f')} | {r['img_s']:.0f} |")
     return "\n".join(lines) + "\n"
