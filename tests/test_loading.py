@@ -54,15 +54,15 @@ def test_authors_rmnext_checkpoint_round_trip(tmp_path, num_classes, stem, runni
     _agrees(theirs, art.model, 64 if stem == "imagenet" else 32)
 
 
-@pytest.mark.parametrize("name, depth, ratio", [("rmrepvgg21", 21, 0.25), ("rmrepvgg69", 69, 0.5),
-                                                ("repvgg21", 21, 0.0)])
-def test_authors_deep_rmrep_checkpoint_loads(tmp_path, name, depth, ratio):
+@pytest.mark.parametrize("name, depth, ratio, base", [("rmrepvgg21", 21, 0.25, 8), ("rmrepvgg69", 69, 0.5, 8),
+                                                      ("repvgg21", 21, 0.0, 8), ("rmrepvgg21", 21, 0.25, 6)])
+def test_authors_deep_rmrep_checkpoint_loads(tmp_path, name, depth, ratio, base):
     """Their rmrep_<N> / repvgg_<N>: `feature.<i>` blocks in forward order, RM blocks keeping the first
-    ratio x C channels; each maps onto our registry model of that depth."""
-    theirs = randomized(RMRep(depth, 1000, ratio, base_wide=8), seed=depth)
+    int(ratio x C) channels (6 x 0.25 keeps 1); each maps onto our registry model of that depth."""
+    theirs = randomized(RMRep(depth, 1000, ratio, base_wide=base), seed=depth)
     path = tmp_path / f"{name}.pth.tar"
     torch.save(authors_checkpoint(theirs), path)
-    art = artifacts.load(path, name=name, kwargs={"widths": [8, 16, 32, 64]})
+    art = artifacts.load(path, name=name, kwargs={"widths": [base, 2 * base, 4 * base, 8 * base]})
     assert (art.meta["layout"], art.spec.num_classes, art.spec.stem) == ("rmnet-authors-deep", 1000, "imagenet")
     _agrees(theirs, art.model, 64)
 
