@@ -2,7 +2,8 @@
 
 Kinds: `train` (a training checkpoint of this project), `deploy` (a plain deploy artifact), `pruned`
 (a pruned residual model) and `state_dict` (bare or wrapped weights, this project's or another
-layout, artifacts.layouts; they do not say which model they hold, so `name` must).
+layout, artifacts.layouts; they do not say which model they hold, so `name` must; a plain layout such
+as RepVGG's deploy form gives the plain chain of that model).
 """
 from __future__ import annotations
 
@@ -16,10 +17,18 @@ import torch.nn as nn
 import rm
 from models import ConversionSettings, ModelSpec, UnknownModelError, model_stems
 from rm.deploy import FORMAT as DEPLOY_FORMAT
-from rm.deploy import build_plain
+from rm.deploy import build_plain, to_spec
 
 from .formats import PRUNED_FORMAT, TRAIN_FORMAT
-from .layouts import extract_state_dict, load_into, map_layout, mismatch
+from .layouts import (
+    Layout,
+    check_fits,
+    extract_state_dict,
+    load_into,
+    map_layout,
+    mismatch,
+    plain_chain_state,
+)
 from .legacy import deploy_spec_from_v1, has_shortcut_bn, spec_from_v1
 
 KINDS = ("train", "deploy", "pruned", "state_dict")
@@ -165,20 +174,34 @@ def _state_dict(blob: Any, path: str, name: str | None, num_classes: int | None,
     if not name:
         raise rm.CheckpointError(f"{path} does not say which model it holds (no format={TRAIN_FORMAT!r} or "
                                  f"{DEPLOY_FORMAT!r} entry): pass model=NAME, e.g. model=resnet50")
-    state = extract_state_dict(blob, path)
-    layout, state, dropped = map_layout(state, path)
+    layout = map_layout(extract_state_dict(blob, path), path)
     if num_classes is None:   # the classifier is the last matrix of every family's state dict
-        matrices = [v for v in state.values() if v.ndim == 2]
+        matrices = [v for v in layout.state.values() if v.ndim == 2]
         num_classes = int(matrices[-1].shape[0]) if matrices else 1000
     candidates = [ModelSpec(name, int(num_classes), s, kwargs) for s in ([stem] if stem else model_stems(name))]
     for spec in candidates:   # the first stem whose shapes the weights fit
-        model = _build(spec, path)
+        model, state = _target(spec, layout, path)
         if not mismatch(model, state):
             break
     else:
         spec = candidates[0]
-        model = _build(spec, path)
-    what = (f"{path} ({layout} layout) does not fit {name} (stem {spec.stem}, {num_classes} classes"
-            + (f", {kwargs}" if kwargs else "") + ")")
+        model, state = _target(spec, layout, path)
+    what = (f"{path} ({layout.name} layout{': ' + layout.source if layout.source else ''}) does not fit {name} "
+            f"(stem {spec.stem}, {num_classes} classes" + (f", {kwargs}" if kwargs else "") + ")")
+    meta = {"layout": layout.name, "dropped": layout.dropped}
+    if layout.plain:
+        check_fits(model, state, what)
+        plain = build_plain(to_spec(model), state, path)
+        return Artifact("state_dict", plain, spec.as_plain(ConversionSettings()), meta, path)
     load_into(model, state, what)
-    return Artifact("state_dict", model.eval(), spec, {"layout": layout, "dropped": dropped}, path)
+    return Artifact("state_dict", model.eval(), spec, meta, path)
+
+
+def _target(spec: ModelSpec, layout: Layout, path: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """The model the layout's weights go into, with the weights under its keys: the registry model, or
+    for a plain layout its plain chain (made shape-only on the meta device, as rm.convert makes it)."""
+    if not layout.plain:
+        return _build(spec, path), layout.state
+    with torch.device("meta"):
+        chain = rm.convert(_build(spec, path).eval())
+    return chain, plain_chain_state(to_spec(chain), layout.state)

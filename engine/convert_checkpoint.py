@@ -2,7 +2,8 @@
 identity BatchNorms of a keep-BN conversion on training data (paper appendix A.3).
 
 Any file `artifacts.load` reads, or (no checkpoint) a registry model with random weights. The plain
-model is made and verified with the `conversion` policy and refused above its tolerance. With
+model is made and verified with the `conversion` policy and refused above its tolerance; a state dict
+that is plain already (RepVGG's deploy form) is written as it is. With
 `recalibrate.batches > 0` (and `conversion=keep_bn`), the BNs that RM added get the statistics of
 their input over random training images (`rm.recalibrate_identity_bn`; the data is the file's stored
 config, at the trained input size, unless the command line chooses another), and the recalibrated
@@ -56,7 +57,10 @@ def run(cfg: DictConfig, explicit: set[str] | None = None) -> str:
     source = load_source(cfg)
     policy = ConversionPolicy.from_cfg(cfg.conversion)
     batches = int(cfg.recalibrate.batches)
-    if source.spec.form == "plain" and (not policy.fuse_bn or source.spec.conversion.fuse_bn):
+    # A plain model in a foreign layout (RepVGG's deploy form) is written as a deploy artifact unconverted,
+    # so that the benchmark and rm.load_deploy read it like any other.
+    foreign_plain = source.kind == "state_dict" and source.spec.form == "plain" and policy.fuse_bn
+    if source.spec.form == "plain" and (not policy.fuse_bn or source.spec.conversion.fuse_bn) and not foreign_plain:
         raise ValueError(f"{source.origin} already holds a plain model{' with BatchNorm folded' if policy.fuse_bn else ''}:"
                          f" nothing to convert")
     if batches > 0:
@@ -82,10 +86,13 @@ def run(cfg: DictConfig, explicit: set[str] | None = None) -> str:
           f"{'' if spec.input else ', nominal'})")
     for label, model in (("source", source.model), ("plain", plain.model)):
         print(f"  {label:9s} {count_params(model) / 1e6:9.3f} M params  {count_macs(model, size) / 1e9:8.4f} GMACs")
-    for dtype, e in plain.meta["verify"].items():
+    if foreign_plain:
+        print(f"  already plain ({source.meta['layout']} layout): written without conversion")
+    for dtype, e in plain.meta.get("verify", {}).items():
         print(f"  {dtype:8s} max abs error {e['max_abs']:.3e}  max rel error {e['max_rel']:.3e}")
     out = cfg.out or default_output(cfg, spec)
-    meta = {k: v for k, v in plain.meta.items() if k not in ("config", "epoch", "step", "best_top1", "random_weights")}
+    meta = {k: v for k, v in plain.meta.items() if k not in ("config", "epoch", "step", "best_top1", "random_weights", "layout",
+                                                             "dropped")}
     artifacts.save_deploy(plain.model, plain.spec, out, **meta)
     print(f"wrote {out}")
     return out

@@ -59,7 +59,7 @@ class PartialRepVGGBlock(nn.Module):
         super().__init__()
         if not 0 < ratio < 1:
             raise ValueError(f"RM ratio must be in (0, 1), got {ratio}")
-        self.reserved = int(round(channels * ratio))
+        self.reserved = int(channels * ratio)   # rounded down, as the authors' RMBlock (rmplanes) does
         computed = channels - self.reserved
         self.rbr_dense = conv_bn(channels, computed, 3, 1)
         self.rbr_1x1 = conv_bn(channels, computed, 1, 1)

@@ -2,9 +2,10 @@
 
 Imports torch and nothing else, so that deploy artifacts load wherever torch does
 (tests/test_architecture.py checks it). Model families register converters for their blocks with
-`register_converter`; converters for torchvision's ResNet family are built in.
+`register_converter`; converters for torchvision's and timm's ResNet families are built in (named by
+import path: neither library is imported).
 """
-from . import blocks  # noqa: F401  (importing registers the built-in converters)
+from . import blocks, timm_resnet  # noqa: F401  (importing registers the built-in converters)
 from .convert import Context, convert, register_converter, registered_types
 from .deploy import DeployFormatError, SqueezeExcite, load_deploy, save_deploy
 from .io import CheckpointError, atomic_save, load_file

@@ -1,4 +1,5 @@
-"""Converters for torchvision's ResNet family, and the pieces every block converter is built from.
+"""Converters for torchvision's ResNet family (and the refusal of its MobileNetV2, with the reason), and
+the pieces every block converter is built from.
 
 Model families register their own converters next to their blocks (`models/<family>.py`) from
 these helpers: a converter reads a block's convs and BNs into `ConvLayer`s and applies a rule from
@@ -9,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .convert import Context, Item, register_converter
+from .convert import Context, Item, register_converter, unsupported
 from .deploy import SqueezeExcite
 from .layer import BNParams, ConvLayer, relu_slopes
 from .ops import ConversionError, dirac
@@ -84,3 +85,10 @@ def convert_resnet(model: nn.Module, ctx: Context) -> list[Item]:
     names += [n for n, _ in model.named_children() if n.startswith("layer")]
     items = ctx.convert_seq([getattr(model, n) for n in names + ["avgpool"]], names + ["avgpool"])
     return items + [nn.Flatten(1), model.fc]
+
+
+@register_converter("torchvision.models.mobilenetv2.MobileNetV2", "torchvision.models.mobilenetv2.InvertedResidual")
+def _mobilenet_v2(module: nn.Module, ctx: Context) -> list[Item]:
+    raise unsupported(ctx, module, "its blocks use ReLU6, which clamps at 6: the reserved channels that carry a "
+                                   "block's input through it would be clamped too, and the plain chain has no "
+                                   "per-channel clamp. models.mobilenetv2_rm (ReLU) converts to MobileNetV1")

@@ -111,9 +111,25 @@ def _convert_one(module: nn.Module, ctx: Context) -> list[Item]:
     if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
         # Any Sequential (or subclass that keeps Sequential's forward) is its children in order.
         return ctx.convert_seq(list(module), [n for n, _ in module.named_children()])
-    raise ConversionError(
-        f"no RM converter for module {'.'.join(ctx.path)} of type {import_path(type(module))}; register one "
-        f"with rm.register_converter (a converter turns the block into ConvLayers, see rm/blocks.py)")
+    raise unsupported(ctx, module, why_unsupported(module))
+
+
+def unsupported(ctx: Context, module: nn.Module, reason: str) -> ConversionError:
+    """The refusal of `module` at the walker's position: one line naming it, its class by import
+    path, and the reason."""
+    return ConversionError(f"cannot convert module {'.'.join(ctx.path)} of type {import_path(type(module))}: {reason}")
+
+
+def why_unsupported(module: nn.Module) -> str:
+    """Why a module without converter has no plain form: the reason for its kind, or what to do."""
+    if type(module).__module__ == "torch.nn.modules.activation":
+        return (f"the plain chain's activations are ReLU and PReLU, the ones RM can carry reserved channels "
+                f"through exactly; {type(module).__name__} has no exact plain form here")
+    if isinstance(module, (nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)):
+        return ("it normalises every input with that input's own statistics, which no conv can hold; only "
+                "BatchNorm with running statistics folds into a conv")
+    return ("no RM converter is registered for this type; register one with rm.register_converter (a converter "
+            "turns the block into ConvLayers, see rm/blocks.py and rm/timm_resnet.py)")
 
 
 def _nonneg_after(items: list[Item], before: bool) -> bool:

@@ -39,34 +39,44 @@ def to_dense(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return dense
 
 
-def embed_kernel(weight: torch.Tensor, kernel: Pair, center: Pair) -> torch.Tensor:
-    """Place a 1x1 kernel at tap `center` of a zero `kernel`-sized kernel."""
-    if tuple(weight.shape[2:]) == tuple(kernel):
+def window_taps(center: Pair, window: int) -> list[Pair]:
+    """The taps from `center` that read a window x window block of input pixels, starting at the one
+    the centre reads (an average-pool shortcut's window, carried by the conv that has its stride)."""
+    return [(center[0] + a, center[1] + b) for a in range(window) for b in range(window)]
+
+
+def embed_kernel(weight: torch.Tensor, kernel: Pair, center: Pair, window: int = 1) -> torch.Tensor:
+    """Place a 1x1 kernel at tap `center` of a zero `kernel`-sized kernel; with a `window`, spread
+    it evenly over the window x window taps from there (the 1x1 conv of an average pool)."""
+    if tuple(weight.shape[2:]) == tuple(kernel) and window == 1:
         return weight
     if tuple(weight.shape[2:]) != (1, 1):
         raise ConversionError(f"cannot align a {tuple(weight.shape[2:])} kernel with a {kernel} kernel")
     out = weight.new_zeros(*weight.shape[:2], *kernel)
-    out[:, :, center[0], center[1]] = weight[:, :, 0, 0]
+    for tap in window_taps(center, window):
+        out[:, :, tap[0], tap[1]] = weight[:, :, 0, 0] / window ** 2
     return out
 
 
 def dirac(channels: int, kernel: Pair, center: Pair, group_size: int | None = None, in_offset: int = 0,
-          in_channels: int | None = None) -> torch.Tensor:
-    """Kernel whose output channel i copies input channel in_offset + i (paper eq. 1).
+          in_channels: int | None = None, window: int = 1) -> torch.Tensor:
+    """Kernel whose output channel i copies input channel in_offset + i (paper eq. 1); with a
+    `window`, averages it over the window x window pixels from the centre tap on.
 
     With a group_size the kernel is laid out for a grouped conv whose groups are group_size wide
     (1: depthwise), channel i reading (i + in_offset) mod group_size of its group; otherwise it is
     dense over `in_channels` (default: channels + in_offset) inputs.
     """
+    idx = torch.arange(channels)
     if group_size is not None:
         w = torch.zeros(channels, group_size, *kernel, dtype=torch.float64)
-        idx = torch.arange(channels)
-        w[idx, (idx + in_offset) % group_size, center[0], center[1]] = 1.0
-        return w
-    n_in = in_channels if in_channels is not None else channels + in_offset
-    w = torch.zeros(channels, n_in, *kernel, dtype=torch.float64)
-    idx = torch.arange(channels)
-    w[idx, idx + in_offset, center[0], center[1]] = 1.0
+        col = (idx + in_offset) % group_size
+    else:
+        n_in = in_channels if in_channels is not None else channels + in_offset
+        w = torch.zeros(channels, n_in, *kernel, dtype=torch.float64)
+        col = idx + in_offset
+    for tap in window_taps(center, window):
+        w[idx, col, tap[0], tap[1]] = 1.0 / window ** 2
     return w
 
 

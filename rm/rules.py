@@ -10,7 +10,8 @@ a plain chain of n layers:
     or the shortcut's 1x1 conv (BN folded) in place of the removed downsample branch.
 Two downsample schemes (§3.2): "reserve_input" (Fig. 2b, the default) reserves x itself and merges
 with the 1x1 shortcut kernel; "reserve_shortcut" (Fig. 2a) computes the shortcut in L1 and
-reserves its (signed) output with PReLU slope 1, merging with a Dirac kernel.
+reserves its (signed) output with PReLU slope 1, merging with a Dirac kernel. Beyond the paper: an
+average-pool shortcut (ResNet-D) and a gate (SE, ECA) on the branch before the addition.
 """
 from __future__ import annotations
 
@@ -35,50 +36,65 @@ def _cat_bn(layer: ConvLayer, extra: int) -> BNParams | None:
     return layer.bn.cat(BNParams.identity(extra, layer.bn.eps))
 
 
-def reserve(layer: ConvLayer, weight: torch.Tensor, bias: torch.Tensor, act: torch.Tensor) -> ConvLayer:
-    """Add output channels computed from the same input by a 1x1 (or same-size) `weight`."""
+def reserve(layer: ConvLayer, weight: torch.Tensor, bias: torch.Tensor, act: torch.Tensor, window: int = 1
+            ) -> ConvLayer:
+    """Add output channels computed from the same input by a 1x1 (or same-size) `weight`, averaged
+    over `window` x `window` pixels where the layer carries an average-pool shortcut's stride."""
     center = kernel_center(layer)
-    extra = embed_kernel(weight, layer.kernel, center)
+    extra = embed_kernel(weight, layer.kernel, center, window)
     return replace(layer, weight=torch.cat([to_dense(layer.weight, layer.groups), extra]),
                    bias=torch.cat([layer.bias, bias]), groups=1,
                    bn=_cat_bn(layer, weight.shape[0]), act=_cat_act(layer.act, act, layer.out_channels))
 
 
-def pass_through(layer: ConvLayer, channels: int, act: torch.Tensor) -> ConvLayer:
-    """Extend `layer` to also copy `channels` extra input channels to extra outputs (Dirac)."""
+def pass_through(layer: ConvLayer, channels: int, act: torch.Tensor, window: int = 1) -> ConvLayer:
+    """Extend `layer` to also copy `channels` extra input channels to extra outputs (Dirac, or the
+    average of a `window` x `window` block)."""
     center = kernel_center(layer)
     in_pg, out_pg = layer.weight.shape[1], layer.out_channels // layer.groups
     if in_pg == out_pg and channels % in_pg == 0:
         # The reserved channels get their own Dirac groups of the same width (Table 4); a dense
         # conv becomes one group among them, which costs far less than a dense block-diagonal.
-        weight = torch.cat([layer.weight, dirac(channels, layer.kernel, center, group_size=in_pg)])
+        weight = torch.cat([layer.weight, dirac(channels, layer.kernel, center, group_size=in_pg, window=window)])
         groups = layer.groups + channels // in_pg
     else:
-        weight = block_diag(to_dense(layer.weight, layer.groups), dirac(channels, layer.kernel, center))
+        weight = block_diag(to_dense(layer.weight, layer.groups), dirac(channels, layer.kernel, center, window=window))
         groups = 1
     zeros = torch.zeros(channels, dtype=torch.float64)
     return replace(layer, weight=weight, bias=torch.cat([layer.bias, zeros]), groups=groups,
                    bn=_cat_bn(layer, channels), act=_cat_act(layer.act, act, layer.out_channels))
 
 
-def merge(layer: ConvLayer, weight: torch.Tensor, bias: torch.Tensor, act: torch.Tensor | None) -> ConvLayer:
+def merge(layer: ConvLayer, weight: torch.Tensor, bias: torch.Tensor, act: torch.Tensor | None, window: int = 1
+          ) -> ConvLayer:
     """Add extra input channels whose 1x1 `weight` is summed into `layer`'s (BN-folded) output."""
     center = kernel_center(layer)
     w, b = layer.fused()
-    extra = embed_kernel(weight, layer.kernel, center)
+    extra = embed_kernel(weight, layer.kernel, center, window)
     return ConvLayer(torch.cat([to_dense(w, layer.groups), extra], dim=1), b + bias, layer.stride,
                      layer.padding, layer.dilation, 1, None, act)
 
 
 def rm_residual(main: list[ConvLayer], shortcut: ConvLayer | None, act: torch.Tensor | None,
-                input_nonneg: bool, scheme: str = "reserve_input") -> list[ConvLayer]:
-    """Plain chain equal to act(main(x) + shortcut(x)); shortcut None means identity."""
+                input_nonneg: bool, scheme: str = "reserve_input", pool: int = 1, gate: bool = False
+                ) -> list[ConvLayer]:
+    """Plain chain equal to act(main(x) + shortcut(x)); shortcut None means identity.
+
+    pool > 1: the shortcut averages pool x pool windows (stride pool) before its 1x1 conv (ResNet-D).
+    The branch layer that carries the stride averages the reserved channels over the same window
+    instead of picking the centre pixel; equal where every window lies inside the input (even
+    sizes for pool 2: an odd-sized input makes the pool average a partial last window).
+    gate: a gate (SE, ECA) scales main(x) before the addition. Ln then keeps its output and the
+    reserved channels apart (the gate goes after it, on the first Ln.out_channels channels) and
+    an extra 1x1 conv adds them: the chain has n + 1 layers.
+    """
     if scheme not in SCHEMES:
         raise ValueError(f"downsample scheme must be one of {SCHEMES}, got {scheme!r}")
     if main[-1].act is not None or any(layer.act is None for layer in main[:-1]):
         raise ConversionError("a residual branch must be conv layers with activations, ending linear")
     c_in, c_out = main[0].in_channels, main[-1].out_channels
     stride = tuple(math.prod(layer.stride[i] for layer in main) for i in range(2))
+    windows = _windows(main, pool)
     if shortcut is None:
         if c_in != c_out or stride != (1, 1):
             raise ConversionError(f"identity shortcut but the branch maps {c_in}->{c_out} channels "
@@ -88,13 +104,14 @@ def rm_residual(main: list[ConvLayer], shortcut: ConvLayer | None, act: torch.Te
     else:
         if shortcut.kernel != (1, 1) or shortcut.padding != (0, 0) or shortcut.groups != 1:
             raise ConversionError("only 1x1, unpadded, ungrouped shortcut convs can be merged")
-        if shortcut.stride != stride:
-            raise ConversionError(f"shortcut stride {shortcut.stride} differs from the branch's {stride}")
+        if tuple(s * pool for s in shortcut.stride) != stride:
+            raise ConversionError(f"shortcut stride {shortcut.stride} (after a {pool}x{pool} pool) differs from "
+                                  f"the branch's {stride}")
         s_w, s_b = shortcut.fused()
 
-    if len(main) == 1:  # a one-layer branch needs no reserving: add the shortcut kernel directly
+    if len(main) == 1 and not gate:  # a one-layer branch needs no reserving: add the shortcut kernel directly
         w, b = main[0].fused()
-        w = to_dense(w, main[0].groups) + embed_kernel(s_w, main[0].kernel, kernel_center(main[0]))
+        w = to_dense(w, main[0].groups) + embed_kernel(s_w, main[0].kernel, kernel_center(main[0]), windows[0])
         return [replace(main[0], weight=w, bias=b + s_b, groups=1, bn=None, act=act)]
 
     if scheme == "reserve_shortcut" and shortcut is not None:
@@ -108,10 +125,30 @@ def rm_residual(main: list[ConvLayer], shortcut: ConvLayer | None, act: torch.Te
         res_act = relu_slopes(c_in) if input_nonneg else identity_slopes(c_in)
         merge_w, merge_b = s_w, s_b
 
-    chain = [reserve(main[0], first_w, first_b, res_act)]
-    chain += [pass_through(layer, n_res, res_act) for layer in main[1:-1]]
-    chain.append(merge(main[-1], merge_w, merge_b, act))
+    chain = [reserve(main[0], first_w, first_b, res_act, windows[0])]
+    if gate:
+        chain += [pass_through(layer, n_res, res_act, w) for layer, w in zip(main[1:], windows[1:])]
+        add = torch.cat([dirac(c_out, (1, 1), (0, 0)), merge_w], dim=1)
+        return chain + [ConvLayer(add, merge_b.clone(), act=act)]
+    chain += [pass_through(layer, n_res, res_act, w) for layer, w in zip(main[1:-1], windows[1:-1])]
+    chain.append(merge(main[-1], merge_w, merge_b, act, windows[-1]))
     return chain
+
+
+def _windows(main: list[ConvLayer], pool: int) -> list[int]:
+    """Per branch layer, the window its reserved channels average: `pool` at the one strided layer."""
+    if pool == 1:
+        return [1] * len(main)
+    strided = [i for i, layer in enumerate(main) if layer.stride != (1, 1)]
+    if len(strided) != 1 or main[strided[0]].stride != (pool, pool):
+        raise ConversionError(f"an average-pool shortcut ({pool}x{pool}) needs one branch layer with stride {pool}")
+    layer = main[strided[0]]
+    center = kernel_center(layer)
+    if layer.dilation != (1, 1) or any(c + pool > k for c, k in zip(center, layer.kernel)):
+        raise ConversionError(f"the shortcut averages {pool}x{pool} windows, which the branch's strided conv "
+                              f"(kernel {layer.kernel}, padding {layer.padding}, dilation {layer.dilation}) cannot "
+                              f"read from one output position")
+    return [pool if i == strided[0] else 1 for i in range(len(main))]
 
 
 def fuse_branches(branches: list[ConvLayer], identity: BNParams | None = None,

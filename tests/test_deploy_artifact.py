@@ -11,7 +11,14 @@ import models
 import rm
 from engine.checkpoint import save_checkpoint
 from models import ConversionSettings, InputSpec, ModelSpec
+from tests.authors_models import RepVGGDeploy, RMRep, authors_checkpoint, randomized
 from tests.helpers import randomize_bn
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """Small models on shared cores: one thread is many times faster than two."""
+
 
 SPEC = ModelSpec("resnet20", 10, "cifar", input=InputSpec(24, (0.5,) * 3, (0.25,) * 3, "synthetic"))
 
@@ -112,3 +119,22 @@ def test_cli_refuses_above_the_tolerance_and_writes_nothing(tmp_path, monkeypatc
                             f"out={tmp_path / 'x.pt'}")
     assert code == 2 and "above conversion.tolerance=1e-12; nothing was written" in err
     assert not os.path.exists(tmp_path / "x.pt")
+
+
+@pytest.mark.parametrize("theirs, name", [(lambda: RMRep(21, 1000, 0.25, base_wide=8), "rmrepvgg21"),
+                                          (lambda: RepVGGDeploy([2, 4, 14, 1], [8, 16, 32, 64], 1000), "repvgg_a0")],
+                         ids=["rmrep_21", "repvgg-a0-deploy"])
+def test_cli_writes_a_deploy_artifact_of_an_authors_file(tmp_path, monkeypatch, capsys, theirs, name):
+    """The RMNet authors' rmrep_<N> converts; a RepVGG deploy-form file is plain already and is written as it
+    is, so that the benchmark reads it. Either artifact computes the authors' model."""
+    theirs = randomized(theirs(), seed=6)
+    torch.save(authors_checkpoint(theirs), tmp_path / "authors.pth.tar")
+    code, text, err = _convert(monkeypatch, capsys, f"checkpoint={tmp_path / 'authors.pth.tar'}", f"model={name}",
+                               "model.kwargs.widths=[8,16,32,64]", f"out={tmp_path / 'deploy.pt'}")
+    assert code == 0, err
+    assert ("written without conversion" in text) == isinstance(theirs, RepVGGDeploy)
+    art = artifacts.load(tmp_path / "deploy.pt")
+    assert (art.kind, art.spec.name, art.spec.form) == ("deploy", name, "plain")
+    x = torch.randn(2, 3, 64, 64)
+    ref = theirs(x)
+    assert (art.model(x) - ref).abs().max() / ref.abs().max() < 1e-5

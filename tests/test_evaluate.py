@@ -9,13 +9,13 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import artifacts
-import models
 import rm
 from artifacts import CheckpointError
 from engine.checkpoint import save_checkpoint
 from engine.eval_checkpoint import SCHEMA, run
 from models import ConversionSettings, InputSpec, ModelSpec
 from rm import atomic_save
+from tests.authors_models import RepVGGDeploy, RMNeXt, RMRep, authors_checkpoint, randomized
 from tests.helpers import randomize_bn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,22 +111,40 @@ def test_mismatches_are_clear_errors(train_ckpt):
 
 
 def test_rmnet_authors_layout(tmp_path):
-    model = randomize_bn(models.create_model("rmnet26x3_32", num_classes=10, stem="cifar", widths=[16, 32, 64, 128]))
-    branch = {"rbr_dense.conv": "conv33", "rbr_dense.bn": "bn33", "rbr_1x1.conv": "conv11", "rbr_1x1.bn": "bn11"}
-    authors = {}
-    for key, value in model.state_dict().items():
-        for ours, theirs in branch.items():
-            key = key.replace(f".{ours}.", f".{theirs}.")
-        authors[key.replace("layer0.", "stage0.")] = value
-    authors["layer1.0.running.running_mean"] = torch.zeros(16)   # statistics-only BN of their pruning code
-    path = str(tmp_path / "authors.pth")
-    atomic_save({"state_dict": authors}, path)
+    """The authors' CIFAR RMNeXt 26x3_32 (a stem RepBlock without index, statistics-only BNs) as their
+    train.py saves it: both forms evaluate alike."""
+    theirs = randomized(RMNeXt([2, 2, 2, 2], 10, 16, 3, 32), seed=3)
+    path = str(tmp_path / "rmnext26.pth.tar")
+    torch.save(authors_checkpoint(theirs), path)
     report = _evaluate(f"checkpoint={path}", "model=rmnet26x3_32", "+model.kwargs.widths=[16,32,64,128]",
                        "data=synthetic", "data.input_size=16", "data.val_size=37", f"out={tmp_path / 'a.json'}")
-    assert report["notes"] == ["rmnet-authors layout; dropped 1 statistics-only tensors"]
+    assert report["notes"] == ["rmnet-authors layout; dropped 48 statistics-only tensors"]   # running1/2: 3 each
     res, plain = report["results"]["residual"], report["results"]["plain"]
     assert (res["top1"], res["top5"]) == (plain["top1"], plain["top5"])
     assert report["conversion_error"]["float32"]["max_rel"] < 1e-5
+
+
+@pytest.mark.parametrize("theirs, model", [
+    (lambda: RMRep(21, 1000, 0.25, base_wide=8), ["model=rmrepvgg21", "+model.kwargs.widths=[8,16,32,64]"]),
+    (lambda: RepVGGDeploy([2, 4, 14, 1], [8, 16, 32, 64], 1000), ["model=repvgg_a0", "+model.kwargs.widths=[8,16,32,64]"]),
+], ids=["rmrep_21", "repvgg-a0-deploy"])
+def test_authors_deep_and_deploy_form_files(tmp_path, theirs, model):
+    """`evaluate.py checkpoint=rmrep_69.pth.tar model=rmrepvgg69 data=...` (here narrow and 21 deep); a
+    RepVGG deploy-form file is plain: it has that form only."""
+    theirs = randomized(theirs(), seed=5)
+    path = str(tmp_path / "authors.pth.tar")
+    torch.save(authors_checkpoint(theirs), path)
+    report = _evaluate(f"checkpoint={path}", *model, "data=synthetic", "data.num_classes=1000", "data.stem=imagenet",
+                       "data.input_size=32", "data.val_size=37", f"out={tmp_path / 'a.json'}")
+    plain = report["results"]["plain"]
+    assert plain["num_samples"] == 37
+    if isinstance(theirs, RepVGGDeploy):
+        assert list(report["results"]) == ["plain"] and report["model"]["form"] == "plain"
+        assert report["notes"][0] == "repvgg-deploy layout"
+    else:
+        assert report["notes"] == ["rmnet-authors-deep layout"]
+        res = report["results"]["residual"]
+        assert (res["top1"], res["top5"]) == (plain["top1"], plain["top5"])
 
 
 @pytest.mark.distributed

@@ -6,10 +6,17 @@ import torchvision
 
 import artifacts
 import models
+import rm
 from artifacts import CheckpointError
+from tests.authors_models import RepVGGDeploy, RMNeXt, RMRep, authors_checkpoint, randomized
 from tests.helpers import randomize_bn
 
 _BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """Small models on shared cores: one thread is many times faster than two."""
 
 
 def _same_outputs(a, b, size=32):
@@ -17,41 +24,61 @@ def _same_outputs(a, b, size=32):
     torch.testing.assert_close(a.eval()(x), b.eval()(x), rtol=0, atol=0)
 
 
-def _authors_rmnext(model: torch.nn.Module, old: bool) -> dict:
-    """The RMNet authors' RMNeXt state dict: conv33/bn33/conv11/bn11 stem branches, tracking-only
-    BNs `running1`/`running2` in every block, `stage0` and `running` stem BNs in older files."""
-    stem_names = {"rbr_dense.conv": "conv33", "rbr_dense.bn": "bn33", "rbr_1x1.conv": "conv11", "rbr_1x1.bn": "bn11"}
-    state = {}
-    for key, value in model.state_dict().items():
-        if key.startswith("layer0."):
-            _, index, rest = key.split(".", 2)
-            branch, leaf = rest.rsplit(".", 1)
-            key = f"{'stage0' if old else 'layer0'}.{index}.{stem_names[branch]}.{leaf}"
-        state[key] = value
-    for name, module in model.named_modules():
-        if name.startswith("layer") and name.count(".") == 1 and not name.startswith("layer0"):
-            for running in ("running1", "running2"):
-                for leaf in _BN[2:]:
-                    state[f"{name}.{running}.{leaf}"] = torch.ones(module.conv1.in_channels)
-    if old:
-        for index in range(len(model.layer0)):
-            state[f"layer0.{index}.running.running_mean"] = torch.zeros(model.layer0[index].rbr_dense.conv.out_channels)
-    return {"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 120, "best_acc1": 79.5}
+def _agrees(theirs: torch.nn.Module, ours: torch.nn.Module, size: int) -> None:
+    """Our model (residual, and its RM conversion unless it is plain already) computes the authors' model
+    built from the same tensors: in float64 (both hold the file's float32 values exactly)."""
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    ref = theirs.double()(x)
+    ours = ours.double()
+    outputs = [ours(x)] + ([rm.convert(ours)(x)] if not isinstance(ours, torch.nn.Sequential) else [])
+    for out in outputs:
+        assert ((out - ref).abs().max() / ref.abs().max()).item() <= 1e-12
 
 
 NARROW = {"widths": [16, 32, 64, 128]}
 
 
-@pytest.mark.parametrize("old", [False, True])
-def test_authors_rmnext_checkpoint_round_trip(tmp_path, old):
-    source = randomize_bn(models.create_model("rmnet26x3_32", num_classes=5, **NARROW), seed=4)
+@pytest.mark.parametrize("num_classes, stem", [(1000, "imagenet"), (10, "cifar")])
+@pytest.mark.parametrize("running", [False, True], ids=["current", "before-dec-2021"])
+def test_authors_rmnext_checkpoint_round_trip(tmp_path, num_classes, stem, running):
+    """Their RMNeXt 26x3_32 as train.py saves it: an ImageNet stem of two indexed RepBlocks, or for other
+    class counts one RepBlock without index; older files have a statistics-only `running` BN per stem block."""
+    theirs = randomized(RMNeXt([2, 2, 2, 2], num_classes, 16, 3, 32, running), seed=4)
     path = tmp_path / "rmnext.pth.tar"
-    torch.save(_authors_rmnext(source, old), path)
+    torch.save(authors_checkpoint(theirs), path)
     art = artifacts.load(path, name="rmnet26x3_32", kwargs=NARROW)
-    assert (art.kind, art.meta["layout"], art.spec.num_classes, art.spec.stem) == ("state_dict", "rmnet-authors", 5,
-                                                                                     "imagenet")
-    assert art.meta["dropped"] and all(".running" in k for k in art.meta["dropped"])
-    _same_outputs(art.model, source, 64)
+    assert (art.kind, art.meta["layout"], art.spec.num_classes, art.spec.stem) == ("state_dict", "rmnet-authors",
+                                                                                     num_classes, stem)
+    statistics_only = [k for k in theirs.state_dict() if {"running", "running1", "running2"} & set(k.split("."))]
+    assert statistics_only and sorted(art.meta["dropped"]) == sorted(statistics_only)
+    _agrees(theirs, art.model, 64 if stem == "imagenet" else 32)
+
+
+@pytest.mark.parametrize("name, depth, ratio, base", [("rmrepvgg21", 21, 0.25, 8), ("rmrepvgg69", 69, 0.5, 8),
+                                                      ("repvgg21", 21, 0.0, 8), ("rmrepvgg21", 21, 0.25, 6)])
+def test_authors_deep_rmrep_checkpoint_loads(tmp_path, name, depth, ratio, base):
+    """Their rmrep_<N> / repvgg_<N>: `feature.<i>` blocks in forward order, RM blocks keeping the first
+    int(ratio x C) channels (6 x 0.25 keeps 1); each maps onto our registry model of that depth."""
+    theirs = randomized(RMRep(depth, 1000, ratio, base_wide=base), seed=depth)
+    path = tmp_path / f"{name}.pth.tar"
+    torch.save(authors_checkpoint(theirs), path)
+    art = artifacts.load(path, name=name, kwargs={"widths": [base, 2 * base, 4 * base, 8 * base]})
+    assert (art.meta["layout"], art.spec.num_classes, art.spec.stem) == ("rmnet-authors-deep", 1000, "imagenet")
+    _agrees(theirs, art.model, 64)
+
+
+def test_authors_deep_rmrep_of_another_depth_names_what_the_file_is(tmp_path):
+    torch.save(authors_checkpoint(RMRep(21, 1000, 0.25, base_wide=8)), tmp_path / "rmrep_21.pth.tar")
+    with pytest.raises(CheckpointError, match=r"rmnet-authors-deep layout: the RMNet authors' rmrep_21 "
+                                              r"\(model=rmrepvgg21\)\) does not fit rmrepvgg37"):
+        artifacts.load(tmp_path / "rmrep_21.pth.tar", name="rmrepvgg37", kwargs={"widths": [8, 16, 32, 64]})
+
+
+def test_authors_cifar_rmrep_is_refused_with_the_reason(tmp_path):
+    torch.save(authors_checkpoint(RMRep(21, 10, 0.25, base_wide=8)), tmp_path / "rmrep_21_cifar.pth.tar")
+    with pytest.raises(CheckpointError, match=r"rmrep_21 built for a class count other than 1000: a one-block stem "
+                                              r"and no first block in stage 1, 20 layers.*rmrepvgg21 has 21"):
+        artifacts.load(tmp_path / "rmrep_21_cifar.pth.tar", name="rmrepvgg21", kwargs={"widths": [8, 16, 32, 64]})
 
 
 def test_torchvision_resnet_checkpoint_loads(tmp_path):
@@ -108,12 +135,26 @@ def test_repvgg_authors_checkpoint_loads(tmp_path):
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
 
 
-def test_deploy_form_repvgg_is_refused(tmp_path):
-    state = _repvgg_authors([2, 4, 14, 1], A0_NARROW["widths"], 5)
-    torch.save({k.replace("rbr_dense.conv", "rbr_reparam"): v for k, v in state.items() if "rbr_dense.conv" in k},
-               tmp_path / "deploy.pth")
-    with pytest.raises(CheckpointError, match="deploy-form RepVGG"):
-        artifacts.load(tmp_path / "deploy.pth", name="repvgg_a0", kwargs=A0_NARROW)
+@pytest.mark.parametrize("name, blocks, widths, groups", [
+    ("repvgg_a0", [2, 4, 14, 1], A0_NARROW["widths"], None),
+    ("repvgg_b1g2", [4, 6, 16, 1], [16, 16, 32, 64], {i: 2 for i in range(2, 27, 2)})])
+def test_deploy_form_repvgg_loads_as_a_plain_model(tmp_path, name, blocks, widths, groups):
+    """`repvgg_model_convert`'s file (bare state dict of `rbr_reparam` convs): already plain, so it loads as
+    the plain chain rm.convert makes of the registry model, for evaluation and benchmarks."""
+    theirs = randomized(RepVGGDeploy(blocks, widths, 5, groups), seed=2)
+    torch.save(theirs.state_dict(), tmp_path / f"{name}-deploy.pth")
+    art = artifacts.load(tmp_path / f"{name}-deploy.pth", name=name, kwargs={"widths": widths})
+    assert (art.kind, art.meta["layout"], art.spec.form, art.spec.num_classes) == ("state_dict", "repvgg-deploy",
+                                                                                   "plain", 5)
+    assert {type(m) for m in art.model} == {torch.nn.Conv2d, torch.nn.ReLU, torch.nn.AdaptiveAvgPool2d,
+                                            torch.nn.Flatten, torch.nn.Linear}
+    _agrees(theirs, art.model, 64)
+
+
+def test_deploy_form_repvgg_of_another_model_names_the_mismatch(tmp_path):
+    torch.save(randomized(RepVGGDeploy([2, 4, 14, 1], [8, 8, 8, 16], 5)).state_dict(), tmp_path / "a0.pth")
+    with pytest.raises(CheckpointError, match=r"repvgg-deploy layout.*does not fit repvgg_b0.*missing keys"):
+        artifacts.load(tmp_path / "a0.pth", name="repvgg_b0", kwargs={"widths": [8, 8, 8, 16]})
 
 
 def test_torchvision_mobilenetv2_is_refused_with_the_reason(tmp_path):

@@ -64,6 +64,16 @@ PLAN = {
         ("error", r"imagenet split 'val' not found: data_cache/imagenet/val", ["model.kwargs.widths=[8,8,16,16]"]),
     ".venv/bin/torchrun --nproc_per_node=8 evaluate.py checkpoint=best.pt batch_size=128": ("cfg",),
     ".venv/bin/python evaluate.py --help": ("run", []),
+    # The authors' released files are not here: each command names the missing file in one line
+    # (tests/test_foreign_models.py loads files in their exact layouts).
+    ".venv/bin/python evaluate.py checkpoint=rmrep_69.pth.tar model=rmrepvgg69 data=imagenet":
+        ("error", r"checkpoint 'rmrep_69.pth.tar' does not exist"),
+    ".venv/bin/python convert.py checkpoint=rmrep_69.pth.tar model=rmrepvgg69":
+        ("error", r"checkpoint 'rmrep_69.pth.tar' does not exist"),
+    ".venv/bin/python convert.py checkpoint=RepVGG-B1-deploy.pth model=repvgg_b1":
+        ("error", r"checkpoint 'RepVGG-B1-deploy.pth' does not exist"),
+    ".venv/bin/python benchmark.py checkpoints=[deploy/RepVGG-B1-deploy.pt]":
+        ("error", r"checkpoint 'deploy/RepVGG-B1-deploy.pt' does not exist"),
     ".venv/bin/python benchmark.py models=[resnet50,rmnet50x6_32,repvgg_b2]": ("run", BENCH),
     ".venv/bin/python benchmark.py preset=table1_imagenet precision=bf16 channels_last=true": ("cfg",),
     ".venv/bin/python benchmark.py preset=a1_batch_sweep": ("cfg",),

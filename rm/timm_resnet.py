@@ -1,0 +1,163 @@
+"""Converters for timm's ResNet family (`timm.models.resnet`): ResNet, ResNeXt, wide, SE and ECA
+gates, the deep stems and average-pool shortcuts of ResNet-C/D/S/T, drop_path and DropBlock (no-ops in
+eval). Registered by import path, so this package never imports timm.
+
+timm's gates act on the branch before the addition (Hu et al.), so the merge cannot sit in the
+branch's last conv: that conv keeps its output and the reserved channels apart, the gate scales the
+first ones, and an extra 1x1 conv adds them (`rm_residual(gate=True)`). ECA's 1-D conv across
+channels becomes an `rm.SqueezeExcite` whose hidden layer holds the pooled vector twice, as
+relu(m) and relu(-m): their difference is m, so the gate computes exactly sigmoid(conv1d(m)).
+Refused, naming the block and the reason: activations other than ReLU, normalisations other than
+BatchNorm, anti-aliasing layers between the branch's convs, other attention modules, and pooled
+heads other than average or max.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .blocks import branch_layers
+from .convert import Context, Item, import_path, register_converter, unsupported, why_unsupported
+from .deploy import SqueezeExcite
+from .layer import ConvLayer, relu_slopes
+from .ops import ConversionError
+from .rules import rm_residual
+
+_SIGMOIDS = ("torch.nn.modules.activation.Sigmoid", "timm.layers.activations.Sigmoid")
+_EVAL_NO_OPS = ("torch.nn.modules.linear.Identity", "timm.layers.drop.DropPath", "timm.layers.drop.DropBlock2d")
+
+
+def _is_batchnorm(module: nn.Module) -> bool:
+    return isinstance(module, nn.BatchNorm2d) and type(module).forward is nn.BatchNorm2d.forward
+
+
+def _check_parts(block: nn.Module, ctx: Context, depth: int) -> None:
+    for i in range(1, depth + 1):
+        for name, fits in ((f"bn{i}", _is_batchnorm), (f"act{i}", lambda m: type(m) is nn.ReLU)):
+            part = getattr(block, name)
+            if not fits(part):
+                raise unsupported(ctx, block, f"{name} is {import_path(type(part))}; {why_unsupported(part)}")
+    if not isinstance(block.aa, nn.Identity):
+        raise unsupported(ctx, block, f"its anti-aliasing layer aa ({import_path(type(block.aa))}) filters the "
+                                      f"branch between two convs; the reserved channels would pass the same filter, "
+                                      f"which the shortcut does not apply")
+    for name in ("drop_block", "drop_path"):
+        part = getattr(block, name)
+        if part is not None and import_path(type(part)) not in _EVAL_NO_OPS:
+            raise unsupported(ctx, block, f"{name} is {import_path(type(part))}, not a no-op in eval mode")
+
+
+def _shortcut(block: nn.Module, ctx: Context) -> tuple[ConvLayer | None, int]:
+    """The shortcut conv + BN (None: identity) and the window of the average pool before it (1: none)."""
+    if block.downsample is None:
+        return None, 1
+    parts, pool = list(block.downsample), 1
+    if len(parts) == 3:   # timm's downsample_avg: pool (Identity at stride 1), 1x1 conv, BN
+        first = parts.pop(0)
+        if type(first) is nn.AvgPool2d and first.kernel_size == first.stride and first.padding == 0 \
+                and isinstance(first.kernel_size, int) and first.divisor_override is None:
+            pool = first.kernel_size
+        elif not isinstance(first, nn.Identity):
+            raise unsupported(ctx, block, f"its shortcut pools with {first}; only an average pool whose window "
+                                          f"equals its stride (ResNet-D) rides through the branch's strided conv")
+    if len(parts) != 2 or type(parts[0]) is not nn.Conv2d or not _is_batchnorm(parts[1]):
+        raise unsupported(ctx, block, f"its shortcut is {block.downsample}, not [pool,] conv, BatchNorm")
+    return ConvLayer.from_conv(parts[0], parts[1]), pool
+
+
+def _se_weights(se: nn.Module, ctx: Context, block: nn.Module) -> list[torch.Tensor]:
+    if se.add_maxpool or not isinstance(se.bn, nn.Identity) or type(se.act) is not nn.ReLU \
+            or import_path(type(se.gate)) not in _SIGMOIDS:
+        raise unsupported(ctx, block, "its SE module is not mean -> fc -> ReLU -> fc -> sigmoid (max pooling, "
+                                      "a norm, or another activation or gate), which rm.SqueezeExcite computes")
+    return [t.detach() if t is not None else torch.zeros(fc.out_channels)
+            for fc in (se.fc1, se.fc2) for t in (fc.weight, fc.bias)]
+
+
+def _eca_weights(eca: nn.Module, ctx: Context, block: nn.Module, channels: int) -> list[torch.Tensor]:
+    conv = eca.conv
+    if eca.conv2 is not None or import_path(type(eca.gate)) not in _SIGMOIDS or conv.stride != (1,) \
+            or conv.dilation != (1,) or conv.padding_mode != "zeros" or conv.in_channels != 1 \
+            or conv.out_channels != 1:
+        raise unsupported(ctx, block, "its ECA module is not one zero-padded 1-D conv and a sigmoid")
+    k, p = conv.kernel_size[0], conv.padding[0]
+    w = conv.weight.detach().to(torch.float64).view(k)
+    # logits[i] = sum_t w[t] m[i + t - p]: a banded channel-mixing matrix.
+    mix = sum(w[t] * torch.diag(torch.ones(channels - abs(t - p), dtype=torch.float64), t - p)
+              for t in range(k) if abs(t - p) < channels)
+    eye = torch.eye(channels, dtype=torch.float64)
+    bias = conv.bias.detach().expand(channels) if conv.bias is not None else torch.zeros(channels)
+    return [torch.cat([eye, -eye])[..., None, None], torch.zeros(2 * channels),
+            torch.cat([mix, -mix], dim=1)[..., None, None], bias]
+
+
+def _gate(block: nn.Module, ctx: Context, channels: int, gated: int) -> SqueezeExcite:
+    """The block's SE or ECA module as a gate on the first `gated` of `channels` channels."""
+    kind = import_path(type(block.se))
+    if kind == "timm.layers.squeeze_excite.SEModule":
+        weights = _se_weights(block.se, ctx, block)
+    elif kind == "timm.layers.eca.EcaModule":
+        weights = _eca_weights(block.se, ctx, block, gated)
+    else:
+        raise unsupported(ctx, block, f"its attention module se ({kind}) is not timm's SEModule or EcaModule, the "
+                                      f"gates rm.SqueezeExcite can compute")
+    gate = SqueezeExcite(channels, weights[0].shape[0], gated).to(torch.float64)
+    for param, value in zip((gate.fc1.weight, gate.fc1.bias, gate.fc2.weight, gate.fc2.bias), weights):
+        param.detach().copy_(value)
+    return gate
+
+
+def _block(block: nn.Module, ctx: Context, depth: int) -> list[Item]:
+    _check_parts(block, ctx, depth)
+    shortcut, pool = _shortcut(block, ctx)
+    main = branch_layers(block, [(f"conv{i}", f"bn{i}") for i in range(1, depth + 1)])
+    gated = block.se is not None
+    try:
+        chain = rm_residual(main, shortcut, relu_slopes(main[-1].out_channels), ctx.nonneg, ctx.downsample,
+                            pool, gated)
+    except ConversionError as e:
+        raise unsupported(ctx, block, str(e)) from None
+    if not gated:
+        return chain
+    return [*chain[:-1], _gate(block, ctx, chain[-2].out_channels, main[-1].out_channels), chain[-1]]
+
+
+@register_converter("timm.models.resnet.BasicBlock")
+def _basic(block: nn.Module, ctx: Context) -> list[Item]:
+    return _block(block, ctx, 2)
+
+
+@register_converter("timm.models.resnet.Bottleneck")
+def _bottleneck(block: nn.Module, ctx: Context) -> list[Item]:
+    return _block(block, ctx, 3)
+
+
+@register_converter("timm.models.resnet.ResNet")
+def _resnet(model: nn.Module, ctx: Context) -> list[Item]:
+    """Stem (conv1: a conv or timm's deep stem; bn1, act1, maxpool), layer1..N, global_pool, fc; the
+    head's dropout is functional and a no-op in eval."""
+    names = ["conv1", "bn1", "act1", "maxpool", *(n for n, _ in model.named_children() if n.startswith("layer")),
+             "global_pool", "fc"]
+    return ctx.convert_seq([getattr(model, n) for n in names], names)
+
+
+@register_converter("timm.layers.adaptive_avgmax_pool.SelectAdaptivePool2d")
+def _global_pool(pool: nn.Module, ctx: Context) -> list[Item]:
+    if type(pool.pool) not in (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Identity):
+        raise unsupported(ctx, pool, f"pool_type {pool.pool_type!r} ({import_path(type(pool.pool))}) has no plain-chain "
+                                     f"module; build the model with global_pool='avg' or 'max'")
+    return ctx.convert_seq([pool.pool, pool.flatten], ["pool", "flatten"])
+
+
+@register_converter("timm.layers.blur_pool.BlurPool2d")
+def _blur_pool(pool: nn.Module, ctx: Context) -> list[Item]:
+    raise unsupported(ctx, pool, "blur-pool anti-aliasing pads by reflection, which the zero-padded convs of the "
+                                 "plain chain cannot reproduce")
+
+
+@register_converter("timm.layers.linear.Linear")
+def _linear(linear: nn.Module, ctx: Context) -> list[Item]:
+    """timm's Linear only casts its weights under TorchScript: in the chain it is a torch Linear."""
+    plain = nn.Linear(linear.in_features, linear.out_features, linear.bias is not None)
+    plain.load_state_dict(linear.state_dict())
+    return [plain.to(linear.weight.dtype)]

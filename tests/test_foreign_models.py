@@ -1,0 +1,173 @@
+"""Other libraries' models through `rm.convert`: real timm (and torchvision) model objects, fresh random
+weights, randomised BatchNorm statistics, float64 and float32. Narrow widths (`channels=`) keep every
+block type, stem, shortcut and gate of the named architecture at a fraction of the cost; the full-size
+models run under `-m slow`."""
+import fnmatch
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torchvision
+
+import artifacts
+import rm
+from models.timm_compat import register_with_timm
+from tests.helpers import FLOAT64_TOL, check_exact, randomize_bn
+
+PLAIN = (nn.Conv2d, nn.ReLU, nn.PReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten,
+         nn.Linear, rm.SqueezeExcite)
+NARROW = {"channels": (16, 32, 64, 128), "stem_width": 8, "num_classes": 10}
+ACCEPTANCE = ["resnet18", "resnet34", "resnet50", "resnext50_32x4d", "seresnet50", "ecaresnet50d", "wide_resnet50_2",
+              "resnet50d"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """Tiny convs on a busy machine: one thread is many times faster than two."""
+
+
+def _timm(name: str, seed: int = 0, gamma_scale: float = 1.0, **kwargs) -> nn.Module:
+    torch.manual_seed(seed)
+    return randomize_bn(timm.create_model(name, pretrained=False, **kwargs), seed, gamma_scale)
+
+
+def _check_plain(model: nn.Module, size: int, **kwargs) -> None:
+    check_exact(model, size, **kwargs)
+    plain = rm.convert(model, **kwargs)
+    assert isinstance(plain, nn.Sequential)
+    assert all(isinstance(m, PLAIN + (nn.BatchNorm2d,) * (not kwargs.get("fuse_bn", True))) for m in plain), \
+        sorted({type(m).__name__ for m in plain})
+
+
+@pytest.mark.parametrize("name", ACCEPTANCE)
+def test_timm_resnets_convert_exactly(name):
+    _check_plain(_timm(name, ACCEPTANCE.index(name), **NARROW), 32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ACCEPTANCE)
+def test_timm_resnets_convert_exactly_at_full_size(name):
+    _check_plain(_timm(name, ACCEPTANCE.index(name)), 64)
+
+
+@pytest.mark.parametrize("name", ["resnet18d", "ecaresnet26t"])
+def test_both_schemes_and_kept_batchnorm(name):
+    """ResNet-D's average-pool shortcut and ECA's gate under the other scheme and with BN kept."""
+    model = _timm(name, 5, **NARROW)
+    _check_plain(model, 32, downsample="reserve_shortcut")
+    _check_plain(model, 32, fuse_bn=False)
+
+
+def test_average_pool_shortcut_is_exact_for_even_sizes_only():
+    """The strided conv averages the reserved channels over 2x2 windows; timm's pool averages a partial
+    last window of an odd-sized input over fewer pixels (ceil_mode, count_include_pad=False)."""
+    model = _timm("resnet18d", 2, **NARROW)
+    check_exact(model, 64)
+    odd = rm.verify_conversion(model, input_size=48)   # layer4 receives 3x3
+    assert odd["float64"]["max_rel"] > 1e-4
+
+
+def _meta(name: str, **kwargs) -> nn.Module:
+    with torch.device("meta"):
+        return timm.create_model(name, pretrained=False, **kwargs).eval()
+
+
+def _silu_in_a_block() -> nn.Module:
+    model = _meta("resnet18")
+    model.layer2[1].act1 = nn.SiLU()
+    return model.eval()
+
+
+REFUSED = {
+    "GroupNorm": (lambda: _meta("resnet50_gn"), r"ResNet\.bn1 of type timm\.layers\.norm\.GroupNorm: it normalises"),
+    "blur pool": (lambda: _meta("resnetblur18"), r"maxpool\.1 of type timm\.layers\.blur_pool\.BlurPool2d: .*reflection"),
+    "anti-aliasing in a block": (lambda: _meta("resnetaa34d"),
+                                 r"layer2\.0 of type timm\.models\.resnet\.BasicBlock: its anti-aliasing layer aa"),
+    "SiLU on the reserved path": (_silu_in_a_block, r"layer2\.1 of type timm\.models\.resnet\.BasicBlock: act1 is "
+                                                    r"torch\.nn\.modules\.activation\.SiLU; the plain chain's activations"),
+    "effective SE": (lambda: _meta("resnet18", block_args={"attn_layer": "ese"}),
+                     r"layer1\.0 of type .*BasicBlock: its attention module se \(.*EffectiveSEModule\)"),
+    "3x3 shortcut": (lambda: _meta("resnet18", down_kernel_size=3), r"layer2\.0 of type .*BasicBlock: only 1x1"),
+    "avg+max head": (lambda: _meta("resnet18", global_pool="avgmax"), r"global_pool of type .*: pool_type 'avgmax'"),
+    "another timm family": (lambda: _meta("resnet32ts"), r"ByobNet of type timm\.models\.byobnet\.ByobNet: no RM "
+                                                         r"converter is registered.*register one with rm\.register_converter"),
+    "torchvision MobileNetV2": (lambda: torchvision.models.mobilenet_v2().eval(),
+                                r"MobileNetV2 of type torchvision\.models\.mobilenetv2\.MobileNetV2: its blocks use ReLU6"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_refusals_name_the_block_its_class_and_the_reason(case):
+    build, message = REFUSED[case]
+    with pytest.raises(rm.ConversionError, match=message) as err:
+        rm.convert(build())
+    assert "\n" not in str(err.value)
+
+
+def test_a_timm_pretrained_state_dict_loads_unchanged(tmp_path):
+    """What `pretrained=True` loads is a state dict of the model's own keys: saved and loaded again it
+    converts as it is; its keys equal torchvision's, so `artifacts.load` reads it as our resnet18 too."""
+    source = _timm("resnet18", 7)
+    torch.save(source.state_dict(), tmp_path / "resnet18.pth")
+    model = timm.create_model("resnet18", pretrained=False)
+    model.load_state_dict(torch.load(tmp_path / "resnet18.pth", weights_only=True))
+    plain = rm.convert(model.eval())
+    ours = artifacts.load(tmp_path / "resnet18.pth", name="resnet18").model
+    x = torch.randn(2, 3, 64, 64)
+    ref = source(x)
+    for out in (plain(x), ours(x)):
+        assert (out - ref).abs().max() / ref.abs().max() < 1e-5
+
+
+# What timm's ResNet-like names give: everything not listed converts.
+EXPECTED_REFUSALS = {
+    "resnet50_gn": "GroupNorm",
+    "resnetblur*": "BlurPool2d",
+    "resnetaa*": "anti-aliasing layer aa",
+    "seresnetaa*": "anti-aliasing layer aa",
+    "resnetv2_*": "timm.models.resnetv2.ResNetV2: no RM converter",
+    "resnet3[23]ts": "timm.models.byobnet.ByobNet: no RM converter",
+    "resnet5[01]*_clip*": "timm.models.byobnet.ByobNet: no RM converter",
+    "resnet101*_clip*": "timm.models.byobnet.ByobNet: no RM converter",
+    "resnet50_mlp": "timm.models.byobnet.ByobNet: no RM converter",
+    "resnet[56]1q": "timm.models.byobnet.ByobNet: no RM converter",
+    "resnext26ts": "timm.models.byobnet.ByobNet: no RM converter",
+    "seresnet33ts": "timm.models.byobnet.ByobNet: no RM converter",
+}
+SAMPLE = ["resnet10t", "resnet18d", "resnet26t", "seresnet18", "resnetrs50", "resnext50d_32x4d", "resnet50_gn",
+          "resnetblur18", "resnetaa34d", "resnetv2_18", "resnet32ts"]
+
+
+def _sweep(name: str) -> str:
+    """'converts' (and equal on random input at narrow widths) or the refusal; any other error fails."""
+    expected = next((why for pattern, why in EXPECTED_REFUSALS.items() if fnmatch.fnmatchcase(name, pattern)), None)
+    try:
+        rm.convert(_meta(name))   # shape-only: the structure decides
+    except rm.ConversionError as e:
+        assert expected is not None and expected in str(e), f"{name}: {e}"
+        return str(e)
+    assert expected is None, f"{name} converts, expected a refusal ({expected})"
+    # Very deep nets with BN scales up to 1.5 amplify float64 rounding past 1e-10 (the residual model's own
+    # float32 output then differs from its float64 one by 30%); half the scale keeps them well conditioned.
+    report = rm.verify_conversion(_timm(name, 1, gamma_scale=0.5, **NARROW), input_size=32, dtypes=(torch.float64,))
+    assert report["float64"]["max_rel"] < FLOAT64_TOL, (name, report)
+    return "converts"
+
+
+@pytest.mark.parametrize("name", SAMPLE)
+def test_timm_names_convert_or_are_refused(name):
+    _sweep(name)
+
+
+@pytest.mark.slow
+def test_every_timm_resnet_name_converts_or_is_refused():
+    ours = set(register_with_timm())   # this project's names that timm lacks are registered with timm too
+    names = [n for pattern in ("resnet*", "resnext*", "seresnet*", "ecaresnet*", "wide_resnet*")
+             for n in timm.list_models(pattern) if n not in ours]
+    results = {name: _sweep(name) for name in names}
+    converted = sorted(n for n, r in results.items() if r == "converts")
+    print(f"{len(converted)} of {len(names)} convert: {' '.join(converted)}")
+    for name, result in sorted(results.items()):
+        if result != "converts":
+            print(f"refused {name}: {result}")
