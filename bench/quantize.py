@@ -87,8 +87,9 @@ def quantize_int8(float_path: str, out_path: str, batches: Iterable[torch.Tensor
 
 
 def layer_errors(float_path: str, int8_path: str, batches: Iterable[torch.Tensor]) -> list[dict[str, Any]]:
-    """Per weight layer, in graph order: its weight SQNR and the SQNR of its output activation (after
-    a following ReLU/PReLU, where the QDQ graph quantizes) against the float model, on `batches`."""
+    """Per weight layer, in graph order: its weight SQNR (None for a layer kept in float) and the SQNR
+    of its output activation (after a following ReLU/PReLU, where the QDQ graph quantizes) against the
+    float model, on `batches`."""
     onnx = require("onnx")
     debug = require("onnxruntime.quantization.qdq_loss_debug", "INT8 layer errors")
     folder = os.path.dirname(os.path.abspath(int8_path))
@@ -100,7 +101,8 @@ def layer_errors(float_path: str, int8_path: str, batches: Iterable[torch.Tensor
     matched = debug.create_activation_matching(activations["int8"], activations["float"])
     output_db = {name: e["xmodel_err"] for name, e in debug.compute_activation_error(matched).items()
                  if "xmodel_err" in e}
-    weights = weight_sqnr(float_path, int8_path)
+    weights = weight_sqnr(float_path, int8_path)   # layers kept in float have none
+    layers = set(_weight_layers(float_path).values())
     graph = onnx.load(float_path, load_external_data=False).graph
     consumers: dict[str, list] = {}
     for node in graph.node:
@@ -108,12 +110,12 @@ def layer_errors(float_path: str, int8_path: str, batches: Iterable[torch.Tensor
             consumers.setdefault(name, []).append(node)
     rows = []
     for node in graph.node:
-        if node.name not in weights:
+        if node.name not in layers:
             continue
         out = node.output[0]
         after = consumers.get(out, [])
         if out not in output_db and len(after) == 1 and after[0].op_type in ("Relu", "PRelu"):
             out = after[0].output[0]
         rows.append({"layer": len(rows), "node": node.name, "op": node.op_type,
-                     "weight_sqnr_db": weights[node.name], "output": out, "output_sqnr_db": output_db.get(out)})
+                     "weight_sqnr_db": weights.get(node.name), "output": out, "output_sqnr_db": output_db.get(out)})
     return rows
