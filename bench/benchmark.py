@@ -546,6 +546,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for note in s.notes:
         print(f"note: {note}")
     rows = []
+    report = {"schema": SCHEMA, "environment": {**environment(s.device), **_versions()}, "settings": asdict(s),
+              "results": rows}
+    name = cfg.name or _default_name(cfg, s, sources)
     for source in tqdm(sources, desc="benchmark", unit="model", file=sys.stdout):
         data = None
         if isinstance(source, ModelSpec):
@@ -559,9 +562,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         del model
         if torch.device(s.device).type == "cuda":
             torch.cuda.empty_cache()
-    report = {"schema": SCHEMA, "environment": {**environment(s.device), **_versions()}, "settings": asdict(s),
-              "results": rows}
-    md, js = write_report(report, cfg.out_dir, cfg.name or _default_name(cfg, s, sources))
+        # Written after every model, so a run stopped by a time limit keeps the models it finished.
+        md, js = write_report(report, cfg.out_dir, name)
     print(to_markdown(report))
     print(f"wrote {md} and {js}")
     return report
