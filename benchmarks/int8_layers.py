@@ -57,9 +57,9 @@ def _session_run(path: str):
     return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
 
 
-def analyse(form: str, model: torch.nn.Module, loaders, keep: list[int], work: str, batches: int) -> dict:
-    calibration = [images for images, _ in loaders[0]]
-    val = [images for images, _ in loaders[1]]
+def analyse(form: str, model: torch.nn.Module, calibration: list[torch.Tensor], val_loader, keep: list[int],
+            work: str, batches: int) -> dict:
+    val = [images for images, _ in val_loader]
     path = to_onnx(model, calibration[0][:2], os.path.join(work, f"{form}.onnx"))
     first = quantize_int8(path, os.path.join(work, f"{form}.int8.onnx"), calibration)
     layers = layer_errors(first["prepared"], os.path.join(work, f"{form}.int8.onnx"), val[:batches])
@@ -68,13 +68,13 @@ def analyse(form: str, model: torch.nn.Module, loaders, keep: list[int], work: s
     weight_of = {node.name: node.input[1] for node in graph.node if len(node.input) > 1}
     for layer in layers:
         layer["dirac_rows"], layer["mixed_rows"] = rows.get(weight_of[layer["node"]], (0, 0))
-    reference = predictions(model, loaders[1])
+    reference = predictions(model, val_loader)
     fixes = []
     for k in keep:
         out = os.path.join(work, f"{form}.int8.keep{k}.onnx")
         report = quantize_int8(path, out, calibration, keep_float=k)
         fixes.append({"keep_float": k, "kept": report["kept_float"],
-                      **compare(reference, predictions(_session_run(out), loaders[1])[0])})
+                      **compare(reference, predictions(_session_run(out), val_loader)[0])})
     return {"form": form, "layers": layers, "fixes": fixes}
 
 
@@ -119,13 +119,16 @@ def main() -> None:
     if loaders is None:
         sys.exit(f"error: {args.checkpoint} stores no data config: use a checkpoint written by train.py")
     forms = build_forms(art.model, art.spec, args.forms)
+    # Drawn once: the calibration sampler continues its random stream on a second pass, and every
+    # form must be calibrated on the same images.
+    calibration = [images for images, _ in loaders[0]]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rmnet-int8-") as work:
-        results = [analyse(form, m, loaders, args.keep_float, work, args.layer_batches)
+        results = [analyse(form, m, calibration, loaders[1], args.keep_float, work, args.layer_batches)
                    for form, m in forms.items()]
     report = {"model": art.spec.label, "checkpoint": args.checkpoint, "environment": environment("cpu"),
               "onnxruntime": onnxruntime.__version__,
-              "calibration_images": sum(len(x) for x, _ in loaders[0]),
+              "calibration_images": sum(len(x) for x in calibration),
               "layer_images": min(args.layer_batches * args.batch, len(loaders[1].sampler)),
               "seconds": time.perf_counter() - started, "forms": results}
     out = args.out or os.path.splitext(args.checkpoint)[0] + ".int8_layers"
