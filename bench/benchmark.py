@@ -558,6 +558,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             model, spec = art.model, art.spec
             if needs_data:
                 data = trained_loaders(art, s.data_batch_size, s.calibration_batches)
+                if data is None:
+                    note = f"{source} stores no data config: INT8 calibrates on random input, no fidelity."
+                    report["settings"]["notes"].append(note)
+                    print(f"note: {note}")
         rows += benchmark_model(model, spec, s, data)
         del model
         if torch.device(s.device).type == "cuda":
