@@ -1,9 +1,8 @@
 """Export a plain model to TorchScript or ONNX and check the exported outputs against PyTorch.
 
 Each exporter writes the file, loads it back with its own runtime and returns the largest
-absolute and relative output difference on the example input. ONNX runs in onnxruntime when that
-is installed and otherwise in onnx's reference evaluator (pure NumPy: exact but slow, so keep the
-example batch small).
+absolute and relative output difference on the example input. ONNX files run in ONNX Runtime
+(`ort_session`), which the benchmark's `onnxruntime` runtimes use too.
 """
 from __future__ import annotations
 
@@ -15,6 +14,8 @@ import torch
 import torch.nn as nn
 
 from rm import output_error
+
+from .packages import require
 
 
 @torch.no_grad()
@@ -31,29 +32,37 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: str) -> di
 
 
 @torch.no_grad()
-def export_onnx(model: nn.Module, example: torch.Tensor, path: str) -> dict[str, float | str]:
-    """Export with the dynamo-based exporter (dynamic batch), validate the graph, run it, compare."""
-    import onnx
-
+def to_onnx(model: nn.Module, example: torch.Tensor, path: str) -> str:
+    """Write `model` (float32, CPU) as a validated ONNX file with a dynamic batch dimension, input
+    `input` and output `logits`, by the dynamo-based exporter; returns `path`."""
+    onnx = require("onnx")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    # ONNX is exported in float32 from CPU whatever precision the caller benchmarks in.
-    example = example.float().cpu()
     model = copy.deepcopy(model).float().cpu().eval()
     batch = torch.export.Dim("batch", min=1)
-    torch.onnx.export(model, (example,), path, dynamo=True, dynamic_shapes=({0: batch},),
+    torch.onnx.export(model, (example.float().cpu(),), path, dynamo=True, dynamic_shapes=({0: batch},),
                       input_names=["input"], output_names=["logits"], verbose=False)
-    graph = onnx.load(path)
-    onnx.checker.check_model(graph)
-    try:
-        import onnxruntime
+    onnx.checker.check_model(path)
+    return path
 
-        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-        out, runtime = session.run(None, {"input": example.numpy()})[0], "onnxruntime"
-    except ImportError:
-        from onnx.reference import ReferenceEvaluator
 
-        out, runtime = ReferenceEvaluator(graph).run(None, {"input": example.numpy()})[0], "onnx.reference"
-    return {"path": path, "runtime": runtime, **output_error(model(example), out)}
+def ort_session(path: str, threads: int | None = None):
+    """An ONNX Runtime CPU session of `path` with all graph optimisations, running `threads` intra-op
+    threads (default: torch's count, so both runtimes get the same cores)."""
+    ort = require("onnxruntime")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1   # a chain of convs has no parallel branches to run
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+@torch.no_grad()
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str) -> dict[str, float | str]:
+    """Export (dynamic batch), validate the graph, run it in ONNX Runtime, compare with PyTorch."""
+    example = example.float().cpu()   # ONNX is exported in float32 from CPU whatever the benchmark precision
+    to_onnx(model, example, path)
+    out = ort_session(path).run(None, {"input": example.numpy()})[0]
+    reference = copy.deepcopy(model).float().cpu().eval()(example)
+    return {"path": path, "runtime": "onnxruntime", **output_error(reference, out)}
 
 
 EXPORTERS = {"torchscript": (export_torchscript, ".ts.pt"), "onnx": (export_onnx, ".onnx")}

@@ -11,6 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from data import build_loader, calibration_loader
 from models import INPUT_SIZE, InputSpec, ModelSpec
 
 TRAINED_INPUT = ("input_size", "mean", "std")
@@ -58,3 +59,17 @@ def check_data(spec: ModelSpec, data: Any, origin: str) -> None:
         size = INPUT_SIZE[spec.stem]
         raise ValueError(f"{origin} has the {spec.stem!r} stem ({size}x{size} input) but data {data.name!r} uses "
                          f"the {data.stem!r} stem: choose matching data (or data.stem={spec.stem})")
+
+
+def trained_loaders(art: Any, batch_size: int, calibration_batches: int) -> tuple[Any, Any] | None:
+    """(calibration, validation) loaders of the data `art` (an `artifacts.Artifact`) was trained on, at
+    its trained input size and normalisation: `calibration_batches` batches of random training images
+    without augmentation, and the whole validation split. None when the file stores no data config.
+    For tools above `engine/` that measure a trained model (the benchmark's INT8 calibration and
+    fidelity) without depending on `data/` themselves."""
+    if art.data_config is None:
+        return None
+    data, _ = data_for(None, art.data_config, art.spec.input, set(), art.origin)
+    check_data(art.spec, data, art.origin)
+    return (calibration_loader(data, calibration_batches, batch_size, workers=0),
+            build_loader(data, "val", batch_size, train=False))

@@ -59,7 +59,7 @@ def test_run_writes_report_with_schema(tmp_path):
     by_form = {(r["model"], r["form"]): r for r in rows if r["batch_size"] == 1}
     assert by_form["rmnet26x3_32", "plain"]["params"] > by_form["rmnet26x3_32", "residual"]["params"]
     table = (tmp_path / "t.md").read_text()
-    assert "| rmnet26x3_32 | 2 | plain |" in table and "tensor lifetimes" in table
+    assert "| rmnet26x3_32 | 2 | fp32 | eager | plain |" in table and "tensor lifetimes" in table
 
 
 def test_plain_and_folded_outputs_equal_residual():
@@ -105,7 +105,7 @@ def test_settings_defaults_and_errors():
     with pytest.raises(ValueError, match="precision must be one of"):
         B.resolve_settings(_cfg("precision=fp8"))
     with pytest.raises(ValueError, match="warmup >= 1"):
-        B.resolve_settings(_cfg("device=cpu", "compile=true", "warmup=0"))
+        B.resolve_settings(_cfg("device=cpu", "runtime=[eager,compile]", "warmup=0"))
     with pytest.raises(ValueError, match="forms must be"):
         B.resolve_settings(_cfg("forms=[plain,vgg]"))
 

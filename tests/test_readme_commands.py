@@ -76,6 +76,12 @@ PLAN = {
         ("error", r"checkpoint 'deploy/RepVGG-B1-deploy.pt' does not exist"),
     ".venv/bin/python benchmark.py models=[resnet50,rmnet50x6_32,repvgg_b2]": ("run", BENCH),
     ".venv/bin/python benchmark.py preset=table1_imagenet precision=bf16 channels_last=true": ("cfg",),
+    # torch.compile takes about a minute to compile on this CPU; tests/test_runtimes.py checks it.
+    ".venv/bin/python benchmark.py checkpoints=[checkpoints/<run>/best.pt] "
+    "runtime=[eager,compile,onnxruntime,onnxruntime_int8] fidelity=true":
+        ("run", BENCH[:5], {"runtime=[eager,compile,onnxruntime,onnxruntime_int8]": "runtime=[eager,onnxruntime_int8]"}),
+    ".venv/bin/python benchmark.py models=[rmnet41x5_16] runtime=[onnxruntime,onnxruntime_int8] batch_size=1": ("cfg",),
+    ".venv/bin/python -m benchmarks.int8_layers checkpoints/<run>/best.pt": ("run", ["--keep-float", "0"]),
     ".venv/bin/python benchmark.py preset=a1_batch_sweep": ("cfg",),
     ".venv/bin/python benchmark.py checkpoints=[checkpoints/<run>/deploy.pt]": ("run", BENCH[:5]),
     ".venv/bin/python benchmark.py models=[rmnet26x3_32] stem=cifar export=[onnx,torchscript]":
@@ -171,8 +177,8 @@ def _run(argv: list[str]) -> tuple[int, str]:
             if argv[0] == "-m":
                 sys.argv = [argv[1], *argv[2:]]
                 module = importlib.import_module(argv[1])
-                if hasattr(module, "main"):   # prune.figure, scripts.paper_tables
-                    code = module.main(argv[2:]) or 0
+                if hasattr(module, "main"):   # prune.figure, scripts.paper_tables, ...: they read sys.argv
+                    code = module.main() or 0
                 else:   # python -m models runs models/__main__.py
                     runpy.run_module(argv[1], run_name="__main__")
                     code = 0
