@@ -121,7 +121,7 @@ def _run(cfg: DictConfig, device: torch.device, explicit: set[str]) -> dict[str,
         "results": results, "conversion_error": conversion, "notes": notes,
         "environment": environment(str(device)),
     }
-    print(f"{path}: {art.spec.label} ({art.kind}) on {data.name} val at {data.input_size}x{data.input_size}, "
+    print(f"{path}: {art.spec.label}, a {art.kind} file, on {data.name} val at {data.input_size}x{data.input_size}, "
           f"{D.world_size()} process(es)")
     for note in notes:
         print(f"note: {note}")
