@@ -220,6 +220,12 @@ def check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"resume={cfg.resume!r}: no such checkpoint; use resume=auto or a path to a last.pt")
 
 
+def model_kwargs(model_cfg: Any) -> dict[str, Any]:
+    """A model section's constructor arguments (`model.kwargs`) as a plain dict."""
+    kwargs = model_cfg.get("kwargs") or {}
+    return OmegaConf.to_container(kwargs) if isinstance(kwargs, DictConfig) else dict(kwargs)
+
+
 def init_path(init: str) -> str:
     """The file of `model.init`: a path, optionally written ckpt:PATH or deploy:PATH (version 1)."""
     kind, sep, path = str(init).partition(":")

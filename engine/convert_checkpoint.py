@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 import artifacts
@@ -25,24 +24,19 @@ from models import ModelSpec, model_stems
 from models.complexity import count_macs, count_params
 from rm import recalibrate_identity_bn
 
-from .config import command_line_keys
+from .config import command_line_keys, model_kwargs
 from .inputs import check_data, data_for
-
-
-def _kwargs(model_cfg: Any) -> dict[str, Any]:
-    kwargs = model_cfg.get("kwargs") or {}
-    return OmegaConf.to_container(kwargs) if isinstance(kwargs, DictConfig) else dict(kwargs)
 
 
 def load_source(cfg: DictConfig) -> artifacts.Artifact:
     """The file's model, or the random-weight registry model `model.name`."""
     if cfg.checkpoint:
         return artifacts.load(cfg.checkpoint, name=cfg.model.name, num_classes=cfg.num_classes, stem=cfg.stem,
-                              kwargs=_kwargs(cfg.model), ema=cfg.ema)
+                              kwargs=model_kwargs(cfg.model), ema=cfg.ema)
     if not cfg.model.name:
         raise ValueError("pass checkpoint=PATH (a training checkpoint or state dict), or model=NAME for random weights")
     spec = ModelSpec(cfg.model.name, int(cfg.num_classes or 1000), cfg.stem or model_stems(cfg.model.name)[0],
-                     _kwargs(cfg.model))
+                     model_kwargs(cfg.model))
     return artifacts.Artifact("state_dict", spec.build().eval(), spec, {"random_weights": True})
 
 

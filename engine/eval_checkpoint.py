@@ -25,7 +25,7 @@ from artifacts import ConversionPolicy
 from data import build_loader
 
 from . import distributed as D
-from .config import command_line_keys
+from .config import command_line_keys, model_kwargs
 from .environment import environment
 from .evaluate import evaluate
 from .inputs import check_data, data_for
@@ -64,11 +64,6 @@ def run(cfg: DictConfig, explicit: set[str] | None = None) -> dict[str, Any] | N
         D.cleanup()
 
 
-def _kwargs(model_cfg: Any) -> dict[str, Any]:
-    kwargs = model_cfg.get("kwargs") or {}
-    return OmegaConf.to_container(kwargs) if isinstance(kwargs, DictConfig) else dict(kwargs)
-
-
 def _run(cfg: DictConfig, device: torch.device, explicit: set[str]) -> dict[str, Any] | None:
     if OmegaConf.is_missing(cfg, "checkpoint"):
         raise ValueError("pass checkpoint=PATH (a training checkpoint, deploy artifact or state dict)")
@@ -78,7 +73,7 @@ def _run(cfg: DictConfig, device: torch.device, explicit: set[str]) -> dict[str,
         raise ValueError(f"forms must be a non-empty subset of {list(FORMS)}, got {forms}")
     chosen = cfg.get("data")
     group = chosen if chosen is not None and "name" in chosen else None
-    art = artifacts.load(path, name=cfg.model.name, kwargs=_kwargs(cfg.model), ema=cfg.ema,
+    art = artifacts.load(path, name=cfg.model.name, kwargs=model_kwargs(cfg.model), ema=cfg.ema,
                          num_classes=int(group.num_classes) if group is not None else None,
                          stem=group.stem if group is not None else None)
     data, warnings = data_for(chosen, art.data_config, art.spec.input, explicit, path)

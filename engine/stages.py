@@ -24,17 +24,12 @@ from artifacts import ConversionPolicy
 from models import InputSpec, ModelSpec, model_stems
 
 from . import distributed as D
-from .config import check_values, init_path, per_process_batch
+from .config import check_values, init_path, model_kwargs, per_process_batch
 from .evaluate import evaluate
 from .inputs import check_data
 from .trainer import Trainer
 
 log = logging.getLogger("rmnet.train")
-
-
-def _kwargs(model_cfg: Any) -> dict[str, Any]:
-    kwargs = model_cfg.get("kwargs") or {}
-    return OmegaConf.to_container(kwargs) if isinstance(kwargs, DictConfig) else dict(kwargs)
 
 
 def build(cfg: DictConfig) -> tuple[nn.Module, ModelSpec]:
@@ -49,14 +44,14 @@ def build(cfg: DictConfig) -> tuple[nn.Module, ModelSpec]:
     if init:
         path = init_path(init)
         art = artifacts.load(path, name=cfg.model.name, num_classes=int(data.num_classes), stem=data.stem,
-                             kwargs=_kwargs(cfg.model))
+                             kwargs=model_kwargs(cfg.model))
         check_data(art.spec, data, f"model.init={path}")
     else:
         stems = model_stems(cfg.model.name)
         if data.stem not in stems:
             raise ValueError(f"{cfg.model.name} has no {data.stem!r} stem (data={data.name} needs it); it exists "
                              f"with: {', '.join(stems)}")
-        spec = ModelSpec(cfg.model.name, int(data.num_classes), data.stem, _kwargs(cfg.model))
+        spec = ModelSpec(cfg.model.name, int(data.num_classes), data.stem, model_kwargs(cfg.model))
         art = artifacts.Artifact("train", spec.build(), spec)
     mode = cfg.model.get("convert")
     if mode is not None:

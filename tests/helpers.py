@@ -1,12 +1,19 @@
 """Helpers the tests share (a module of its own: test modules never import each other)."""
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import runpy
+import sys
+
 import torch
 import torch.nn as nn
 
 import rm
 from engine.config import check_overrides
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLOAT64_TOL, FLOAT32_TOL = 1e-10, 1e-5
 
 # resnet18 at widths 8..32 on 16x16 synthetic images: a few ms per step on one CPU core.
@@ -41,3 +48,20 @@ def check_exact(model: nn.Module, size: int, **kw) -> dict:
     assert report["float64"]["max_rel"] < FLOAT64_TOL, report
     assert report["float32"]["max_rel"] < FLOAT32_TOL, report
     return report
+
+
+def run_script(name: str, argv: list[str]) -> tuple[int, str, str]:
+    """`python <name>.py ARGV` in this process, exactly as the script runs from a shell (its own
+    `if __name__ == "__main__"` block): (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.argv
+    sys.argv = [f"{name}.py", *argv]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(os.path.join(ROOT, f"{name}.py"), run_name="__main__")
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = saved
+    return code, out.getvalue(), err.getvalue()

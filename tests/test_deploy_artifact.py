@@ -1,7 +1,6 @@
 """Deploy artifacts and convert.py: round trips, dtypes, the command line on real training output."""
 import os
 import re
-import sys
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ import rm
 from engine.checkpoint import save_checkpoint
 from models import ConversionSettings, InputSpec, ModelSpec
 from tests.authors_models import RepVGGDeploy, RMRep, authors_checkpoint, randomized
-from tests.helpers import randomize_bn
+from tests.helpers import randomize_bn, run_script
 
 
 @pytest.fixture(autouse=True)
@@ -54,17 +53,7 @@ def test_float64_artifact_keeps_float64_weights(tmp_path):
 
 def _convert(monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:
     """convert.py in this process: (exit status, stdout, stderr)."""
-    from engine.cli import run_app
-    from engine.convert_checkpoint import run
-
-    monkeypatch.setattr(sys, "argv", ["convert.py", *argv])
-    try:
-        run_app("convert", run)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_script("convert", list(argv))
 
 
 def test_cli_converts_a_training_checkpoint(tmp_path, monkeypatch, capsys):

@@ -20,7 +20,7 @@ import sys
 
 import torch
 
-from tests.helpers import randomize_bn
+from tests.helpers import randomize_bn, run_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = ["epochs=1", "data.train_size=256", "data.val_size=64", "progress=false"]
@@ -126,7 +126,6 @@ PLAN = {
         ("error", r"model.init=checkpoints/a3_resnet18_cifar10_pretrain/best.pt: no such file"),
 }
 ENTRY_POINTS = ("train", "evaluate", "benchmark", "convert", "prune", "amc", "resrep")
-SCRIPT_JOBS = ("prune", "amc", "resrep")   # entry points whose job is the script's own main()
 
 
 def _argv(command: str, subs: dict[str, str]) -> list[str]:
@@ -164,34 +163,19 @@ def test_every_readme_command_has_a_plan():
 
 def _run(argv: list[str]) -> tuple[int, str]:
     """Run one command in this process; (exit status, stderr)."""
-    from engine.cli import run_app
-    from engine.convert_checkpoint import run as convert_job
-    from engine.eval_checkpoint import run as evaluate_job
-    from engine.stages import run_training
-
-    jobs = {"train": run_training, "evaluate": evaluate_job, "convert": convert_job}
+    if argv[0] != "-m":
+        code, _, err = run_script(argv[0][:-3], argv[1:])
+        return code, err
     err = io.StringIO()
     saved = sys.argv
+    sys.argv = [argv[1], *argv[2:]]
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            if argv[0] == "-m":
-                sys.argv = [argv[1], *argv[2:]]
-                module = importlib.import_module(argv[1])
-                if hasattr(module, "main"):   # prune.figure, scripts.paper_tables, ...: they read sys.argv
-                    code = module.main() or 0
-                else:   # python -m models runs models/__main__.py
-                    runpy.run_module(argv[1], run_name="__main__")
-                    code = 0
-            else:
-                name = argv[0][:-3]
-                sys.argv = argv
-                if name == "benchmark":
-                    from bench.benchmark import run as job
-                elif name in SCRIPT_JOBS:
-                    job = runpy.run_path(os.path.join(ROOT, f"{name}.py"), run_name="readme_test")["main"]
-                else:
-                    job = jobs[name]
-                run_app(name, job, "")
+            module = importlib.import_module(argv[1])
+            if hasattr(module, "main"):   # prune.figure, scripts.paper_tables, ...: they read sys.argv
+                code = module.main() or 0
+            else:   # python -m models runs models/__main__.py
+                runpy.run_module(argv[1], run_name="__main__")
                 code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1

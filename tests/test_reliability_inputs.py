@@ -25,7 +25,7 @@ from engine.errors import exit_on_user_error
 from engine.stages import build
 from engine.trainer import Trainer
 from rm import ConversionError, DeployFormatError, load_file
-from tests.helpers import tiny_config
+from tests.helpers import run_script, tiny_config
 
 WIDTHS = [8, 8, 16, 16]
 REFUSED = (CheckpointError, DeployFormatError)
@@ -81,19 +81,11 @@ def bad_files(tmp_path_factory):
 
 
 def _cli(monkeypatch, capsys, config: str, argv: list[str]) -> str:
-    """Run an entry point in this process as its command line would; returns its one-line error
-    (raising CheckpointError with it, so that callers treat it like the library loaders)."""
-    from engine.cli import run_app
-    from engine.convert_checkpoint import run as convert_job
-    from engine.eval_checkpoint import run as evaluate_job
-    from engine.stages import run_training
-
-    job = {"convert": convert_job, "evaluate": evaluate_job, "train": run_training}[config]
-    monkeypatch.setattr(sys, "argv", [f"{config}.py", *argv])
-    with pytest.raises(SystemExit) as e:
-        job_ran = run_app(config, job)
-    err = capsys.readouterr().err.strip()
-    assert e.value.code == 2 and err.startswith("error: ") and "\n" not in err, (config, job_ran, err)
+    """Run an entry point in this process as its command line would; its one-line error is raised as a
+    CheckpointError, so that callers treat it like the library loaders."""
+    code, _, err = run_script(config, argv)
+    err = err.strip()
+    assert code == 2 and err.startswith("error: ") and "\n" not in err, (config, code, err)
     raise CheckpointError(err)
 
 
