@@ -265,7 +265,7 @@ def test_the_report_records_what_its_numbers_were_measured_with(tmp_path):
                         "spec": ModelSpec("resnet20", 10, "cifar", {"widths": [8, 16, 32]}).to_dict(),
                         "data_config": None}
     assert (file["source"], file["file"], file["kind"], file["input_size"]) == ("deploy.pt", a, "deploy", 16)
-    assert file["spec"] == artifacts.load(a).spec.to_dict()
+    assert file["spec"] == json.loads(json.dumps(artifacts.load(a).spec.to_dict()))
     assert {"threads", "runtimes", "batch_sizes", "precisions", "warmup", "iters", "repeats"} <= set(saved["settings"])
     assert f"`deploy.pt`: {a}" in (tmp_path / "t.md").read_text()
 
