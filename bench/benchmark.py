@@ -183,8 +183,8 @@ def resolve_settings(cfg: DictConfig) -> Settings:
         raise ValueError("torch.compile compiles on the first call: use warmup >= 1 so it is not timed")
     if on_cpu and "fp16" in precisions:
         notes.append("fp16 on CPU runs slow fallback kernels; the figures say little about deployment.")
-    return Settings(device=device, threads=_threads(cfg, on_cpu), precisions=precisions, channels_last=bool(cfg.channels_last),
-                    runtimes=runtimes, compile_mode=cfg.compile_mode, batch_sizes=batch_sizes,
+    return Settings(device=device, threads=_threads(cfg, on_cpu), precisions=precisions,
+                    channels_last=bool(cfg.channels_last), runtimes=runtimes, compile_mode=cfg.compile_mode, batch_sizes=batch_sizes,
                     warmup=int(chosen["warmup"]), iters=int(chosen["iters"]), repeats=int(cfg.repeats), forms=forms,
                     memory=bool(cfg.memory), check=bool(cfg.check),
                     calibration_batches=int(cfg.int8.calibration_batches), keep_float=int(cfg.int8.keep_float),
@@ -453,7 +453,7 @@ def _add_fidelity(rows: list[dict], runs: dict, loader: Any, ref_predictions: di
 
 def _slug(label: str) -> str:
     """A source label as part of a file name: `run1/deploy.pt` -> `run1-deploy`."""
-    return re.sub(r"[^\w.-]+", "-", os.path.splitext(label)[0])
+    return re.sub(r"[^\w.-]+", "-", re.sub(r"\.pth?$", "", label))
 
 
 def _default_name(cfg: DictConfig, s: Settings, labels: list[str]) -> str:

@@ -15,7 +15,7 @@ from bench import benchmark as B
 from bench.export import export_onnx, export_torchscript
 from bench.memory import tensor_lifetime_peak
 from models import ModelSpec
-from tests.helpers import markdown_table, randomize_bn
+from tests.helpers import markdown_table, randomize_bn, run_script
 
 CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 SMALL = [16, 32, 64, 128]
@@ -333,7 +333,7 @@ def test_cuda_n_is_selected_before_anything_is_built(tmp_path, monkeypatch):
     monkeypatch.setattr(B, "to_markdown", lambda report: "")
     built_on = []
     monkeypatch.setattr(B, "benchmark_model", lambda *a, **k: built_on.append(cuda.current) or [])
-    B.run(_cfg("device=cuda:1", "models=[resnet20]", f"out_dir={tmp_path}", "name=t"))
-    assert built_on == [1] and cuda.current == 0
+    code, _, err = run_script("benchmark", ["device=cuda:1", "models=[resnet20]", f"out_dir={tmp_path}", "name=t"])
+    assert (code, err, built_on) == (0, "", [1]) and cuda.current == 0
     with pytest.raises(ValueError, match="cuda:2.*2 CUDA devices"):
         B.resolve_settings(_cfg("device=cuda:2"))
