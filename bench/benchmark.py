@@ -7,8 +7,9 @@ eval mode, `torch.inference_mode`, random input at the model's resolution, `cudn
 timing between CUDA events. Every (form, runtime) of a model is warmed up, then the timed blocks
 run `repeats` times, interleaved: repeat 1 of every form and runtime, then repeat 2, ..., so load
 changes on a shared machine hit all of them alike and their ratios are measured in one run. img/s
-is the median over repeats with min/max as the spread. On CPU the protocol would take hours, so
-smaller defaults apply (CPU_DEFAULTS) unless set explicitly, and the report says so.
+is the median over repeats with min/max as the spread (flagged when wide: `report.WIDE_SPREAD`). On
+CPU the protocol would take hours, so smaller defaults apply (CPU_DEFAULTS) unless set explicitly,
+and the report says so; torch runs on physical cores minus one thread unless `threads` is set.
 
 Forms: `residual` (as trained), `bn_folded` (every conv+BN pair folded by torch.fx, the fair
 baseline for a deployed residual net), `plain` (`rm.convert`). Parameters and MACs are counted, and
@@ -112,10 +113,10 @@ def physical_cores() -> int:
 def _threads(cfg: DictConfig, on_cpu: bool) -> int:
     """`threads`, else on CPU physical cores minus one, at least one. Intra-op threads meet at a barrier
     after every operator, so a core taken by another process stalls all of them: with torch's default of
-    one thread per core, a busy 2-core machine timed 11.4 img/s (repeats 10.7-39.3) for the plain model
-    that ran 1,081 img/s on one thread. Leaving a core to the rest of the machine keeps the count stable
-    under light background load (one thread on 2 cores); hyper-threads add noise, not speed. On GPU the
-    threads only launch kernels: torch's own count is kept (and recorded)."""
+    one thread per core, resnet20's plain form (batch 8) ran 4.1 img/s on a 2-core machine at load 11,
+    72.9 img/s on one thread (issue 20: 11.4 against 1,081). Leaving a core to the rest of the machine
+    keeps the count stable under light background load (one thread on 2 cores); hyper-threads add
+    noise, not speed. On GPU the threads only launch kernels: torch's own count is kept (and recorded)."""
     if cfg.threads is not None:
         if int(cfg.threads) < 1:
             raise ValueError(f"threads must be >= 1 (null: physical cores minus one on CPU), got {cfg.threads}")
