@@ -7,8 +7,9 @@ eval mode, `torch.inference_mode`, random input at the model's resolution, `cudn
 timing between CUDA events. Every (form, runtime) of a model is warmed up, then the timed blocks
 run `repeats` times, interleaved: repeat 1 of every form and runtime, then repeat 2, ..., so load
 changes on a shared machine hit all of them alike and their ratios are measured in one run. img/s
-is the median over repeats with min/max as the spread. On CPU the protocol would take hours, so
-smaller defaults apply (CPU_DEFAULTS) unless set explicitly, and the report says so.
+is the median over repeats with min/max as the spread (flagged when wide: `report.WIDE_SPREAD`). On
+CPU the protocol would take hours, so smaller defaults apply (CPU_DEFAULTS) unless set explicitly,
+and the report says so; torch runs on physical cores minus one thread unless `threads` is set.
 
 Forms: `residual` (as trained), `bn_folded` (every conv+BN pair folded by torch.fx, the fair
 baseline for a deployed residual net), `plain` (`rm.convert`). Parameters and MACs are counted, and
@@ -24,14 +25,13 @@ from __future__ import annotations
 
 import copy
 import datetime
-import json
 import os
-import statistics
+import re
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -54,10 +54,10 @@ from models.complexity import count_macs, count_params
 from .export import EXPORTERS
 from .fidelity import compare, predictions
 from .memory import peak_activation_memory
+from .report import FORMS, WIDE_SPREAD, source_labels, spread_warning, summary, to_markdown, write_report
 from .runtimes import RUNTIMES, Context, check_runtimes
 
-SCHEMA = "rmnet-benchmark/2"
-FORMS = ("residual", "bn_folded", "plain")
+SCHEMA = "rmnet-benchmark/3"   # 3: rows keyed by source (`source`, `file`), `sources`, threads, spread
 PRECISIONS = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROTOCOL = {"batch_size": [128], "warmup": 50, "iters": 50}
 CPU_DEFAULTS = {"batch_size": [8], "warmup": 2, "iters": 5}
@@ -68,6 +68,7 @@ PRESET_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "presets"
 @dataclass
 class Settings:
     device: str
+    threads: int = 1               # torch (and ONNX Runtime) intra-op threads while measuring
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
     channels_last: bool = False
     runtimes: list[str] = field(default_factory=lambda: ["eager"])
@@ -86,6 +87,7 @@ class Settings:
     export: list[str] = field(default_factory=list)
     export_dir: str = "benchmarks/exports"
     notes: list[str] = field(default_factory=list)
+    wide_spread: float = WIDE_SPREAD   # rows whose repeats spread wider are flagged (bench/report.py)
 
 
 def _plain_list(value) -> list:
@@ -94,13 +96,54 @@ def _plain_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
 
 
+def physical_cores() -> int:
+    """Physical cores this process may run on (the hyper-threads of a core count once); the number of
+    logical CPUs where the topology cannot be read."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topology / "physical_package_id").read_text(), (topology / "core_id").read_text()))
+        except OSError:
+            return len(cpus)
+    return max(len(cores), 1)
+
+
+def _threads(cfg: DictConfig, on_cpu: bool) -> int:
+    """`threads`, else on CPU physical cores minus one, at least one. Intra-op threads meet at a barrier
+    after every operator, so a core taken by another process stalls all of them: with torch's default of
+    one thread per core, resnet20's plain form (batch 8) ran 4.1 img/s on a 2-core machine at load 11,
+    72.9 img/s on one thread (issue 20: 11.4 against 1,081). Leaving a core to the rest of the machine
+    keeps the count stable under light background load (one thread on 2 cores); hyper-threads add
+    noise, not speed. On GPU the threads only launch kernels: torch's own count is kept (and recorded)."""
+    if cfg.threads is not None:
+        if int(cfg.threads) < 1:
+            raise ValueError(f"threads must be >= 1 (null: physical cores minus one on CPU), got {cfg.threads}")
+        return int(cfg.threads)
+    return max(physical_cores() - 1, 1) if on_cpu else torch.get_num_threads()
+
+
+def _device(cfg: DictConfig) -> str:
+    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device
+    device = "cpu" if device == "auto" else device
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if torch.device(device).type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device} but CUDA is not available here; use device=cpu (or auto)")
+        index, count = torch.device(device).index, torch.cuda.device_count()
+        if index is not None and index >= count:
+            raise ValueError(f"device={device} but this machine has {count} CUDA devices: use cuda:0 to "
+                             f"cuda:{count - 1}")
+    return device
+
+
 def resolve_settings(cfg: DictConfig) -> Settings:
     """Validate the config and fill protocol defaults (paper protocol on GPU, CPU_DEFAULTS on CPU)."""
-    device = cfg.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device} but CUDA is not available here; use device=cpu (or auto)")
+    device = _device(cfg)
     precisions = [str(p) for p in _plain_list(cfg.precision)]
     if not precisions or set(precisions) - set(PRECISIONS):
         raise ValueError(f"precision must be one of {list(PRECISIONS)} or a list of them, got {cfg.precision!r}")
@@ -120,9 +163,6 @@ def resolve_settings(cfg: DictConfig) -> Settings:
         raise ValueError("export writes the plain model: add `plain` to forms")
     if cfg.int8.calibration_batches < 1 or cfg.int8.keep_float < 0 or cfg.data_batch_size < 1:
         raise ValueError("int8.calibration_batches and data_batch_size must be >= 1 and int8.keep_float >= 0")
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-
     on_cpu = torch.device(device).type == "cpu"
     defaults = CPU_DEFAULTS if on_cpu else PROTOCOL
     notes = []
@@ -144,8 +184,8 @@ def resolve_settings(cfg: DictConfig) -> Settings:
         raise ValueError("torch.compile compiles on the first call: use warmup >= 1 so it is not timed")
     if on_cpu and "fp16" in precisions:
         notes.append("fp16 on CPU runs slow fallback kernels; the figures say little about deployment.")
-    return Settings(device=device, precisions=precisions, channels_last=bool(cfg.channels_last),
-                    runtimes=runtimes, compile_mode=cfg.compile_mode, batch_sizes=batch_sizes,
+    return Settings(device=device, threads=_threads(cfg, on_cpu), precisions=precisions,
+                    channels_last=bool(cfg.channels_last), runtimes=runtimes, compile_mode=cfg.compile_mode, batch_sizes=batch_sizes,
                     warmup=int(chosen["warmup"]), iters=int(chosen["iters"]), repeats=int(cfg.repeats), forms=forms,
                     memory=bool(cfg.memory), check=bool(cfg.check),
                     calibration_batches=int(cfg.int8.calibration_batches), keep_float=int(cfg.int8.keep_float),
@@ -180,6 +220,10 @@ def resolve_models(cfg: DictConfig) -> tuple[list[ModelSpec | str], DictConfig]:
     if not names and not files:
         raise ValueError("nothing to benchmark: pass models=[resnet50,rmnet50x6_32], preset=table1_imagenet or "
                          "checkpoints=[path/to/deploy.pt]")
+    for what, items in (("models", names), ("checkpoints", [os.path.realpath(f) for f in files])):
+        twice = sorted({str(item) for item in items if items.count(item) > 1})
+        if twice:
+            raise ValueError(f"{what} lists {', '.join(twice)} twice: each is benchmarked once")
     kwargs = OmegaConf.to_container(cfg.model_kwargs) if cfg.model_kwargs else {}
     sources: list[ModelSpec | str] = []
     for name in names:
@@ -225,7 +269,15 @@ def _sync(device: torch.device) -> None:
 def time_interleaved(calls: dict[Any, Callable[[], Any]], device: torch.device, warmup: int, iters: int,
                      repeats: int) -> dict[Any, list[float]]:
     """Seconds for `iters` calls of each function, once per repeat, after `warmup` untimed calls of
-    each. Repeats are interleaved (all functions' first timed block, then all second ones, ...)."""
+    each. Repeats are interleaved (all functions' first timed block, then all second ones, ...). On
+    CUDA, `device` is the current device throughout and the events sit on its current stream, the
+    stream its work runs on (events on another device's stream would time nothing of it)."""
+    with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
+        return _time_blocks(calls, device, warmup, iters, repeats)
+
+
+def _time_blocks(calls: dict[Any, Callable[[], Any]], device: torch.device, warmup: int, iters: int,
+                 repeats: int) -> dict[Any, list[float]]:
     for call in calls.values():
         for _ in range(warmup):
             call()
@@ -234,11 +286,12 @@ def time_interleaved(calls: dict[Any, Callable[[], Any]], device: torch.device, 
     for _ in range(repeats):
         for key, call in calls.items():
             if device.type == "cuda":
+                stream = torch.cuda.current_stream(device)
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
+                start.record(stream)
                 for _ in range(iters):
                     call()
-                end.record()
+                end.record(stream)
                 end.synchronize()
                 seconds[key].append(start.elapsed_time(end) / 1000)
             else:
@@ -252,10 +305,6 @@ def time_interleaved(calls: dict[Any, Callable[[], Any]], device: torch.device, 
 def time_forward(model: nn.Module, x: torch.Tensor, warmup: int, iters: int, repeats: int) -> list[float]:
     """Seconds for `iters` forward passes, once per repeat, after `warmup` untimed passes."""
     return time_interleaved({0: lambda: model(x)}, x.device, warmup, iters, repeats)[0]
-
-
-def _summary(values: list[float]) -> dict[str, Any]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
 
 
 def _cast(x: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
@@ -277,12 +326,15 @@ def _lossy(runtime: str, precision: str) -> bool:
     return not RUNTIMES[runtime].exact or precision != "fp32"
 
 
-def benchmark_model(model: nn.Module, spec: ModelSpec, s: Settings, data: tuple | None = None
-                    ) -> list[dict[str, Any]]:
-    """One row per (precision, batch size, runtime, form), at the spec's input size. `data`: the
-    (calibration, validation) loaders of a trained file (`engine.inputs.trained_loaders`), else None."""
+def benchmark_model(model: nn.Module, spec: ModelSpec, s: Settings, data: tuple | None = None,
+                    source: str | None = None, file: str | None = None) -> list[dict[str, Any]]:
+    """One row per (precision, batch size, runtime, form), at the spec's input size, each naming its
+    `source` label (`report.source_labels`; default the model name) and `file` (None: a registry
+    model). `data`: the (calibration, validation) loaders of a trained file
+    (`engine.inputs.trained_loaders`), else None."""
     size = spec.input_size
     name = spec.name or "plain"
+    ident = {"source": source or name, "file": file, "model": name}
     device = torch.device(s.device)
     model = model.to(device).eval()
     forms = build_forms(model, spec, s.forms)
@@ -300,7 +352,8 @@ def benchmark_model(model: nn.Module, spec: ModelSpec, s: Settings, data: tuple 
     exports = {}
     for kind in s.export:
         exporter, suffix = EXPORTERS[kind]
-        path = os.path.join(s.export_dir, f"{name}_{spec.stem}_plain{suffix}")
+        base = name if file is None else f"{name}_{_slug(ident['source'])}"
+        path = os.path.join(s.export_dir, f"{base}_{spec.stem}_plain{suffix}")
         exports[kind] = exporter(forms["plain"], torch.randn(2, 3, size, size, device=device), path)
 
     rows = []
@@ -323,7 +376,7 @@ def benchmark_model(model: nn.Module, spec: ModelSpec, s: Settings, data: tuple 
             with backend_flags(precision):
                 checks: dict[tuple, dict | None] = {}   # measured at the first batch size, for every row
                 for batch in s.batch_sizes:
-                    rows += _time_batch(runs, modules, batch, precision, name, spec, s, static, checks,
+                    rows += _time_batch(runs, modules, batch, precision, ident, spec, s, static, checks,
                                         x_check, reference_out, reference_form)
                 if ref_predictions:
                     _add_fidelity(rows, runs, data[1], ref_predictions, precision, s)
@@ -338,7 +391,7 @@ def benchmark_model(model: nn.Module, spec: ModelSpec, s: Settings, data: tuple 
     return rows
 
 
-def _time_batch(runs: dict, modules: dict, batch: int, precision: str, name: str, spec: ModelSpec, s: Settings,
+def _time_batch(runs: dict, modules: dict, batch: int, precision: str, ident: dict, spec: ModelSpec, s: Settings,
                 static: dict, checks: dict, x_check: torch.Tensor, reference_out: torch.Tensor,
                 reference_form: str) -> list[dict[str, Any]]:
     """Time every (runtime, form) on one batch size, interleaved; check the outputs of those not in
@@ -364,17 +417,18 @@ def _time_batch(runs: dict, modules: dict, batch: int, precision: str, name: str
                                          "reference": f"{reference_form} eager fp32",
                                          "tolerance": CHECK_TOLERANCE if exact else None}
                 if exact and checks[runtime, form]["max_rel"] > CHECK_TOLERANCE:
-                    print(f"warning: {name} {form} in {runtime} differs from the {reference_form} model by "
+                    print(f"warning: {ident['source']} {form} in {runtime} differs from the {reference_form} model by "
                           f"{checks[runtime, form]['max_rel']:.1e} relative (tolerance {CHECK_TOLERANCE:.0e})",
                           file=sys.stderr)
         memory = None
         if s.memory and torch_runtime:
             memory = peak_activation_memory(run, inputs[True], eager_model=modules[form])
+        speeds = summary([batch * s.iters / t for t in seconds[runtime, form]])
         rows.append({
-            "model": name, "stem": spec.stem, "num_classes": spec.num_classes, "input_size": spec.input_size,
+            **ident, "stem": spec.stem, "num_classes": spec.num_classes, "input_size": spec.input_size,
             "form": form, "runtime": runtime, "precision": precision, "batch_size": batch, **static[form],
-            "img_per_s": _summary([batch * s.iters / t for t in seconds[runtime, form]]),
-            "latency_ms": _summary([1000 * t / s.iters for t in seconds[runtime, form]]),
+            "img_per_s": speeds, "wide_spread": speeds["spread"] > s.wide_spread,
+            "latency_ms": summary([1000 * t / s.iters for t in seconds[runtime, form]]),
             "load_average_1min": load, "memory": memory, "check": checks[runtime, form], "fidelity": None, "int8": None,
             "export": None,
         })
@@ -398,121 +452,13 @@ def _add_fidelity(rows: list[dict], runs: dict, loader: Any, ref_predictions: di
                 r["fidelity"] = result
 
 
-def _fmt_mib(memory: dict | None, key: str) -> str:
-    return "" if not memory or memory.get(key) is None else f"{memory[key]:.1f}"
+def _slug(label: str) -> str:
+    """A source label as part of a file name: `run1/deploy.pt` -> `run1-deploy`."""
+    return re.sub(r"[^\w.-]+", "-", re.sub(r"\.pth?$", "", label))
 
 
-def _ratio(value: float, base: float | None) -> str:
-    return f"{value / base:.2f}x" if base else ""
-
-
-def _best_lines(rows: list[dict]) -> list[str]:
-    """Best plain against best residual-side (residual or bn_folded) form, per model, precision, batch
-    and arithmetic (float runtimes; INT8)."""
-    best: dict[tuple, dict[str, tuple[float, str]]] = {}
-    for r in rows:
-        kind = "float" if RUNTIMES[r["runtime"]].exact else "int8"
-        side = "plain" if r["form"] == "plain" else "residual"
-        key = (r["model"], r["precision"], r["batch_size"], kind)
-        speed = r["img_per_s"]["median"]
-        if speed > best.setdefault(key, {}).get(side, (0.0, ""))[0]:
-            best[key][side] = (speed, f"{r['form']}, {r['runtime']}")
-    lines = ["| model | precision | batch | arithmetic | best residual-side form | img/s | best plain | img/s "
-             "| plain / residual |", "|" + " --- |" * 9]
-    for (model, precision, batch, kind), sides in best.items():
-        if len(sides) < 2:
-            continue
-        (res, res_where), (plain, plain_where) = sides["residual"], sides["plain"]
-        lines.append(f"| {model} | {precision} | {batch} | {kind} | {res_where} | {res:.1f} | {plain_where} | "
-                     f"{plain:.1f} | {plain / res:.2f}x |")
-    return lines if len(lines) > 2 else []
-
-
-def to_markdown(report: dict[str, Any]) -> str:
-    env, s = report["environment"], report["settings"]
-    results = report["results"]
-    cuda_mem = any(r["memory"] and r["memory"]["cuda_peak_mib"] is not None for r in results)
-    versions = f"torch {env['torch']}" + (f", CUDA {env['cuda']}, cuDNN {env['cudnn']}" if env["cuda"] else "")
-    versions += "".join(f", {k} {env[k]}" for k in ("onnxruntime",) if env.get(k))
-    runtimes = ", ".join(f"{r} ({s['compile_mode']})" if r == "compile" else r for r in s["runtimes"])
-    lines = [
-        f"# Inference benchmark ({env['date'][:10]})", "",
-        f"- Device: {env['device_name']}; {versions}; commit {env['git_commit']}"
-        + (f"; load average {load:.1f} at the start" if (load := env.get("load_average_1min")) is not None else ""),
-        f"- Precision {', '.join(s['precisions'])}, channels_last {s['channels_last']}; runtimes {runtimes}; "
-        f"{s['warmup']} warm-up + {s['iters']} timed iterations, {s['repeats']} repeats interleaved over forms and "
-        "runtimes (median, min-max)",
-        f"- Command: `{env['command']}`",
-        *[f"- Note: {n}" for n in s["notes"]], "",
-        "| model | batch | precision | runtime | form | params (M) | GMACs | img/s | min-max | ms/batch "
-        "| vs residual | vs eager | act. mem MiB (lifetimes) |" + (" CUDA peak MiB |" if cuda_mem else "")
-        + " load | max rel err vs fp32 |",
-        "|" + " --- |" * (15 + cuda_mem),
-    ]
-    speed = {(r["model"], r["precision"], r["batch_size"], r["runtime"], r["form"]): r["img_per_s"]["median"]
-             for r in results}
-    order = {name: i for i, name in enumerate(dict.fromkeys(r["model"] for r in results))}
-    rows = sorted(results, key=lambda r: (order[r["model"]], s["precisions"].index(r["precision"]),
-                                          r["batch_size"], s["runtimes"].index(r["runtime"]),
-                                          FORMS.index(r["form"])))
-    for r in rows:
-        img_s = r["img_per_s"]
-        at = (r["model"], r["precision"], r["batch_size"])
-        cells = [r["model"], r["batch_size"], r["precision"], r["runtime"], r["form"], f"{r['params'] / 1e6:.2f}",
-                 f"{r['macs'] / 1e9:.3f}", f"{img_s['median']:.1f}", f"{img_s['min']:.1f}-{img_s['max']:.1f}",
-                 f"{r['latency_ms']['median']:.2f}", _ratio(img_s["median"], speed.get((*at, r["runtime"], "residual"))),
-                 _ratio(img_s["median"], speed.get((*at, "eager", r["form"]))),
-                 _fmt_mib(r["memory"], "lifetime_peak_mib")]
-        if cuda_mem:
-            cells.append(_fmt_mib(r["memory"], "cuda_peak_mib"))
-        cells.append("" if r["load_average_1min"] is None else f"{r['load_average_1min']:.1f}")
-        cells.append(f"{r['check']['max_rel']:.1e}" if r["check"] else "")
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    best = _best_lines(rows)
-    if best:
-        lines += ["", "Fastest plain against fastest residual or BN-folded form, per arithmetic (float runtimes; "
-                  "INT8), from the table above:", "", *best]
-    fidelity = {(r["model"], r["form"], r["runtime"], r["precision"]): r["fidelity"] for r in rows if r["fidelity"]}
-    if fidelity:
-        lines += ["", "Validation top-1 of the lossy rows against the same form in eager fp32:", "",
-                  "| model | form | runtime | precision | top-1 % | eager fp32 top-1 % | delta | agreement % | images |",
-                  "|" + " --- |" * 9]
-        lines += [f"| {m} | {f} | {rt} | {p} | {v['top1']:.2f} | {v['top1_reference']:.2f} | {v['delta']:+.2f} | "
-                  f"{v['agreement']:.2f} | {v['images']} |" for (m, f, rt, p), v in fidelity.items()]
-    int8 = {(r["model"], r["form"]): r["int8"] for r in rows if r["int8"]}
-    if int8:
-        lines.append("")
-        lines += [f"INT8 {model} {form}: lowest weight SQNR {v['min_weight_sqnr_db']:.1f} dB; layers kept in float: "
-                  f"{', '.join(v['kept_float']) or 'none'}" for (model, form), v in int8.items()]
-    exports = {(r["model"], kind): e for r in rows if r["export"] for kind, e in r["export"].items()}
-    if exports:
-        lines.append("")
-        lines += [f"Export {kind} of {model} plain: `{e['path']}`, output vs PyTorch max rel error "
-                  f"{e['max_rel']:.1e} ({e['runtime']})" for (model, kind), e in exports.items()]
-    memory = next((r["memory"] for r in results if r["memory"]), None)
-    if memory:
-        lines += ["", f"Activation memory (lifetimes): {memory['lifetime_method']}."]
-        if memory["cuda_method"]:
-            lines.append(f"CUDA peak: {memory['cuda_method']}.")
-    return "\n".join(lines) + "\n"
-
-
-def write_report(report: dict[str, Any], out_dir: str, name: str) -> tuple[str, str]:
-    os.makedirs(out_dir, exist_ok=True)
-    base = os.path.join(out_dir, name)
-    with open(base + ".json", "w") as f:
-        json.dump(report, f, indent=1)
-    with open(base + ".md", "w") as f:
-        f.write(to_markdown(report))
-    return base + ".md", base + ".json"
-
-
-def _label(source: ModelSpec | str) -> str:
-    return source.name if isinstance(source, ModelSpec) else os.path.splitext(os.path.basename(source))[0]
-
-
-def _default_name(cfg: DictConfig, s: Settings, sources: list[ModelSpec | str]) -> str:
-    what = cfg.preset or "-".join(_label(source) for source in sources)[:80]
+def _default_name(cfg: DictConfig, s: Settings, labels: list[str]) -> str:
+    what = cfg.preset or "-".join(map(_slug, labels))[:80]
     parts = [datetime.date.today().isoformat(), what, torch.device(s.device).type, "-".join(s.precisions)]
     if s.channels_last:
         parts.append("cl")
@@ -532,12 +478,47 @@ def _versions() -> dict[str, str | None]:
     return found
 
 
+@contextmanager
+def _measuring(s: Settings) -> Iterator[None]:
+    """The run's thread count and, on CUDA, its device as the current one (set before anything is built,
+    as torchvision's reference sets it first), both restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(s.threads)
+    try:
+        with torch.cuda.device(torch.device(s.device)) if torch.device(s.device).type == "cuda" else nullcontext():
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _load(source: ModelSpec | str, label: str, s: Settings, report: dict[str, Any]
+          ) -> tuple[nn.Module, ModelSpec, tuple | None]:
+    """(model, spec, data loaders or None) of one source, recorded in `report["sources"]` with what its
+    rows were measured with: the spec, the input size and the data config of a file."""
+    data = art = None
+    if isinstance(source, ModelSpec):
+        model, spec = source.build(), source
+    else:
+        art = artifacts.load(source)
+        model, spec = art.model, art.spec
+        if s.fidelity or "onnxruntime_int8" in s.runtimes:
+            data = trained_loaders(art, s.data_batch_size, s.calibration_batches)
+            if data is None:
+                note = f"{label} stores no data config: INT8 calibrates on random input, no fidelity."
+                report["settings"]["notes"].append(note)
+                print(f"note: {note}")
+    report["sources"].append({"source": label, "file": None if art is None else source,
+                              "kind": "registry" if art is None else art.kind, "input_size": spec.input_size,
+                              "spec": spec.to_dict(), "data_config": None if art is None else art.data_config})
+    return model, spec, data
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Benchmark every model of `cfg` (conf/benchmark.yaml), print the table and write it as
     Markdown and JSON to `cfg.out_dir`; returns the report."""
     sources, cfg = resolve_models(cfg)
     s = resolve_settings(cfg)
-    needs_data = s.fidelity or "onnxruntime_int8" in s.runtimes
+    labels = source_labels(sources)
     if any(isinstance(source, ModelSpec) for source in sources):
         if "onnxruntime_int8" in s.runtimes:
             s.notes.append("registry models have random weights: INT8 calibrates them on random N(0, 1) input.")
@@ -545,29 +526,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             s.notes.append("fidelity needs a trained file with a stored data config; registry models get none.")
     for note in s.notes:
         print(f"note: {note}")
-    rows = []
-    report = {"schema": SCHEMA, "environment": {**environment(s.device), **_versions()}, "settings": asdict(s),
-              "results": rows}
-    name = cfg.name or _default_name(cfg, s, sources)
-    for source in tqdm(sources, desc="benchmark", unit="model", file=sys.stdout):
-        data = None
-        if isinstance(source, ModelSpec):
-            model, spec = source.build(), source
-        else:
-            art = artifacts.load(source)
-            model, spec = art.model, art.spec
-            if needs_data:
-                data = trained_loaders(art, s.data_batch_size, s.calibration_batches)
-                if data is None:
-                    note = f"{source} stores no data config: INT8 calibrates on random input, no fidelity."
-                    report["settings"]["notes"].append(note)
-                    print(f"note: {note}")
-        rows += benchmark_model(model, spec, s, data)
-        del model
-        if torch.device(s.device).type == "cuda":
-            torch.cuda.empty_cache()
-        # Written after every model, so a run stopped by a time limit keeps the models it finished.
-        md, js = write_report(report, cfg.out_dir, name)
-    print(to_markdown(report))
+    rows: list[dict[str, Any]] = []
+    name = cfg.name or _default_name(cfg, s, labels)
+    with _measuring(s):
+        report = {"schema": SCHEMA, "environment": {**environment(s.device), **_versions()}, "settings": asdict(s),
+                  "sources": [], "results": rows}
+        for source, label in tqdm(list(zip(sources, labels)), desc="benchmark", unit="model", file=sys.stdout):
+            model, spec, data = _load(source, label, s, report)
+            rows += benchmark_model(model, spec, s, data, source=label, file=report["sources"][-1]["file"])
+            del model
+            if torch.device(s.device).type == "cuda":
+                torch.cuda.empty_cache()
+            # Written after every model, so a run stopped by a time limit keeps the models it finished.
+            markdown = to_markdown(report)
+            md, js = write_report(report, markdown, cfg.out_dir, name)
+    print(markdown)
     print(f"wrote {md} and {js}")
+    if warning := spread_warning(rows):
+        print(warning, file=sys.stderr)
     return report

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
@@ -190,7 +191,10 @@ def check_choices(cfg: DictConfig) -> None:
     """The enumerated settings `cfg` has (any entry point's config) must be among their choices."""
     for key, choices in CHOICES.items():
         value = OmegaConf.select(cfg, key, default="<absent>")
-        if value != "<absent>" and value not in choices:
+        # cuda:N picks one GPU; entry points that cannot use a given one (train, evaluate) refuse it in
+        # D.setup, the benchmark times on it.
+        indexed_gpu = key == "device" and isinstance(value, str) and re.fullmatch(r"cuda:\d+", value)
+        if value != "<absent>" and value not in choices and not indexed_gpu:
             raise ConfigError(f"{key}={value!r} is not valid; choose one of "
                               f"{', '.join('null' if c is None else c for c in choices)}")
 

@@ -50,6 +50,19 @@ def check_exact(model: nn.Module, size: int, **kw) -> dict:
     return report
 
 
+def markdown_table(markdown: str, header_start: str) -> list[dict[str, str]]:
+    """The rows of the first Markdown table whose header line starts with `header_start`, keyed by header."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, (c.strip() for c in line.strip("|").split("|")))))
+    return rows
+
+
 def run_script(name: str, argv: list[str]) -> tuple[int, str, str]:
     """`python <name>.py ARGV` in this process, exactly as the script runs from a shell (its own
     `if __name__ == "__main__"` block): (exit status, stdout, stderr)."""

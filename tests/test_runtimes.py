@@ -22,7 +22,7 @@ from engine.evaluate import evaluate
 from engine.inputs import trained_loaders
 from engine.stages import run_training
 from models import ModelSpec
-from tests.helpers import randomize_bn, tiny_config
+from tests.helpers import markdown_table, randomize_bn, tiny_config
 
 CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
@@ -136,3 +136,25 @@ def test_bad_runtimes_and_missing_packages_are_one_line_errors(monkeypatch, caps
     monkeypatch.setitem(sys.modules, "onnxruntime", None)   # import onnxruntime now raises ImportError
     err = _cli_error(monkeypatch, capsys, "models=[resnet20]", "runtime=[eager,onnxruntime_int8]")
     assert "the onnxruntime package is needed for runtime=onnxruntime_int8" in err and "pip install onnxruntime" in err
+
+
+def test_a_run_s_best_and_deploy_files_are_compared_each_with_itself(tmp_path, trained):
+    """checkpoints=[deploy.pt, best.pt] of one run (one model name): deploy.pt's plain row has no residual
+    row of its own to be compared with (it was compared with best.pt's), and the fidelity table has a
+    row per file and form (it showed one file's only)."""
+    deploy = os.path.join(os.path.dirname(trained), "deploy.pt")
+    report = B.run(_cfg(f"checkpoints=[{deploy},{trained}]", "forms=[residual,plain]", "precision=bf16",
+                        "batch_size=[3]", "warmup=0", "iters=1", "repeats=1", "memory=false", "fidelity=true",
+                        "data_batch_size=64", f"out_dir={tmp_path}", "name=t"))
+    assert [(r["source"], r["form"]) for r in report["results"]] == [
+        ("deploy.pt", "plain"), ("best.pt", "residual"), ("best.pt", "plain")]
+    markdown = (tmp_path / "t.md").read_text()
+    main = [(r["model"], r["form"], r["vs residual"]) for r in markdown_table(markdown, "| model | batch |")]
+    assert main[:2] == [("resnet18 (deploy.pt)", "plain", ""), ("resnet18 (best.pt)", "residual", "1.00x")]
+    assert main[2][:2] == ("resnet18 (best.pt)", "plain") and main[2][2].endswith("x")
+    fidelity = [(r["model"], r["form"]) for r in markdown_table(markdown, "| model | form | runtime |")]
+    assert fidelity == [("resnet18 (deploy.pt)", "plain"), ("resnet18 (best.pt)", "residual"),
+                        ("resnet18 (best.pt)", "plain")]
+    # The plain model of deploy.pt is best.pt's converted: the same predictions in bf16 and fp32.
+    top1 = {r["source"]: r["fidelity"]["top1_reference"] for r in report["results"] if r["form"] == "plain"}
+    assert top1["deploy.pt"] == pytest.approx(top1["best.pt"])
