@@ -262,7 +262,8 @@ class Trainer:
             elapsed = time.perf_counter() - start
             if train_loss is not None:
                 self._scalars({"train/epoch_loss": train_loss, "train/epoch_time": elapsed})
-            self._record({"epoch": self.epoch, "step": self.step, "train_loss": train_loss, "val_top1": val["top1"],
+            self._record({"epoch": self.epoch, "step": self.step, "train_loss": train_loss, "train_steps": steps,
+                          "val_top1": val["top1"],
                           "val_top5": val["top5"], "val_loss": val["loss"], "epoch_time": elapsed})
             log.info(f"epoch {self.epoch}/{cfg.epochs}: {self._train_loss_text(train_loss, steps)}  val loss "
                      f"{val['loss']:.4f}  top-1 {val['top1']:.2f}  top-5 {val['top5']:.2f}  (best {self.best_top1:.2f})  "
@@ -282,7 +283,7 @@ class Trainer:
     def train_epoch(self) -> tuple[float | None, int]:
         """One epoch (or its rest, after a mid-epoch resume): the mean training loss of the steps run
         here (None if none were left) and their number. Between log steps a step only queues work on the
-        device; at log steps the ranks meet (loss window, non-finite check, stop flag) with one host sync."""
+        device; at log steps the loss window is read and the ranks meet (non-finite check, stop flag)."""
         cfg, loader = self.cfg, self.train_loader
         if self.step_in_epoch >= self.steps_per_epoch:   # stopped after the last step, before validation
             return None, 0
