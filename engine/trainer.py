@@ -312,7 +312,7 @@ class Trainer:
             for hook in self.hooks:
                 hook.after_step(self)
             # One process polls its own flag every step (no sync); ranks agree on a stop only where they meet.
-            if self.meet() if log_step else (self.world == 1 and self.stop.signum is not None):
+            if (self.meet() if log_step else (self.world == 1 and self.stop.signum is not None)):
                 self.save()   # before validation: the checkpoint comes first when a deadline runs
                 self.exit_preempted()
             if self.step_in_epoch >= self.steps_per_epoch:
