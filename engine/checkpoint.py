@@ -1,14 +1,18 @@
 """Training checkpoints: the model (`artifacts.model_entries`) plus the state that resumes a run.
 
   {"format": "rmnet-train", "version": 2, "model", "model_spec", "layers",   (artifacts.formats)
-   "optimizer", "scheduler", "scaler", "ema", "epoch", "step", "step_in_epoch", "best_top1",
-   "world_size", "rng": [per-rank RNG states], "config": the run's resolved config}
+   "optimizer", "scheduler", "scaler", "ema": EMA weights or None, "ema_updates", "epoch", "step",
+   "step_in_epoch", "best_top1", "world_size", "rng": [per-rank RNG states], "config": the run's
+   resolved config}
 
 Written atomically and read with `weights_only=True` (rm.io); `artifacts.load` reads the model of
-any of them, `load_checkpoint` the whole state for a resume.
+any of them, `load_checkpoint` the whole state for a resume, onto the CPU as torchvision's reference
+does: the RNG states must be CPU tensors, and `load_state_dict` moves the rest to the model's device.
 """
 from __future__ import annotations
 
+import os
+import shutil
 from typing import Any
 
 import torch
@@ -30,21 +34,40 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore `rng_state()`'s states; their tensors may sit on any device (the setters take CPU ones)."""
     import random
 
     import numpy as np
 
     random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
     name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
+    np.random.set_state((name, keys.cpu().numpy(), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def save_checkpoint(path: str, **entries: Any) -> None:
     """Atomically write a training checkpoint {"format", "version", **entries}."""
     atomic_save({"format": TRAIN_FORMAT, "version": TRAIN_VERSION, **entries}, path)
+
+
+def link_checkpoint(src: str, dst: str) -> None:
+    """Make `dst` the file `src` is, atomically and without writing it again: a hard link (a later
+    save replaces `src` by a new file and leaves `dst` as it is), or a copy where links fail."""
+    tmp = f"{dst}.tmp-{os.getpid()}"
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:   # a file system without hard links
+            shutil.copyfile(src, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -27,14 +27,17 @@ class RunDirError(OSError):
 
 
 class StopSignal:
-    """SIGTERM/SIGINT ask the trainer to stop after the current step (it then checkpoints and
-    exits with 128 + signal number); a second signal exits at once, and so does a step that does
-    not end within `grace_s` (a rank blocked in a collective on a dead peer: torchrun's agent sends
-    SIGTERM and waits 30 s before SIGKILL). Installed only in the main thread, restored on exit."""
+    """SIGTERM/SIGINT ask the trainer to stop (it checkpoints at its next meeting point, first thing,
+    and exits with 128 + signal number); a second signal exits at once, and so does a run that has
+    not written its checkpoint and exited within `grace_s` of the signal (a rank blocked in a
+    collective on a dead peer; torchrun's agent sends SIGTERM and waits 30 s before SIGKILL, so the
+    deadline covers the steps to the next meeting point, a validation under way and the save).
+    Installed only in the main thread, restored on exit. `announce`: print the notice (one rank of a
+    torchrun job: the agent signals every worker at once)."""
 
-    def __init__(self, grace_s: float = 25.0) -> None:
+    def __init__(self, grace_s: float = 25.0, announce: bool = True) -> None:
         self.signum: int | None = None
-        self.grace_s = grace_s
+        self.grace_s, self.announce = grace_s, announce
         self._previous: dict[int, Any] = {}
         self._deadline: threading.Timer | None = None
 
@@ -60,12 +63,13 @@ class StopSignal:
         self._deadline = threading.Timer(self.grace_s, self._expire)
         self._deadline.daemon = True
         self._deadline.start()
-        print(f"\n{signal.Signals(signum).name} received: stopping after this step and writing a checkpoint "
-              f"(send it again to exit at once)", file=sys.stderr, flush=True)
+        if self.announce:
+            print(f"\n{signal.Signals(signum).name} received: stopping and writing a checkpoint (send it again "
+                  f"to exit at once)", file=sys.stderr, flush=True)
 
     def _expire(self) -> None:
-        print(f"the step did not end within {self.grace_s:g} s of the signal: exiting without a checkpoint",
-              file=sys.stderr, flush=True)
+        print(f"no checkpoint written within {self.grace_s:g} s of the signal: exiting without one; the last "
+              f"one written is intact", file=sys.stderr, flush=True)
         os._exit(self.exit_code)
 
     @property

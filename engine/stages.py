@@ -27,7 +27,7 @@ from . import distributed as D
 from .config import check_values, init_path, model_kwargs, per_process_batch
 from .evaluate import evaluate
 from .inputs import check_data
-from .trainer import Trainer
+from .trainer import Trainer, show_progress
 
 log = logging.getLogger("rmnet.train")
 
@@ -66,13 +66,15 @@ def train(cfg: DictConfig, model: nn.Module, spec: ModelSpec) -> dict[str, Any]:
     """Train `model` (every rank passes the same) with the trainer; returns its summary (best top-1,
     run directory), and with `final.enabled` also `finish`'s."""
     trainer = Trainer(cfg, model, spec)
+    done = False
     try:
         summary = trainer.fit()
         if cfg.final.enabled:
             summary.update(finish(cfg, trainer.run_dir, trainer.val_loader, trainer.device))
+        done = True
         return summary
     finally:
-        trainer.close()
+        trainer.close(failed=not done)
 
 
 def finish(cfg: DictConfig, run_dir: str, val_loader: Any, device: torch.device) -> dict[str, Any]:
@@ -93,7 +95,7 @@ def finish(cfg: DictConfig, run_dir: str, val_loader: Any, device: torch.device)
         net = art.model.to(device)
         if cfg.channels_last:
             net = net.to(memory_format=torch.channels_last)
-        results[label] = evaluate(net, val_loader, device, cfg.amp, cfg.channels_last, progress=cfg.progress,
+        results[label] = evaluate(net, val_loader, device, cfg.amp, cfg.channels_last, progress=show_progress(cfg),
                                   desc=f"final {label}")
     summary = {"residual": results["residual"], "plain": results["plain"],
                "conversion_error": plain.meta.get("verify"), "checkpoint": best}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from typing import Any, Iterable
@@ -29,14 +30,16 @@ from models import ModelSpec
 
 from . import distributed as D
 from .amp import autocast, check_amp, grad_scaler
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import link_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import ConfigError, check_values, per_process_batch
+from .ema import EMA
 from .evaluate import evaluate
 from .faults import NonFiniteLossError, RunDirError, StopSignal, probe_run_dir
 from .hooks import build_hooks
 from .optim import build_optimizer, build_scheduler, scaled_lr
 
 log = logging.getLogger("rmnet.train")
+RECORDS = ("config.yaml", "train.log", "metrics.jsonl", "tb")   # what a run writes before its first checkpoint
 
 
 class Trainer:
@@ -77,10 +80,7 @@ class Trainer:
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.ema = None
-        if cfg.ema_decay > 0:
-            self.ema = torch.optim.swa_utils.AveragedModel(
-                model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.global_batch = self.batch_size * self.world
         self.hooks = build_hooks(OmegaConf.to_container(cfg.hooks))
         own_groups = [group for hook in self.hooks for group in hook.param_groups(model)]
@@ -91,17 +91,17 @@ class Trainer:
 
         self.train_model: nn.Module = model
         if self.world > 1:
-            self.train_model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device] if self.device.type == "cuda" else None)
+            self.train_model = D.wrap_ddp(model, self.device)
         if cfg.compile:
             self.train_model = torch.compile(self.train_model)
 
         self.epoch = self.step_in_epoch = self.step = 0
         self.timed = False
         self.best_top1 = float("-inf")
-        self.stop = StopSignal()
+        self.stop = StopSignal(announce=self.main)
+        self.progress = show_progress(cfg)
         # Non-finite losses are noticed without a host sync per step: the first bad step is kept on
-        # the device and checked where the loop syncs anyway (logging) and before every checkpoint.
+        # the device and checked where the loop syncs anyway (log steps) and before every checkpoint.
         self.first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self.recent_lr: dict[int, float] = {}
         if resume_path:
@@ -167,36 +167,42 @@ class Trainer:
             **model_entries(self.model, self.spec),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "ema": self.ema.module.state_dict() if self.ema else None,
+            "ema_updates": self.ema.updates if self.ema else 0,
             "epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch,
             "best_top1": self.best_top1, "world_size": self.world,
             "config": OmegaConf.to_container(self.cfg, resolve=True)}
 
     def save(self, best: bool = False) -> None:
-        """Write last.pt (and best.pt); collective, because it gathers every rank's RNG states.
-        Weights from a non-finite loss are never written (NonFiniteLossError instead)."""
-        self.check_finite()
+        """Write last.pt (and make best.pt the same file: a hard link, not a second serialisation);
+        collective, because it gathers every rank's RNG states. Weights from a non-finite loss are
+        never written (NonFiniteLossError instead)."""
+        self.meet()
         rngs = D.gather_object(rng_state())
         if self.main:
-            state = {**self._state(), "rng": rngs}
-            for name in ("last.pt", "best.pt") if best else ("last.pt",):
-                path = os.path.join(self.run_dir, name)
-                try:
-                    save_checkpoint(path, **state)
-                except OSError as e:   # atomic: the previous file is still there
-                    raise CheckpointError(f"could not write {path} ({e.strerror or e}); the previous checkpoint "
-                                          f"is intact. Free disk space or choose another output_dir, then "
-                                          f"resume=auto") from None
+            last = os.path.join(self.run_dir, "last.pt")
+            path = last
+            try:
+                save_checkpoint(last, **self._state(), rng=rngs)
+                if best:
+                    path = os.path.join(self.run_dir, "best.pt")
+                    link_checkpoint(last, path)
+            except OSError as e:   # atomic: the previous file is still there
+                raise CheckpointError(f"could not write {path} ({e.strerror or e}); the previous checkpoint "
+                                      f"is intact. Free disk space or choose another output_dir, then "
+                                      f"resume=auto") from None
 
-    def check_finite(self) -> None:
-        """Collective: raise NonFiniteLossError if any rank has seen a NaN/Inf loss (nonfinite_loss=stop)."""
+    def meet(self) -> bool:
+        """Collective, one all-reduce and one host sync: raise NonFiniteLossError if any rank has seen a
+        NaN/Inf loss (nonfinite_loss=stop), else return whether any rank has received a stop signal."""
         none = torch.iinfo(torch.long).max
-        first = torch.where(self.first_bad_step < 0, none, self.first_bad_step)
+        flags = torch.stack([torch.where(self.first_bad_step < 0, none, self.first_bad_step),
+                             torch.full((), -int(self.stop.signum is not None), dtype=torch.long, device=self.device)])
         if D.is_initialized():
-            torch.distributed.all_reduce(first, op=torch.distributed.ReduceOp.MIN)
-        step = int(first.item())
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MIN)
+        step, stop = flags.tolist()
         if step == none:
             self.recent_lr.clear()
-            return
+            return stop < 0
         last = os.path.join(self.run_dir, "last.pt")
         lr = self.recent_lr.get(step)
         raise NonFiniteLossError(
@@ -205,7 +211,7 @@ class Trainer:
             f"set grad_clip or pass nonfinite_loss=skip to skip such steps; resume=auto continues from last.pt")
 
     def _resume(self, path: str) -> None:
-        blob = load_checkpoint(path, map_location=self.device)
+        blob = load_checkpoint(path)   # onto the CPU: load_state_dict moves each tensor to where it belongs
         try:
             self.model.load_state_dict(blob["model"])
             self.optimizer.load_state_dict(blob["optimizer"])
@@ -220,7 +226,8 @@ class Trainer:
         if self.ema is not None:
             if blob.get("ema") is None:
                 raise ConfigError(f"{path} was trained without EMA; resume it with ema_decay=0")
-            self.ema.module.load_state_dict(blob["ema"])
+            # Files written before the count was saved: the EMA had been updated once per step.
+            self.ema.load(blob["ema"], blob.get("ema_updates", blob["step"]))
         self.epoch, self.step, self.step_in_epoch = blob["epoch"], blob["step"], blob["step_in_epoch"]
         self.best_top1 = blob["best_top1"]
         rngs = blob.get("rng") or []
@@ -245,7 +252,7 @@ class Trainer:
         cfg = self.cfg
         while self.epoch < cfg.epochs:
             start = time.perf_counter()
-            train_loss = self.train_epoch()
+            train_loss, steps = self.train_epoch()
             val = self.validate()
             self.epoch += 1
             self.step_in_epoch = 0
@@ -253,91 +260,111 @@ class Trainer:
             self.best_top1 = max(self.best_top1, val["top1"])
             self.save(best=improved)
             elapsed = time.perf_counter() - start
-            self._scalars({"train/epoch_loss": train_loss, "train/epoch_time": elapsed})
-            self._record({"epoch": self.epoch, "step": self.step, "train_loss": train_loss, "val_top1": val["top1"],
+            if train_loss is not None:
+                self._scalars({"train/epoch_loss": train_loss, "train/epoch_time": elapsed})
+            self._record({"epoch": self.epoch, "step": self.step, "train_loss": train_loss, "train_steps": steps,
+                          "val_top1": val["top1"],
                           "val_top5": val["top5"], "val_loss": val["loss"], "epoch_time": elapsed})
-            log.info(f"epoch {self.epoch}/{cfg.epochs}: train loss {train_loss:.4f}  val loss {val['loss']:.4f}  "
-                     f"top-1 {val['top1']:.2f}  top-5 {val['top5']:.2f}  (best {self.best_top1:.2f})  {elapsed:.1f}s")
-            if self.stop_requested():
+            log.info(f"epoch {self.epoch}/{cfg.epochs}: {self._train_loss_text(train_loss, steps)}  val loss "
+                     f"{val['loss']:.4f}  top-1 {val['top1']:.2f}  top-5 {val['top5']:.2f}  (best {self.best_top1:.2f})  "
+                     f"{elapsed:.1f}s")
+            if self.meet():   # a signal during validation or the save: the checkpoint is already written
                 self.exit_preempted()
         return {"best_top1": self.best_top1, "run_dir": self.run_dir}
 
-    def train_epoch(self) -> float:
-        """One epoch (or its rest, after a mid-epoch resume); returns the mean training loss."""
+    def _train_loss_text(self, loss: float | None, steps: int) -> str:
+        """The epoch's training loss; a resumed epoch says that it covers only the steps run since the resume."""
+        if loss is None:
+            return "train loss n/a (resumed after the epoch's last step)"
+        if steps < self.steps_per_epoch:
+            return f"train loss {loss:.4f} (its last {steps} of {self.steps_per_epoch} steps, resumed)"
+        return f"train loss {loss:.4f}"
+
+    def train_epoch(self) -> tuple[float | None, int]:
+        """One epoch (or its rest, after a mid-epoch resume): the mean training loss of the steps run
+        here (None if none were left) and their number. Between log steps a step only queues work on the
+        device; at log steps the loss window is read and the ranks meet (non-finite check, stop flag)."""
         cfg, loader = self.cfg, self.train_loader
+        if self.step_in_epoch >= self.steps_per_epoch:   # stopped after the last step, before validation
+            return None, 0
         loader.sampler.set_epoch(self.epoch, start=self.step_in_epoch * self.batch_size)
         loader.generator.manual_seed(cfg.seed + 1000 * self.epoch + self.rank)
         self.train_model.train()
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        unscale = cfg.grad_clip > 0 or bool(self.hooks)   # hooks and clipping see true gradients
         bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}",
-                   dynamic_ncols=True, disable=not (self.main and cfg.progress))
+                   dynamic_ncols=True, disable=not (self.main and self.progress))
         loss_sum = torch.zeros((), device=self.device)
         window = torch.zeros((), device=self.device)
         window_steps, steps_done, tick = 0, 0, time.perf_counter()
         for images, targets in loader:
-            images = images.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
-            if cfg.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            if self.mixup is not None:
-                images, targets = self.mixup(images, targets)
-            with autocast(self.device, self.amp):
-                logits = self.train_model(images)
-                loss = self.criterion(logits, targets)
-            for hook in self.hooks:
-                extra = hook.loss(self.model, logits, targets)
-                if extra is not None:
-                    loss = loss + extra
-            self.optimizer.zero_grad(set_to_none=True)
-            self.recent_lr[self.step + 1] = self.optimizer.param_groups[0]["lr"]
-            skipped = self.skip_nonfinite(loss)
-            if not skipped:
-                self.scaler.scale(loss).backward()
-                if unscale:
-                    self.scaler.unscale_(self.optimizer)
-                for hook in self.hooks:
-                    hook.after_backward(self.model)
-                if cfg.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            self.scheduler.step()
-            if self.ema is not None:
-                self.ema.update_parameters(self.model)
+            loss = self.train_step(images, targets)
             self.step += 1
             self.step_in_epoch += 1
             steps_done += 1
             window_steps += 1
-            # A skipped step adds 0 to the logged mean rather than NaN; skips are logged one by one.
-            loss = loss.detach().float() if not skipped else torch.zeros((), device=self.device)
             loss_sum += loss
             window += loss
-            if self.step % cfg.log_every_steps == 0 or self.step_in_epoch == self.steps_per_epoch:
-                mean = window.item() / window_steps   # the only host sync of the loop
-                img_s = window_steps * self.global_batch / (time.perf_counter() - tick)
-                if not self.timed:
-                    self._estimate(window_steps, time.perf_counter() - tick)
-                lr = self.optimizer.param_groups[0]["lr"]
-                bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.4g}", img_s=f"{img_s:.3g}")
-                self._scalars({"train/loss": mean, "train/lr": lr, "train/img_s": img_s})
-                self._record({"step": self.step, "train_loss": mean, "lr": lr, "img_s": img_s})
+            log_step = self.step % cfg.log_every_steps == 0 or self.step_in_epoch == self.steps_per_epoch
+            if log_step:
+                self._log_window(window.item() / window_steps, window_steps, time.perf_counter() - tick, bar)
                 window.zero_()
                 window_steps, tick = 0, time.perf_counter()
-                self.check_finite()
             bar.update()
             for hook in self.hooks:
                 hook.after_step(self)
+            # One process polls its own flag every step (no sync); ranks agree on a stop only where they meet.
+            if (self.meet() if log_step else (self.world == 1 and self.stop.signum is not None)):
+                self.save()   # before validation: the checkpoint comes first when a deadline runs
+                self.exit_preempted()
             if self.step_in_epoch >= self.steps_per_epoch:
-                break   # a stop request is served by the epoch-end checkpoint
+                break
             if cfg.ckpt_every_steps and self.step % cfg.ckpt_every_steps == 0:
                 self.save()
-            if self.stop_requested():
-                self.save()
-                self.exit_preempted()
         bar.close()
-        mean = D.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(steps_done), device=self.device)]))
-        return (mean[0] / mean[1].clamp(min=1)).item()
+        return D.all_reduce_sum(loss_sum).item() / (steps_done * self.world), steps_done
+
+    def train_step(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Forward, backward, optimizer, schedule and EMA for one batch; the detached loss (0 for a skipped step)."""
+        cfg = self.cfg
+        images = images.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        if self.mixup is not None:
+            images, targets = self.mixup(images, targets)
+        with autocast(self.device, self.amp):
+            logits = self.train_model(images)
+            loss = self.criterion(logits, targets)
+        for hook in self.hooks:
+            extra = hook.loss(self.model, logits, targets)
+            if extra is not None:
+                loss = loss + extra
+        self.optimizer.zero_grad(set_to_none=True)
+        self.recent_lr[self.step + 1] = self.optimizer.param_groups[0]["lr"]
+        skipped = self.skip_nonfinite(loss)
+        if not skipped:
+            self.scaler.scale(loss).backward()
+            if cfg.grad_clip > 0 or self.hooks:   # hooks and clipping see true gradients
+                self.scaler.unscale_(self.optimizer)
+            for hook in self.hooks:
+                hook.after_backward(self.model)
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        # A skipped step adds 0 to the logged mean rather than NaN; skips are logged one by one.
+        return loss.detach().float() if not skipped else torch.zeros((), device=self.device)
+
+    def _log_window(self, mean: float, steps: int, seconds: float, bar: Any) -> None:
+        img_s = steps * self.global_batch / seconds
+        if not self.timed:
+            self._estimate(steps, seconds)
+        lr = self.optimizer.param_groups[0]["lr"]
+        bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.4g}", img_s=f"{img_s:.3g}")
+        self._scalars({"train/loss": mean, "train/lr": lr, "train/img_s": img_s})
+        self._record({"step": self.step, "train_loss": mean, "lr": lr, "img_s": img_s})
 
     def _estimate(self, steps: int, seconds: float) -> None:
         """Once per process: the time the rest of the run takes at the first steps' pace."""
@@ -351,7 +378,7 @@ class Trainer:
 
     def skip_nonfinite(self, loss: torch.Tensor) -> bool:
         """Whether this step's update is skipped: with nonfinite_loss=skip, when any rank's loss is
-        NaN/Inf (one host sync per step); with `stop`, the step is only recorded for check_finite."""
+        NaN/Inf (one host sync per step); with `stop`, the step is only recorded for `meet`."""
         bad = ~torch.isfinite(loss.detach())
         if self.cfg.nonfinite_loss == "stop":
             self.first_bad_step = torch.where(bad & (self.first_bad_step < 0), self.step + 1, self.first_bad_step)
@@ -361,11 +388,6 @@ class Trainer:
         log.warning(f"non-finite loss at step {self.step + 1} (lr {self.recent_lr[self.step + 1]:g}): "
                     f"update skipped (nonfinite_loss=skip)")
         return True
-
-    def stop_requested(self) -> bool:
-        """Collective: has any rank received SIGTERM/SIGINT?"""
-        flag = torch.tensor(float(self.stop.signum is not None), device=self.device)
-        return bool(D.all_reduce_sum(flag).item() > 0) if self.world > 1 else self.stop.signum is not None
 
     def position(self) -> str:
         """Where the run stands, in the words of both the stop and the resume message."""
@@ -386,7 +408,7 @@ class Trainer:
         if self.ema is not None:
             D.broadcast_buffers(self.ema.module)
         val = evaluate(self.eval_model(), self.val_loader, self.device, self.amp, self.cfg.channels_last,
-                       progress=self.cfg.progress, desc="val")
+                       progress=self.progress, desc="val")
         self._scalars({"val/top1": val["top1"], "val/top5": val["top5"], "val/loss": val["loss"]})
         return val
 
@@ -401,13 +423,30 @@ class Trainer:
             with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(row) + "\n")
 
-    def close(self) -> None:
-        """TensorBoard and the log files; the process group stays for what the caller does next."""
+    def close(self, failed: bool = False) -> None:
+        """TensorBoard and the log files; the process group stays for what the caller does next. A run
+        that `failed` before its first checkpoint (a corrupt image in the first batches) leaves no run
+        folder: there is nothing in it to resume, and resume=auto would not find it either."""
         if self.tb is not None:
             self.tb.close()
         for handler in list(log.handlers):
             handler.close()
             log.removeHandler(handler)
+        if failed and self.main and not os.path.exists(os.path.join(self.run_dir, "last.pt")):
+            for name in RECORDS:
+                path = os.path.join(self.run_dir, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                elif os.path.exists(path):
+                    os.remove(path)
+            if not os.listdir(self.run_dir):   # a folder holding files of someone else's stays
+                os.rmdir(self.run_dir)
+
+
+def show_progress(cfg: DictConfig) -> bool:
+    """tqdm bars only when `progress` is on and stderr is a terminal: in a redirected log each refresh
+    would be a line of its own."""
+    return bool(cfg.progress) and sys.stderr.isatty()
 
 
 def _choose_run(cfg: DictConfig) -> tuple[str, str | None]:

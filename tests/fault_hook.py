@@ -35,11 +35,13 @@ class InjectFault(Hook):
 
 
 class SendSignal(Hook):
-    """Send this process signal `signum` after optimizer step `step` (a preemption in the middle of a run)."""
+    """Send signal `signum` after optimizer step `step` (a preemption in the middle of a run) to this
+    process, or with `to=agent` from rank 0 to its parent, the torchrun agent, which passes it on to
+    every worker (as a scheduler's SIGTERM to a torchrun job does)."""
 
-    def __init__(self, signum: int, step: int):
-        self.signum, self.step = signum, step
+    def __init__(self, signum: int, step: int, to: str = "self"):
+        self.signum, self.step, self.to = signum, step, to
 
     def after_step(self, trainer) -> None:
-        if trainer.step == self.step:
-            os.kill(os.getpid(), self.signum)
+        if trainer.step == self.step and (self.to == "self" or trainer.rank == 0):
+            os.kill(os.getpid() if self.to == "self" else os.getppid(), self.signum)

@@ -67,6 +67,45 @@ def test_preemption_signal_checkpoints_after_the_step_and_exits_nonzero(tmp_path
     assert signal.getsignal(sig) == before   # the handler from before the run is back
 
 
+def test_a_signal_at_the_epochs_last_step_checkpoints_before_validating(tmp_path, monkeypatch, one_thread):
+    """SIGTERM after the epoch's last step: last.pt is written before validation (which, with fresh
+    workers, could outlast the deadline); the resume validates that epoch and ends as an uninterrupted run."""
+    common = [*SHORT, "deterministic=true"]
+    validated = []
+    real_validate = Trainer.validate
+    monkeypatch.setattr(Trainer, "validate", lambda self: validated.append(self.step) or real_validate(self))
+    with pytest.raises(SystemExit) as e:
+        run_training(tiny_config(tmp_path, "run_name=end", *common, "+hooks.sig._target_=tests.fault_hook.SendSignal",
+                                 f"+hooks.sig.signum={int(signal.SIGTERM)}", "+hooks.sig.step=4"))
+    assert e.value.code == 128 + signal.SIGTERM and validated == []
+    ckpt = load_checkpoint(str(tmp_path / "end" / "last.pt"))
+    assert (ckpt["epoch"], ckpt["step_in_epoch"], ckpt["step"]) == (0, 4, 4)
+    run_training(tiny_config(tmp_path, "run_name=end", "resume=auto", *common))
+    assert validated == [4, 8]
+    assert "epoch 1/2: train loss n/a (resumed after the epoch's last step)" in open(tmp_path / "end" / "train.log").read()
+    run_training(tiny_config(tmp_path, "run_name=full", *common))
+    _same_weights(str(tmp_path / "full" / "last.pt"), str(tmp_path / "end" / "last.pt"))
+
+
+def test_best_is_the_checkpoint_written_once(tmp_path, monkeypatch):
+    """best.pt is last.pt's file (a hard link), not a second serialisation, and a later last.pt leaves it as it was."""
+    cfg = tiny_config(tmp_path, "run_name=b", *SHORT)
+    trainer = Trainer(cfg, *build(cfg))
+    writes = []
+    real_save = trainer_mod.save_checkpoint
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", lambda path, **kw: writes.append(path) or real_save(path, **kw))
+    try:
+        trainer.save(best=True)
+        trainer.step = 5
+        trainer.save()
+    finally:
+        trainer.close()
+    assert writes == [str(tmp_path / "b" / "last.pt")] * 2
+    assert load_checkpoint(str(tmp_path / "b" / "best.pt"))["step"] == 0
+    assert load_checkpoint(str(tmp_path / "b" / "last.pt"))["step"] == 5
+    assert sorted(os.listdir(tmp_path / "b")) == ["best.pt", "config.yaml", "last.pt", "tb", "train.log"]
+
+
 def test_second_signal_exits_at_once(monkeypatch):
     exits = []
 
@@ -107,6 +146,23 @@ def test_elastic_restart_resumes_from_the_last_checkpoint(tmp_path):
     assert "2 process(es) on cpu, global batch 32, lr 0.05, 4 steps/epoch" in log   # 16 per rank
     ckpt = load_checkpoint(str(tmp_path / "el" / "last.pt"))
     assert (ckpt["step"], ckpt["world_size"]) == (8, 2)
+
+
+@pytest.mark.distributed
+def test_sigterm_to_torchrun_checkpoints_and_says_so_once(tmp_path):
+    """The agent passes SIGTERM to both workers: one notice (rank 0's), both stop at the same step with
+    last.pt written and exit 143. torchrun itself then reports the signal in its own words and exits 1."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "train.py"), *TINY, f"output_dir={tmp_path}", "run_name=term", *SHORT,
+           "+hooks.sig._target_=tests.fault_hook.SendSignal", f"+hooks.sig.signum={int(signal.SIGTERM)}",
+           "+hooks.sig.step=2", "+hooks.sig.to=agent", "batch_size=null", "global_batch_size=32"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=180)
+    out = proc.stdout + proc.stderr
+    assert out.count("SIGTERM received") == 1, out[-3000:]
+    assert proc.returncode == 1, out[-3000:]
+    log = open(tmp_path / "term" / "train.log").read()
+    step = load_checkpoint(str(tmp_path / "term" / "last.pt"))["step"]
+    assert step >= 2 and f"(global step {step}); checkpoint" in log, log
 
 
 _JOIN = ("import torch, torch.distributed as dist; from engine import distributed; "
@@ -174,6 +230,31 @@ def test_disk_full_during_a_run_is_a_clear_error(tmp_path, monkeypatch):
             trainer.save()
     finally:
         trainer.close()
+
+
+def _image_folder(root, bad_class):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            os.makedirs(root / split / c)
+            for i in range(3):
+                Image.new("RGB", (20, 20), (80 * i, 50, 0)).save(root / split / c / f"{i}.JPEG")
+    (root / "train" / bad_class / "2.JPEG").write_bytes(b"not an image")
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_run_folder(tmp_path):
+    import data
+    from engine.config import check_overrides
+
+    _image_folder(tmp_path, "b")
+    out = tmp_path / "runs"
+    cfg = check_overrides(["model=resnet18", "model.kwargs.widths=[8,8,16,16]", "data=imagenet",
+                           f"data.root={tmp_path}", "data.num_classes=2", "data.input_size=16", "batch_size=2",
+                           "workers=0", "progress=false", f"output_dir={out}", "epochs=1"])
+    with pytest.raises(data.DatasetError, match=r"2\.JPEG cannot be decoded"):
+        run_training(cfg)
+    assert os.listdir(out) == []
 
 
 def test_unwritable_run_directory_fails_at_start(tmp_path):

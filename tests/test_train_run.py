@@ -61,7 +61,7 @@ def test_resume_gives_the_same_weights(tmp_path, monkeypatch, one_thread, every)
     """A run killed right after its first checkpoint and resumed ends with the same weights as an
     uninterrupted run (cosine schedule, augmentation on, deterministic CPU)."""
     common = ["epochs=2", "max_steps_per_epoch=4", "sched=cosine", "deterministic=true",
-              "final.enabled=false", f"ckpt_every_steps={every}"]
+              "final.enabled=false", f"ckpt_every_steps={every}", "ema_decay=0.9"]
     run_training(tiny_config(tmp_path, "run_name=full", *common))
 
     save = Trainer.save
@@ -83,8 +83,18 @@ def test_resume_gives_the_same_weights(tmp_path, monkeypatch, one_thread, every)
     assert a["step"] == b["step"] == 8
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
+    for k, v in a["ema"].items():   # the EMA continues its average: restored, not restarted from the weights
+        assert torch.equal(v, b["ema"][k]), k
     for k, v in a["optimizer"]["state"].items():
         assert torch.equal(v["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"])
+    if every:
+        assert "(its last 1 of 4 steps, resumed)" in open(tmp_path / "cut" / "train.log").read()
+
+
+def test_progress_bars_stay_out_of_a_redirected_output(tmp_path, capsys):
+    run_training(tiny_config(tmp_path, "run_name=p", "epochs=1", "max_steps_per_epoch=2", "progress=true"))
+    err = capsys.readouterr().err
+    assert "%|" not in err and "it/s]" not in err, err[-2000:]
 
 
 def test_resume_of_a_finished_run_rewrites_nothing(tmp_path):
