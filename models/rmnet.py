@@ -6,6 +6,8 @@ r x out wide in stride-1 blocks); C = channels per group of the grouped 3x3 in s
 every stage. Attribute names follow the authors' code (`layer0`, `convK`/`bnK`, `downsample`).
 `rmnet..._se` adds Squeeze-and-Excitation after the grouped 3x3 (`models.layers.se_module`);
 `shortcut_bn=True` gives identity shortcuts a BatchNorm (network slimming through RM, paper §3.4).
+`zero_init_last_bn` (default true, as the authors train: fxmeng/RMNet models/rmnext.py:159-160) starts
+every block's bn3 at gamma 0, so each block starts as its shortcut.
 The RM converters of both classes are registered here.
 """
 from __future__ import annotations
@@ -66,7 +68,7 @@ def _convert_block(block: RMBlock, ctx: rm.Context) -> list:
 class RMNet(nn.Module):
     def __init__(self, blocks: Sequence[int], ratio: int, group_width: int, num_classes: int = 1000,
                  stem: str = "imagenet", widths: Sequence[int] = (64, 128, 256, 512), se: bool = False,
-                 shortcut_bn: bool = False):
+                 shortcut_bn: bool = False, zero_init_last_bn: bool = True):
         super().__init__()
         widths = check_widths(widths, len(blocks), "this RMNet")
         if stem == "cifar":
@@ -85,6 +87,10 @@ class RMNet(nn.Module):
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[-1], num_classes)
         init_conv_weights(self)
+        if zero_init_last_bn:
+            for m in self.modules():
+                if isinstance(m, RMBlock):
+                    nn.init.zeros_(m.bn3.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layer0(x)

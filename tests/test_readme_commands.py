@@ -112,6 +112,9 @@ PLAN = {
     ".venv/bin/torchrun --nproc_per_node=8 resrep.py experiment=resrep_resnet50_imagenet "
     "resrep.base=resnet50-0676ba61.pth": ("cfg",),
     ".venv/bin/python -m scripts.paper_tables": ("run", ["--tables", "table3", "--no-progress"]),
+    ".venv/bin/python train.py -m experiment=table2_mobilenetv1_cifar10 seed=0,1,2 "
+    "'run_name=table2_mobilenetv1_cifar10_s${seed}'": ("check",),
+    ".venv/bin/python -m paper.seeds checkpoints": ("run", []),   # the quickstart's run is there by then
     ".venv/bin/python -m scripts.paper_tables --tables table3 depth --json outputs/tables.json --markdown outputs/tables.md":
         ("run", ["--no-progress"]),
     ".venv/bin/python train.py experiment=paper_cifar model=resnet18 data=cifar10 run_name=a3_resnet18_cifar10_pretrain":
