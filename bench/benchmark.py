@@ -47,6 +47,7 @@ import artifacts
 import models
 import rm
 from engine.environment import environment
+from engine.faults import probe_run_dir
 from engine.inputs import trained_loaders
 from models import ModelSpec
 from models.complexity import count_macs, count_params
@@ -535,6 +536,7 @@ def _versions() -> dict[str, str | None]:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Benchmark every model of `cfg` (conf/benchmark.yaml), print the table and write it as
     Markdown and JSON to `cfg.out_dir`; returns the report."""
+    probe_run_dir(cfg.out_dir, "out_dir", "the output folder")
     sources, cfg = resolve_models(cfg)
     s = resolve_settings(cfg)
     needs_data = s.fidelity or "onnxruntime_int8" in s.runtimes

@@ -4,8 +4,9 @@ The project's own error types (CheckpointError, DeployFormatError, ConversionErr
 PruneError) are ValueErrors whose message names the problem and the fix, as are the plain
 ValueErrors raised for bad arguments (a stem or class count that does not fit); DatasetError is a
 FileNotFoundError and UnknownModelError a KeyError. A diverged run (NonFiniteLossError) ends the
-same way: its message names the step and the checkpoint to resume. Any other exception is a bug
-and keeps its traceback.
+same way: its message names the step and the checkpoint to resume; so does an output that cannot be
+written (RunDirError, found before the work starts). Any other exception is a bug and keeps its
+traceback.
 
 Under torchrun every rank meets the same bad input; only rank 0 prints the line (the others exit
 with the same status silently), so the user reads one line, followed by torchrun's own report that
@@ -21,9 +22,10 @@ from typing import Callable, TypeVar
 from data.datasets import DatasetError
 from models.registry import UnknownModelError
 
-from .faults import NonFiniteLossError
+from .faults import NonFiniteLossError, RunDirError
 
-USER_ERRORS: tuple[type[Exception], ...] = (ValueError, DatasetError, UnknownModelError, NonFiniteLossError)
+USER_ERRORS: tuple[type[Exception], ...] = (ValueError, DatasetError, UnknownModelError, NonFiniteLossError,
+                                            RunDirError)
 EXIT_USER_ERROR = 2
 
 F = TypeVar("F", bound=Callable)

@@ -28,6 +28,7 @@ from . import distributed as D
 from .config import command_line_keys, model_kwargs
 from .environment import environment
 from .evaluate import evaluate
+from .faults import probe_output_file
 from .inputs import check_data, data_for
 
 SCHEMA = "rmnet-eval/1"
@@ -81,6 +82,8 @@ def _run(cfg: DictConfig, device: torch.device, explicit: set[str]) -> dict[str,
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
     check_data(art.spec, data, path)
+    out = cfg.out or default_output(path, data.name)
+    probe_output_file(out, "out")
     nets = {"residual": art if art.spec.form == "residual" else None, "plain": None}
     if "plain" in forms:
         nets["plain"] = artifacts.to_plain(art, ConversionPolicy.from_cfg(cfg.conversion),
@@ -121,8 +124,6 @@ def _run(cfg: DictConfig, device: torch.device, explicit: set[str]) -> dict[str,
     for note in notes:
         print(f"note: {note}")
     print(format_table(results, conversion))
-    out = cfg.out or default_output(path, data.name)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(report, f, indent=1)
     print(f"wrote {out}")

@@ -1,5 +1,5 @@
 """What the trainer does when things go wrong: preemption signals, non-finite losses, unwritable
-run directories.
+run directories (a check every job runs on its outputs before its work).
 
 Checkpoints themselves are written atomically (rm.io.atomic_save), so a crash or kill at any
 moment leaves the previous last.pt intact and `resume=auto` continues from it.
@@ -73,8 +73,10 @@ class StopSignal:
         return 128 + (self.signum or 0)
 
 
-def probe_run_dir(run_dir: str) -> None:
-    """Create `run_dir` and write, flush and fsync a small file in it; RunDirError says why not."""
+def probe_run_dir(run_dir: str, setting: str = "output_dir", what: str = "the run directory") -> None:
+    """Create `run_dir` and write, flush and fsync a small file in it; RunDirError says why not and names
+    the `setting` to change. Every job calls it (or `probe_output_file`) before its work, so that an
+    unwritable output fails at once rather than when the result is written."""
     try:
         os.makedirs(run_dir, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-probe-") as f:
@@ -82,5 +84,12 @@ def probe_run_dir(run_dir: str) -> None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
-        raise RunDirError(f"cannot write to the run directory {run_dir} ({e.strerror or e}); free disk space, "
-                          f"fix its permissions or choose another output_dir") from None
+        raise RunDirError(f"cannot write to {what} {run_dir} ({e.strerror or e}); free disk space, "
+                          f"fix its permissions or choose another {setting}") from None
+
+
+def probe_output_file(path: str, setting: str) -> None:
+    """`probe_run_dir` for a job that writes one file `path` (set by `setting`), which must not be a folder."""
+    if os.path.isdir(path):
+        raise RunDirError(f"{setting}={path} is a folder: give the path of the file to write")
+    probe_run_dir(os.path.dirname(os.path.abspath(path)), setting, "the folder of")

@@ -10,7 +10,6 @@ import os
 import pickle
 import re
 import tempfile
-import zipfile
 from typing import Any
 
 import torch

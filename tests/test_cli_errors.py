@@ -1,0 +1,72 @@
+"""What a new user meets at the command line ends in one line, not a traceback: an output path that
+cannot be written (refused before any work), a config group the entry point does not have, Ctrl-C."""
+from __future__ import annotations
+
+import pytest
+
+import artifacts
+from engine.checkpoint import save_checkpoint
+from models import InputSpec, ModelSpec
+from tests.helpers import run_script
+
+WIDTHS = [8, 8, 16, 16]
+DATA = {"name": "synthetic", "num_classes": 10, "stem": "cifar", "input_size": 16, "train_size": 16,
+        "val_size": 16, "seed": 0, "mean": [0.5] * 3, "std": [0.25] * 3,
+        "augment": {"crop": "pad", "pad": 4, "hflip": 0.5, "crop_pct": 1.0, "randaugment": None,
+                    "mixup": 0.0, "cutmix": 0.0}}
+SPEC = ModelSpec("resnet18", 10, "cifar", {"widths": WIDTHS}, input=InputSpec.from_data(DATA))
+TINY = ["model=resnet18", f"model.kwargs.widths=[{','.join(map(str, WIDTHS))}]", "data=synthetic",
+        "data.input_size=16", "workers=0", "progress=false"]
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    path = str(tmp_path / "best.pt")
+    save_checkpoint(path, **artifacts.model_entries(SPEC.build().eval(), SPEC),
+                    config={"data": DATA, "model": {"name": "resnet18"}})
+    return path
+
+
+def _one_line(code: int, err: str, status: int = 2) -> str:
+    err = err.strip()
+    assert code == status and "\n" not in err, (code, err)
+    return err
+
+
+def _no_work(*_, **__):
+    raise AssertionError("the job's work started before its output was checked")
+
+
+# (entry point, arguments with {out} for an output under a regular file, the function doing the work)
+UNWRITABLE = {
+    "evaluate out=": ("evaluate", ["checkpoint={ckpt}", "out={out}/report.json", "workers=0"],
+                      "engine.eval_checkpoint.evaluate"),
+    "convert out=": ("convert", ["checkpoint={ckpt}", "out={out}/deploy.pt"], "artifacts.to_plain"),
+    "benchmark out_dir=": ("benchmark", ["models=[resnet18]", "stem=cifar", "out_dir={out}/bench"],
+                           "bench.benchmark.benchmark_model"),
+    "prune output_dir=": ("prune", ["prune.sparse_ckpt={ckpt}", *TINY, "output_dir={out}/runs"],
+                          "prune.pipeline.check_stored_model"),
+    "prune prune.out_dir=": ("prune", ["prune.sparse_ckpt={ckpt}", *TINY, "prune.out_dir={out}/p"],
+                             "prune.pipeline.check_stored_model"),
+    "amc output_dir=": ("amc", ["amc.checkpoint={ckpt}", "output_dir={out}/runs"], "prune.amc.pipeline.run"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNWRITABLE))
+def test_an_unwritable_output_is_refused_before_any_work(case, ckpt, tmp_path, monkeypatch):
+    """An output under a regular file (NotADirectoryError, as a read-only folder or a full disk would
+    fail) was found only when the result was written, after all the work."""
+    script, argv, work = UNWRITABLE[case]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr(work, _no_work)
+    code, _, err = run_script(script, [a.format(ckpt=ckpt, out=blocker) for a in argv])
+    err = _one_line(code, err)
+    assert err.startswith("error: cannot write") and str(blocker) in err, err
+    assert err.split("choose another ")[1].startswith(case.split()[1].rstrip("=")), err
+
+
+def test_an_output_file_that_is_a_folder_is_refused(ckpt, tmp_path, monkeypatch):
+    monkeypatch.setattr("engine.eval_checkpoint.evaluate", _no_work)
+    code, _, err = run_script("evaluate", [f"checkpoint={ckpt}", f"out={tmp_path}", "workers=0"])
+    assert "is a folder" in _one_line(code, err)
