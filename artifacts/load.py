@@ -173,7 +173,10 @@ def _state_dict(blob: Any, path: str, name: str | None, num_classes: int | None,
                 kwargs: dict[str, Any]) -> Artifact:
     if not name:
         raise rm.CheckpointError(f"{path} does not say which model it holds (no format={TRAIN_FORMAT!r} or "
-                                 f"{DEPLOY_FORMAT!r} entry): pass model=NAME, e.g. model=resnet50")
+                                 f"{DEPLOY_FORMAT!r} entry): pass model=NAME, e.g. model=resnet50. benchmark.py "
+                                 f"has no model=: it times the same network as models=[NAME] (speed does not "
+                                 f"depend on the weights), or the deploy artifact that `python convert.py "
+                                 f"checkpoint={path} model=NAME` writes")
     layout = map_layout(extract_state_dict(blob, path), path)
     if num_classes is None:   # the classifier is the last matrix of every family's state dict
         matrices = [v for v in layout.state.values() if v.ndim == 2]

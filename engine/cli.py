@@ -16,22 +16,8 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import CONF_DIR, check_choices, prepare_argv
+from .config import CONF_DIR, check_choices, entry_groups, prepare_argv
 from .errors import EXIT_USER_ERROR, USER_ERRORS, exit_on_user_error, report
-
-
-def _groups(config_name: str) -> list[str]:
-    """The config groups `conf/<config_name>.yaml` selects (its own defaults list and the configs it includes)."""
-    defaults = OmegaConf.load(os.path.join(CONF_DIR, f"{config_name}.yaml")).get("defaults") or []
-    groups = []
-    for entry in defaults:
-        if isinstance(entry, str) and entry != "_self_":
-            groups += _groups(entry)
-        elif isinstance(entry, DictConfig):
-            group = str(next(iter(entry))).removeprefix("override ")
-            if os.path.isdir(os.path.join(CONF_DIR, group)) and group not in groups:
-                groups.append(group)
-    return list(dict.fromkeys(groups))
 
 
 def _settings(config_name: str) -> str:
@@ -51,7 +37,7 @@ def _settings(config_name: str) -> str:
 
 def help_text(config_name: str, doc: str) -> str:
     parts = [doc.strip(), "", "Groups (group=option):"]
-    for group in _groups(config_name):
+    for group in entry_groups(config_name):
         options = sorted(f[:-5] for f in os.listdir(os.path.join(CONF_DIR, group)) if f.endswith(".yaml"))
         listing = (f"{len(options)} models, `python -m models` lists them" if group == "model"
                    else ", ".join(options))

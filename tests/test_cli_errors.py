@@ -70,3 +70,34 @@ def test_an_output_file_that_is_a_folder_is_refused(ckpt, tmp_path, monkeypatch)
     monkeypatch.setattr("engine.eval_checkpoint.evaluate", _no_work)
     code, _, err = run_script("evaluate", [f"checkpoint={ckpt}", f"out={tmp_path}", "workers=0"])
     assert "is a folder" in _one_line(code, err)
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    ("benchmark", ["model=resnet50"], r"benchmark.py has no model group \(it takes none\).*Did you mean models="),
+    ("benchmark", ["+model=resnet50"], r"benchmark.py has no model group"),
+    ("benchmark", ["data=synthetic"], r"benchmark.py has no data group \(it takes none\)"),
+    ("evaluate", ["checkpoint=x.pt", "optim=sgd"], r"evaluate.py has no optim group \(it takes data=, model=, "
+                                                   r"conversion=\)"),
+])
+def test_a_group_the_entry_point_does_not_have_is_one_line(script, argv, message, monkeypatch):
+    """Hydra's answer was a 30-line traceback ("Could not override 'model'. No match in the defaults list")."""
+    import re
+
+    monkeypatch.setattr("engine.cli.check_choices", _no_work)   # the job must not start
+    code, _, err = run_script(script, argv)
+    assert re.search(message, _one_line(code, err)), err
+
+
+def test_benchmark_of_a_bare_state_dict_names_a_way_that_works(tmp_path):
+    """A bare state dict does not say its model; benchmark.py has no model=, so "pass model=NAME" failed."""
+    import torch
+
+    path = tmp_path / "weights.pth"
+    torch.save(SPEC.build().state_dict(), path)
+    code, _, err = run_script("benchmark", [f"checkpoints=[{path}]", f"out_dir={tmp_path}"])
+    err = _one_line(code, err)
+    assert "benchmark.py" in err and "models=[NAME]" in err and f"convert.py checkpoint={path} model=NAME" in err
+    code, _, err = run_script("benchmark", ["models=[resnet18]", "stem=cifar", "+model_kwargs.widths=[8,8,16,16]",
+                                            "batch_size=2", "warmup=0", "iters=1", "repeats=1", "memory=false",
+                                            "forms=[plain]", f"out_dir={tmp_path}"])
+    assert code == 0, err
