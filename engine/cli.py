@@ -4,9 +4,9 @@
 (`engine.config.prepare_argv`: unknown keys, options and model names are named with close matches),
 then lets Hydra compose the config (sweeps with `-m`, `--cfg job` work as usual) and runs `job(cfg)`.
 Bad input, in the overrides or found by the job, ends with `error: <message>` on one line and exit
-status 2. `--help` prints the entry point's examples, the config groups with their options and every
-setting with its description: the commented YAML of conf/<name>.yaml, which is where the settings
-are documented (`--hydra-help` is Hydra's own page).
+status 2, Ctrl-C with `interrupted` and 130. `--help` prints the entry point's examples, the config
+groups with their options and every setting with its description: the commented YAML of
+conf/<name>.yaml, which is where the settings are documented (`--hydra-help` is Hydra's own page).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from .config import CONF_DIR, check_choices, entry_groups, prepare_argv
-from .errors import EXIT_USER_ERROR, USER_ERRORS, exit_on_user_error, report
+from .errors import exit_on_user_error
 
 
 def _settings(config_name: str) -> str:
@@ -56,11 +56,7 @@ def run_app(config_name: str, job: Callable[[DictConfig], Any], doc: str = "") -
     if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
         print(help_text(config_name, doc))
         return
-    try:
-        sys.argv[1:] = prepare_argv(sys.argv[1:], config_name)
-    except USER_ERRORS as e:
-        report(e)
-        raise SystemExit(EXIT_USER_ERROR) from None
+    sys.argv[1:] = exit_on_user_error(prepare_argv)(sys.argv[1:], config_name)
 
     def checked(cfg: DictConfig) -> Any:
         check_choices(cfg)

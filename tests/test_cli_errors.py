@@ -101,3 +101,21 @@ def test_benchmark_of_a_bare_state_dict_names_a_way_that_works(tmp_path):
                                             "batch_size=2", "warmup=0", "iters=1", "repeats=1", "memory=false",
                                             "forms=[plain]", f"out_dir={tmp_path}"])
     assert code == 0, err
+
+
+def _interrupt(*_, **__):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("script", ["train", "evaluate", "benchmark", "convert", "prune", "amc", "resrep"])
+def test_ctrl_c_is_one_line_and_exit_130(script, monkeypatch):
+    """Ctrl-C printed Python's traceback (81 lines in evaluate.py); now `interrupted`, status 128 + SIGINT."""
+    monkeypatch.setattr("engine.cli.check_choices", _interrupt)
+    code, _, err = run_script(script, ["checkpoint=x.pt"] if script == "evaluate" else [])
+    assert _one_line(code, err, status=130) == "interrupted"
+
+
+def test_ctrl_c_during_evaluation(ckpt, monkeypatch):
+    monkeypatch.setattr("engine.eval_checkpoint.evaluate", _interrupt)
+    code, _, err = run_script("evaluate", [f"checkpoint={ckpt}", "workers=0"])
+    assert _one_line(code, err, status=130) == "interrupted"
