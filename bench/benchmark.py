@@ -30,8 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -47,6 +46,7 @@ import artifacts
 import models
 import rm
 from engine.environment import environment
+from engine.evaluate import backend_flags
 from engine.faults import probe_run_dir
 from engine.inputs import trained_loaders
 from models import ModelSpec
@@ -201,20 +201,6 @@ def build_forms(model: nn.Module, spec: ModelSpec, forms: list[str]) -> dict[str
         return {"plain": model.eval()} if "plain" in forms else {}
     builders = {"residual": lambda m: m, "bn_folded": fold_bn, "plain": rm.convert}
     return {form: builders[form](model.eval()) for form in forms}
-
-
-@contextmanager
-def backend_flags(precision: str) -> Iterator[None]:
-    """cudnn.benchmark on; TF32 only for precision=tf32 (fp32 means IEEE float32 convolutions,
-    which PyTorch's cuDNN default of TF32 would otherwise silently replace)."""
-    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
-    saved = torch.backends.cudnn.benchmark, conv.fp32_precision, matmul.fp32_precision
-    torch.backends.cudnn.benchmark = True
-    conv.fp32_precision = matmul.fp32_precision = "tf32" if precision == "tf32" else "ieee"
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark, conv.fp32_precision, matmul.fp32_precision = saved
 
 
 def _sync(device: torch.device) -> None:
