@@ -64,7 +64,8 @@ def run(cfg: DictConfig, explicit: set[str] | None = None) -> str:
         if policy.fuse_bn or source.spec.form == "plain":
             raise ValueError("recalibrate.batches needs a residual model and conversion=keep_bn: only a keep-BN "
                              "conversion has identity BatchNorms to recalibrate")
-        data, warnings = data_for(cfg.get("data"), source.data_config, source.spec.input, explicit, source.origin)
+        data, warnings = data_for(cfg.get("data"), source.data_config, source.spec.input, explicit, source.origin,
+                                  source.spec.input_size)
         for warning in warnings:
             print(f"warning: {warning}")
         check_data(source.spec, data, source.origin)

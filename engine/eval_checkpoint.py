@@ -78,7 +78,7 @@ def _run(cfg: DictConfig, device: torch.device, explicit: set[str]) -> dict[str,
     art = artifacts.load(path, name=cfg.model.name, kwargs=model_kwargs(cfg.model), ema=cfg.ema,
                          num_classes=int(group.num_classes) if group is not None else None,
                          stem=group.stem if group is not None else None)
-    data, warnings = data_for(chosen, art.data_config, art.spec.input, explicit, path)
+    data, warnings = data_for(chosen, art.data_config, art.spec.input, explicit, path, art.spec.input_size)
     if D.is_main():
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
