@@ -25,10 +25,10 @@ dict (a DDP `module.` prefix is removed), the layout is recognised from the keys
   `rbr_reparam` conv per block). It is already plain: `plain_chain_state` puts its convs, in
   forward order, into the plain chain that `rm.convert` makes of the registry model.
 
-Refused with the reason: torchvision MobileNetV2 and the RMNet authors' RMobileNet (models/rmobilenet.py,
-a MobileNetV2 with statistics-only BNs that their RMNeXt check would otherwise claim): widths, depth
-and ReLU6 differ from `mobilenetv2_rm`, whose shape is fixed by its conversion to MobileNetV1. Any other mismatch is an
-error naming the missing, unexpected and wrongly shaped keys.
+Refused with the reason: torchvision MobileNetV2 and the RMNet authors' RMobileNet
+(models/rmobilenet.py, a MobileNetV2 whose statistics-only BNs the RMNeXt check would otherwise
+claim): widths, depth and ReLU6 differ from `mobilenetv2_rm`, whose shape is fixed by its conversion
+to MobileNetV1. Any other mismatch is an error naming the missing, unexpected and wrongly shaped keys.
 """
 from __future__ import annotations
 
