@@ -91,3 +91,29 @@ def test_model_throughput_is_timed_apart_from_the_pipeline():
     assert r["img_s"] > 3 * r["pipeline_img_s"]
     header = format_table({"residual": r}, None).splitlines()[0]
     assert "model img/s" in header and "pipeline img/s" in header
+
+
+def test_the_model_clock_reads_cuda_events_only_at_the_end(monkeypatch):
+    """On a GPU each forward is bracketed by CUDA events on its stream; reading one (elapsed_time) waits
+    for the device, so it happens once per evaluation, not per batch. Stand-in events, no GPU."""
+    log = []
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+
+        def record(self, stream=None):
+            log.append(("record", stream))
+
+        def elapsed_time(self, end):
+            log.append(("read", None))
+            return 250.0
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: f"stream of {device}")
+    clock = E.ModelClock(torch.device("cuda", 1))
+    for _ in range(3):
+        with clock():
+            pass
+    assert log == [("record", "stream of cuda:1")] * 6
+    assert clock.total() == pytest.approx(0.75) and log.count(("read", None)) == 3
