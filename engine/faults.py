@@ -83,6 +83,9 @@ def probe_run_dir(run_dir: str, setting: str = "output_dir", what: str = "the ru
     while not os.path.exists(folder):
         made.append(folder)
         folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise RunDirError(f"cannot write to {what} {run_dir}: {folder} is a file, not a folder; choose another "
+                          f"{setting}")
     try:
         os.makedirs(run_dir, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-probe-") as f:
