@@ -17,15 +17,18 @@ dict (a DDP `module.` prefix is removed), the layout is recognised from the keys
   our `rmrepvgg<N>` / `repvgg<N>` (stem, then four stages of 1 + (N - 5) / 4 blocks); `bn00` is
   `rbr_identity`. Their RM block keeps the first int(C x ratio) channels and computes the rest from
   all C, as `PartialRepVGGBlock` does; it applies the ReLU to the kept channels as well, which is
-  the identity on them because every RM block follows a ReLU. Their CIFAR variant (a one-block
-  stem and no first block in stage 1) has no registry counterpart and is refused with the reason.
+  the identity on them because every RM block follows a ReLU. The ratio is read from the weights
+  (`rm_ratio`), so a file trained with another ratio than our default loads under the same name.
+  Their CIFAR variant (a one-block stem and no first block in stage 1) has no registry counterpart
+  and is refused with the reason.
 * ``repvgg-deploy``: a RepVGG converted by its authors (`repvgg_model_convert`: one fused
   `rbr_reparam` conv per block). It is already plain: `plain_chain_state` puts its convs, in
   forward order, into the plain chain that `rm.convert` makes of the registry model.
 
-Refused with the reason: torchvision MobileNetV2 (widths, depth and ReLU6 differ from
-`mobilenetv2_rm`, whose shape is fixed by its conversion to MobileNetV1). Any other mismatch is an
-error naming the missing, unexpected and wrongly shaped keys.
+Refused with the reason: torchvision MobileNetV2 and the RMNet authors' RMobileNet
+(models/rmobilenet.py, a MobileNetV2 whose statistics-only BNs the RMNeXt check would otherwise
+claim): widths, depth and ReLU6 differ from `mobilenetv2_rm`, whose shape is fixed by its conversion
+to MobileNetV1. Any other mismatch is an error naming the missing, unexpected and wrongly shaped keys.
 """
 from __future__ import annotations
 
@@ -47,6 +50,12 @@ _TRACKING_ONLY = {"running", "running1", "running2"}
 _RMREP = re.compile(r"^feature\.(\d+)\.(conv33|bn33|conv11|bn11|bn00)\.(.+)$")
 _REPARAM = re.compile(r"^stage(\d+)(?:\.(\d+))?\.rbr_reparam\.(weight|bias)$")
 _TV_MOBILENETV2 = ("features.1.conv.0.0.weight", "classifier.1.weight")
+_RMOBILENET = ("features.0.0.weight", "features.1.0.weight", "classifier.1.weight")
+_RMOBILENET_BLOCK = re.compile(r"^features\.(\d+)\.conv\.\d+\.weight$")
+_NOT_MOBILENETV2_RM = ("mobilenetv2_rm has 13 blocks whose widths are fixed by its conversion to MobileNetV1 (a "
+                       "1024-wide head) and uses ReLU so that the conversion is exact (a clamp at 6 would cut the "
+                       "channels RM reserves): no tensor of that file has a counterpart. Train mobilenetv2_rm from "
+                       "scratch instead (amc.py trains and prunes it).")
 
 
 @dataclass
@@ -56,6 +65,7 @@ class Layout:
     dropped: list[str] = field(default_factory=list)   # statistics-only tensors left out
     plain: bool = False              # weights of the registry model's plain chain, not of the model
     source: str = ""                 # what the file is, for messages
+    kwargs: dict[str, Any] = field(default_factory=dict)   # constructor arguments the weights imply (RM ratio)
 
 
 def extract_state_dict(blob: Any, origin: str = "<checkpoint>") -> StateDict:
@@ -80,9 +90,14 @@ def map_layout(state: StateDict, origin: str) -> Layout:
     if all(k in keys for k in _TV_MOBILENETV2):
         raise CheckpointError(
             f"{origin} is a torchvision MobileNetV2 (17 inverted residual blocks 16..320 wide, a 1280-wide "
-            f"head, ReLU6). mobilenetv2_rm has 13 blocks whose widths are fixed by its conversion to "
-            f"MobileNetV1 (a 1024-wide head) and uses ReLU so that the conversion is exact: no tensor of "
-            f"that file has a counterpart. Train mobilenetv2_rm from scratch instead.")
+            f"head, ReLU6). {_NOT_MOBILENETV2_RM}")
+    if all(k in keys for k in _RMOBILENET) and any(_RMOBILENET_BLOCK.match(k) for k in keys):
+        blocks = len({m[1] for m in map(_RMOBILENET_BLOCK.match, keys) if m})
+        raise CheckpointError(
+            f"{origin} is the RMNet authors' RMobileNet (their models/rmobilenet.py, e.g. mobilenetv2_imagenet: "
+            f"MobileNetV2 with ReLU6, {blocks} inverted residual blocks, a {state['classifier.1.weight'].shape[1]}-"
+            f"wide head, and BNs running1/running2 that only track statistics for their conversion). "
+            f"{_NOT_MOBILENETV2_RM}")
     if any(_REPARAM.match(k) for k in keys):
         return _repvgg_deploy(state)
     if any(_RMREP.match(k) for k in keys):
@@ -132,7 +147,16 @@ def _rmrep(state: StateDict, origin: str) -> Layout:
             key = "linear." + key[len("fc."):]
         mapped[key] = value
     ours = ("rmrepvgg" if kind == "rmrep" else "repvgg") + str(blocks)
-    return Layout("rmnet-authors-deep", mapped, source=f"the RMNet authors' {kind}_{blocks} (model={ours})")
+    return Layout("rmnet-authors-deep", mapped, source=f"the RMNet authors' {kind}_{blocks} (model={ours})",
+                  kwargs={"rm_ratio": _rm_ratio(state)} if kind == "rmrep" else {})
+
+
+def _rm_ratio(state: StateDict) -> float:
+    """The ratio an rmrep file was built with: an RM block of C channels keeps int(C x ratio) and computes
+    the rest (the rows of its conv33), so the largest kept fraction is a ratio that reproduces them all."""
+    kept = [1 - v.shape[0] / v.shape[1] for k, v in state.items()
+            if k.startswith("feature.") and k.endswith(".conv33.weight") and v.shape[0] < v.shape[1]]
+    return round(max(kept), 6)
 
 
 def _repvgg_deploy(state: StateDict) -> Layout:

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 import rm
-from models import ConversionSettings, ModelSpec, UnknownModelError, model_stems
+from models import ConversionSettings, ModelSpec, UnknownModelError, model_family, model_stems
 from rm.deploy import FORMAT as DEPLOY_FORMAT
 from rm.deploy import build_plain, to_spec
 
@@ -173,8 +173,13 @@ def _state_dict(blob: Any, path: str, name: str | None, num_classes: int | None,
                 kwargs: dict[str, Any]) -> Artifact:
     if not name:
         raise rm.CheckpointError(f"{path} does not say which model it holds (no format={TRAIN_FORMAT!r} or "
-                                 f"{DEPLOY_FORMAT!r} entry): pass model=NAME, e.g. model=resnet50")
+                                 f"{DEPLOY_FORMAT!r} entry): pass model=NAME, e.g. model=resnet50. benchmark.py "
+                                 f"has no model=: it times the same network as models=[NAME] (speed does not "
+                                 f"depend on the weights), or the deploy artifact that `python convert.py "
+                                 f"checkpoint={path} model=NAME` writes")
     layout = map_layout(extract_state_dict(blob, path), path)
+    if model_family(name) == "repvgg":   # every RepVGG constructor takes what the authors' files imply (rm_ratio)
+        kwargs = {**layout.kwargs, **kwargs}
     if num_classes is None:   # the classifier is the last matrix of every family's state dict
         matrices = [v for v in layout.state.values() if v.ndim == 2]
         num_classes = int(matrices[-1].shape[0]) if matrices else 1000

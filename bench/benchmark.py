@@ -47,6 +47,8 @@ import artifacts
 import models
 import rm
 from engine.environment import environment
+from engine.evaluate import backend_flags
+from engine.faults import probe_run_dir
 from engine.inputs import trained_loaders
 from models import ModelSpec
 from models.complexity import count_macs, count_params
@@ -244,20 +246,6 @@ def build_forms(model: nn.Module, spec: ModelSpec, forms: list[str]) -> dict[str
         return {"plain": model.eval()} if "plain" in forms else {}
     builders = {"residual": lambda m: m, "bn_folded": fold_bn, "plain": rm.convert}
     return {form: builders[form](model.eval()) for form in forms}
-
-
-@contextmanager
-def backend_flags(precision: str) -> Iterator[None]:
-    """cudnn.benchmark on; TF32 only for precision=tf32 (fp32 means IEEE float32 convolutions,
-    which PyTorch's cuDNN default of TF32 would otherwise silently replace)."""
-    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
-    saved = torch.backends.cudnn.benchmark, conv.fp32_precision, matmul.fp32_precision
-    torch.backends.cudnn.benchmark = True
-    conv.fp32_precision = matmul.fp32_precision = "tf32" if precision == "tf32" else "ieee"
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark, conv.fp32_precision, matmul.fp32_precision = saved
 
 
 def _sync(device: torch.device) -> None:
@@ -516,6 +504,7 @@ def _load(source: ModelSpec | str, label: str, s: Settings, report: dict[str, An
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Benchmark every model of `cfg` (conf/benchmark.yaml), print the table and write it as
     Markdown and JSON to `cfg.out_dir`; returns the report."""
+    probe_run_dir(cfg.out_dir, "out_dir", "the output folder")
     sources, cfg = resolve_models(cfg)
     s = resolve_settings(cfg)
     labels = source_labels(sources)

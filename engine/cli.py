@@ -4,9 +4,9 @@
 (`engine.config.prepare_argv`: unknown keys, options and model names are named with close matches),
 then lets Hydra compose the config (sweeps with `-m`, `--cfg job` work as usual) and runs `job(cfg)`.
 Bad input, in the overrides or found by the job, ends with `error: <message>` on one line and exit
-status 2. `--help` prints the entry point's examples, the config groups with their options and every
-setting with its description: the commented YAML of conf/<name>.yaml, which is where the settings
-are documented (`--hydra-help` is Hydra's own page).
+status 2, Ctrl-C with `interrupted` and 130. `--help` prints the entry point's examples, the config
+groups with their options and every setting with its description: the commented YAML of
+conf/<name>.yaml, which is where the settings are documented (`--hydra-help` is Hydra's own page).
 """
 from __future__ import annotations
 
@@ -16,22 +16,8 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import CONF_DIR, check_choices, prepare_argv
-from .errors import EXIT_USER_ERROR, USER_ERRORS, exit_on_user_error, report
-
-
-def _groups(config_name: str) -> list[str]:
-    """The config groups `conf/<config_name>.yaml` selects (its own defaults list and the configs it includes)."""
-    defaults = OmegaConf.load(os.path.join(CONF_DIR, f"{config_name}.yaml")).get("defaults") or []
-    groups = []
-    for entry in defaults:
-        if isinstance(entry, str) and entry != "_self_":
-            groups += _groups(entry)
-        elif isinstance(entry, DictConfig):
-            group = str(next(iter(entry))).removeprefix("override ")
-            if os.path.isdir(os.path.join(CONF_DIR, group)) and group not in groups:
-                groups.append(group)
-    return list(dict.fromkeys(groups))
+from .config import CONF_DIR, check_choices, entry_groups, prepare_argv
+from .errors import exit_on_user_error
 
 
 def _settings(config_name: str) -> str:
@@ -51,7 +37,7 @@ def _settings(config_name: str) -> str:
 
 def help_text(config_name: str, doc: str) -> str:
     parts = [doc.strip(), "", "Groups (group=option):"]
-    for group in _groups(config_name):
+    for group in entry_groups(config_name):
         options = sorted(f[:-5] for f in os.listdir(os.path.join(CONF_DIR, group)) if f.endswith(".yaml"))
         listing = (f"{len(options)} models, `python -m models` lists them" if group == "model"
                    else ", ".join(options))
@@ -70,11 +56,7 @@ def run_app(config_name: str, job: Callable[[DictConfig], Any], doc: str = "") -
     if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
         print(help_text(config_name, doc))
         return
-    try:
-        sys.argv[1:] = prepare_argv(sys.argv[1:], config_name)
-    except USER_ERRORS as e:
-        report(e)
-        raise SystemExit(EXIT_USER_ERROR) from None
+    sys.argv[1:] = exit_on_user_error(prepare_argv)(sys.argv[1:], config_name)
 
     def checked(cfg: DictConfig) -> Any:
         check_choices(cfg)

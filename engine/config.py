@@ -15,7 +15,7 @@ import os
 import re
 from typing import Any, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from data.datasets import BAD_IMAGES, DATASETS
 from data.transforms import CROPS
@@ -61,6 +61,35 @@ def _group_options(config_dir: str, group: str) -> list[str]:
     return sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml"))
 
 
+def entry_groups(config_name: str, config_dir: str = CONF_DIR) -> list[str]:
+    """The config groups `conf/<config_name>.yaml` selects (its own defaults list and the configs it includes)."""
+    defaults = OmegaConf.load(os.path.join(config_dir, f"{config_name}.yaml")).get("defaults") or []
+    groups = []
+    for entry in defaults:
+        if isinstance(entry, str) and entry != "_self_":
+            groups += entry_groups(entry, config_dir)
+        elif isinstance(entry, DictConfig):
+            group = str(next(iter(entry))).removeprefix("override ")
+            if os.path.isdir(os.path.join(config_dir, group)) and group not in groups:
+                groups.append(group)
+    return list(dict.fromkeys(groups))
+
+
+def _check_group(config_dir: str, config_name: str, group: str, value: str) -> None:
+    """The entry point must select `group`: Hydra answers a group it does not with a traceback, and adds
+    one given with `+` that the job then never reads."""
+    own = entry_groups(config_name, config_dir)
+    if group in own:
+        return
+    settings = OmegaConf.load(os.path.join(config_dir, f"{config_name}.yaml"))
+    close = difflib.get_close_matches(group, [str(k) for k in settings if k not in ("defaults", "hydra")], 1, 0.6)
+    hint = ""
+    if close:   # benchmark.py model=resnet50 -> models=[resnet50]
+        hint = f" Did you mean {close[0]}={f'[{value}]' if isinstance(settings[close[0]], ListConfig) else value}?"
+    raise ConfigError(f"{config_name}.py has no {group} group (it takes {', '.join(g + '=' for g in own) or 'none'})."
+                      f"{hint} `python {config_name}.py --help` lists its groups and settings")
+
+
 def _check_option(config_dir: str, group: str, value: str) -> None:
     options = _group_options(config_dir, group)
     if value in options or value == "null":
@@ -95,6 +124,8 @@ def normalize_overrides(argv: Sequence[str], config_name: str = "train", config_
                   or o.key_or_group.startswith("hydra")]
     for o in structural:
         group = o.key_or_group.split("/")[0]
+        if group in groups:
+            _check_group(config_dir, config_name, group, str(o.value()))
         if group in groups and not o.is_delete():
             for value in (o.sweep_string_iterator() if o.is_sweep_override() else [o.value()]):
                 _check_option(config_dir, group, str(value))

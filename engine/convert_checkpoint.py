@@ -25,6 +25,7 @@ from models.complexity import count_macs, count_params
 from rm import recalibrate_identity_bn
 
 from .config import command_line_keys, model_kwargs
+from .faults import probe_output_file
 from .inputs import check_data, data_for
 
 
@@ -49,6 +50,8 @@ def run(cfg: DictConfig, explicit: set[str] | None = None) -> str:
     """Convert, verify (and recalibrate), write; returns the path written."""
     explicit = command_line_keys() if explicit is None else explicit
     source = load_source(cfg)
+    out = cfg.out or default_output(cfg, source.spec)
+    probe_output_file(out, "out")
     policy = ConversionPolicy.from_cfg(cfg.conversion)
     batches = int(cfg.recalibrate.batches)
     # A plain model in a foreign layout (RepVGG's deploy form) is written as a deploy artifact unconverted,
@@ -61,7 +64,8 @@ def run(cfg: DictConfig, explicit: set[str] | None = None) -> str:
         if policy.fuse_bn or source.spec.form == "plain":
             raise ValueError("recalibrate.batches needs a residual model and conversion=keep_bn: only a keep-BN "
                              "conversion has identity BatchNorms to recalibrate")
-        data, warnings = data_for(cfg.get("data"), source.data_config, source.spec.input, explicit, source.origin)
+        data, warnings = data_for(cfg.get("data"), source.data_config, source.spec.input, explicit, source.origin,
+                                  source.spec.input_size)
         for warning in warnings:
             print(f"warning: {warning}")
         check_data(source.spec, data, source.origin)
@@ -84,7 +88,6 @@ def run(cfg: DictConfig, explicit: set[str] | None = None) -> str:
         print(f"  already plain ({source.meta['layout']} layout): written without conversion")
     for dtype, e in plain.meta.get("verify", {}).items():
         print(f"  {dtype:8s} max abs error {e['max_abs']:.3e}  max rel error {e['max_rel']:.3e}")
-    out = cfg.out or default_output(cfg, spec)
     meta = {k: v for k, v in plain.meta.items() if k not in ("config", "epoch", "step", "best_top1", "random_weights", "layout",
                                                              "dropped")}
     artifacts.save_deploy(plain.model, plain.spec, out, **meta)

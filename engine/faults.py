@@ -1,11 +1,12 @@
 """What the trainer does when things go wrong: preemption signals, non-finite losses, unwritable
-run directories.
+run directories (a check every job runs on its outputs before its work).
 
 Checkpoints themselves are written atomically (rm.io.atomic_save), so a crash or kill at any
 moment leaves the previous last.pt intact and `resume=auto` continues from it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -77,8 +78,18 @@ class StopSignal:
         return 128 + (self.signum or 0)
 
 
-def probe_run_dir(run_dir: str) -> None:
-    """Create `run_dir` and write, flush and fsync a small file in it; RunDirError says why not."""
+def probe_run_dir(run_dir: str, setting: str = "output_dir", what: str = "the run directory") -> None:
+    """Write, flush and fsync a small file in `run_dir`; RunDirError says why not and names the `setting`
+    to change. Every job calls it (or `probe_output_file`) before its work, so that an unwritable output
+    fails at once rather than when the result is written. Folders it had to make are removed again, so
+    that a job refused later for another reason leaves nothing behind."""
+    made, folder = [], os.path.abspath(run_dir)
+    while not os.path.exists(folder):
+        made.append(folder)
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise RunDirError(f"cannot write to {what} {run_dir}: {folder} is a file, not a folder; choose another "
+                          f"{setting}")
     try:
         os.makedirs(run_dir, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-probe-") as f:
@@ -86,5 +97,16 @@ def probe_run_dir(run_dir: str) -> None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
-        raise RunDirError(f"cannot write to the run directory {run_dir} ({e.strerror or e}); free disk space, "
-                          f"fix its permissions or choose another output_dir") from None
+        raise RunDirError(f"cannot write to {what} {run_dir} ({e.strerror or e}); free disk space, "
+                          f"fix its permissions or choose another {setting}") from None
+    finally:
+        for folder in made:   # deepest first; one another process has filled meanwhile stays
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+
+
+def probe_output_file(path: str, setting: str) -> None:
+    """`probe_run_dir` for a job that writes one file `path` (set by `setting`), which must not be a folder."""
+    if os.path.isdir(path):
+        raise RunDirError(f"{setting}={path} is a folder: give the path of the file to write")
+    probe_run_dir(os.path.dirname(os.path.abspath(path)), setting, "the output folder")

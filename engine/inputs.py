@@ -18,14 +18,17 @@ TRAINED_INPUT = ("input_size", "mean", "std")
 
 
 def data_for(chosen: Any, stored: dict[str, Any] | None, trained: InputSpec | None, explicit: set[str],
-             origin: str) -> tuple[DictConfig, list[str]]:
+             origin: str, nominal: int | None = None) -> tuple[DictConfig, list[str]]:
     """(data config, warnings). `chosen`: the data section of the command's config (a group such as
     `data=imagenet`, or only `data.key=value` edits); `stored`: the data config the file records;
-    `trained`: its model's input; `explicit`: the keys set on the command line.
+    `trained`: its model's input; `explicit`: the keys set on the command line; `nominal`: the input
+    size of the model's stem, used when `trained` is None.
 
     A chosen group is used as composed, otherwise the stored config with the edits on top; either way
     the trained input size, mean and std apply unless set explicitly, and an explicit value that
-    differs from the trained one is kept but warned about."""
+    differs from the trained one is kept but warned about. A file that does not record its trained
+    input (a foreign state dict) is used at the data's size, with a warning where that is not the
+    stem's nominal size and the command line did not choose it."""
     chosen = chosen if chosen is not None else OmegaConf.create({})
     if "name" in chosen:
         data = OmegaConf.create(OmegaConf.to_container(chosen))
@@ -35,6 +38,10 @@ def data_for(chosen: Any, stored: dict[str, Any] | None, trained: InputSpec | No
     else:
         data = OmegaConf.merge(OmegaConf.create(stored), chosen)
     warnings = []
+    if trained is None and nominal is not None and data.input_size != nominal and "data.input_size" not in explicit:
+        warnings.append(f"{origin} does not record the input size its model was trained at: used at the data's "
+                        f"{data.input_size}x{data.input_size}, not its stem's nominal {nominal}x{nominal}; results "
+                        f"can be far off unless it was trained at that size (data.input_size=N sets it)")
     if trained is not None:
         values = {"input_size": trained.size, "mean": trained.mean, "std": trained.std}
         for key in TRAINED_INPUT:
@@ -69,7 +76,7 @@ def trained_loaders(art: Any, batch_size: int, calibration_batches: int) -> tupl
     fidelity) without depending on `data/` themselves."""
     if art.data_config is None:
         return None
-    data, _ = data_for(None, art.data_config, art.spec.input, set(), art.origin)
+    data, _ = data_for(None, art.data_config, art.spec.input, set(), art.origin, art.spec.input_size)
     check_data(art.spec, data, art.origin)
     return (calibration_loader(data, calibration_batches, batch_size, workers=0),
             build_loader(data, "val", batch_size, train=False))

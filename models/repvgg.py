@@ -189,11 +189,13 @@ def repvgg37(**kw): return _deep(37, **kw)
 def repvgg69(**kw): return _deep(69, **kw)
 @register_model
 def repvgg133(**kw): return _deep(133, **kw)
+# The paper's RM ratio per depth is the default; files of the authors trained with another ratio load
+# with it (artifacts reads it from the weights, or model.kwargs.rm_ratio=...).
 @register_model
-def rmrepvgg21(**kw): return _deep(21, 0.25, **kw)
+def rmrepvgg21(rm_ratio=0.25, **kw): return _deep(21, rm_ratio, **kw)
 @register_model
-def rmrepvgg37(**kw): return _deep(37, 0.25, **kw)
+def rmrepvgg37(rm_ratio=0.25, **kw): return _deep(37, rm_ratio, **kw)
 @register_model
-def rmrepvgg69(**kw): return _deep(69, 0.5, **kw)
+def rmrepvgg69(rm_ratio=0.5, **kw): return _deep(69, rm_ratio, **kw)
 @register_model
-def rmrepvgg133(**kw): return _deep(133, 0.75, **kw)
+def rmrepvgg133(rm_ratio=0.75, **kw): return _deep(133, rm_ratio, **kw)

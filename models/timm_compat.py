@@ -20,8 +20,10 @@ except ImportError:  # timm is optional for everything but this shim
 def _entrypoint(name: str):
     def build(pretrained: bool = False, **kwargs):
         if pretrained:
-            raise ValueError(f"no pretrained weights are distributed for {name}; load a checkpoint with "
-                             "evaluate.py or models.loading instead")
+            raise ValueError(f"no pretrained weights are distributed for {name}; load a file (this project's "
+                             f"checkpoints and deploy artifacts, the RMNet and RepVGG authors' or torchvision's "
+                             f"weights) with `artifacts.load`(PATH, name={name!r}).model, or evaluate it with "
+                             f"python evaluate.py checkpoint=PATH model={name}")
         for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
             kwargs.pop(key, None)
         return create_model(name, **kwargs)

@@ -31,6 +31,7 @@ from data import calibration_loader
 from engine import stages
 from engine.config import per_process_batch
 from engine.evaluate import evaluate
+from engine.faults import probe_run_dir
 from engine.inputs import check_data
 from models import ModelSpec
 from rm import recalibrate_identity_bn
@@ -148,6 +149,7 @@ def _save(model: nn.Module, spec: ModelSpec, path: str, **meta: Any) -> None:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The whole job for one sr and one threshold/ratio; returns the report."""
     check_settings(cfg)
+    probe_run_dir(run_root(cfg), "prune.out_dir" if cfg.prune.out_dir else "output_dir", "the output folder")
     p = cfg.prune
     ckpt = p.sparse_ckpt or sparse_train(cfg)
     residual = artifacts.load(ckpt)

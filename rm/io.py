@@ -10,7 +10,6 @@ import os
 import pickle
 import re
 import tempfile
-import zipfile
 from typing import Any
 
 import torch
@@ -41,6 +40,15 @@ def load_file(path: str, map_location: str | torch.device = "cpu") -> Any:
     """torch.load with weights_only=True; every failure becomes a CheckpointError that says why."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    # torch.save writes a zip archive, or (legacy format) a pickle that starts with its protocol
+    # opcode (protocols 2-5); anything else (a text file, an HTML error page) is named as such instead of being fed to
+    # the unpickler, which reads "hello" as a memo lookup and fails with KeyError: 101.
+    if head and not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03",
+                                                                                           b"\x04", b"\x05")):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: it starts with {head!r}, not a zip archive or a "
+                              f"pickle; check that the file was downloaded or copied completely")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -52,7 +60,7 @@ def load_file(path: str, map_location: str | torch.device = "cpu") -> Any:
                 f"tensors (torch.save(model.state_dict(), path))") from None
         raise CheckpointError(f"{path} is not a PyTorch checkpoint, or a corrupt one "
                               f"({_first_sentence(e)}); copy or re-save the file") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError) as e:
+    except Exception as e:   # damaged bytes make torch's readers fail in many ways (KeyError, struct.error, ...)
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint, truncated or corrupt? "
                               f"({_first_sentence(e)}); copy or re-save the file") from None
 

@@ -50,8 +50,10 @@ def train_ckpt(tmp_path, residual):
 
 
 def _evaluate(*overrides: str):
+    """evaluate.py OVERRIDES, with the keys they set as its command line's (engine.config.command_line_keys)."""
+    explicit = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
-        return run(compose("evaluate", overrides=[*COMMON, *overrides]))
+        return run(compose("evaluate", overrides=[*COMMON, *overrides]), explicit)
 
 
 def test_training_checkpoint_both_forms_agree(train_ckpt, tmp_path):
@@ -186,3 +188,19 @@ def test_a_trained_run_evaluates_at_the_size_it_was_trained_at(tmp_path, capsys)
     report = run(cfg, explicit={"data.input_size", "data.val_size"})
     assert report["data"]["input_size"] == 32
     assert "warning: data.input_size=32 differs from the model's training (16)" in capsys.readouterr().err
+
+
+def test_a_file_without_its_trained_size_warns_when_evaluated_at_another(tmp_path, capsys):
+    """A foreign ImageNet-stem state dict records no trained input: evaluated with data=synthetic at 32x32
+    (not its stem's nominal 224) it said nothing; now one warning line, also in the report's notes."""
+    model = randomize_bn(ModelSpec("resnet18", 10, "imagenet", {"widths": WIDTHS}).build(), seed=1)
+    path = str(tmp_path / "r18.pth")
+    torch.save(model.state_dict(), path)
+    args = [f"checkpoint={path}", "model=resnet18", f"+model.kwargs.widths={WIDTHS}", "data=synthetic",
+            "data.stem=imagenet", "data.val_size=8", f"out={tmp_path / 'r.json'}", "forms=[residual]"]
+    report = _evaluate(*args)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "224" in warnings[0] and "32x32" in warnings[0], warnings
+    assert warnings[0].removeprefix("warning: ") in report["notes"]
+    _evaluate(*args, "data.input_size=224", "data.val_size=2")   # at the nominal size: nothing to say
+    assert "warning:" not in capsys.readouterr().err

@@ -171,3 +171,18 @@ def test_every_timm_resnet_name_converts_or_is_refused():
     for name, result in sorted(results.items()):
         if result != "converts":
             print(f"refused {name}: {result}")
+
+
+def test_timm_pretrained_points_to_loaders_that_exist():
+    """The refusal pointed to `models.loading`, which no longer exists; every Python name it names must."""
+    import importlib
+    import re
+
+    name = register_with_timm()[0]
+    with pytest.raises(ValueError, match="no pretrained weights") as e:
+        timm.create_model(name, pretrained=True)
+    names = re.findall(r"`([a-z_]+(?:\.[a-z_]+)+)", str(e.value))
+    assert "artifacts.load" in names, str(e.value)
+    for dotted in names:
+        module, _, attr = dotted.rpartition(".")
+        assert hasattr(importlib.import_module(module), attr), dotted

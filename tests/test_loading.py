@@ -185,3 +185,52 @@ def test_unsafe_pickle_is_not_executed(tmp_path):
     torch.save({"state_dict": {}, "payload": _NotATensor()}, path)
     with pytest.raises(CheckpointError, match="weights_only"):
         artifacts.load(path, name="resnet20")
+
+
+@pytest.mark.parametrize("name, ratio", [("rmrepvgg21", 0.5), ("rmrepvgg21", 0.75), ("rmrepvgg37", 0.5)])
+def test_authors_deep_rmrep_with_another_ratio_loads_under_the_documented_name(tmp_path, name, ratio):
+    """Their rmrep_<N> trained with a ratio other than our rmrepvgg<N>'s default: the ratio is read from the
+    file; `model.kwargs.rm_ratio` (which used to raise a raw argument error) gives the same model."""
+    depth = int(name.removeprefix("rmrepvgg"))
+    theirs = randomized(RMRep(depth, 1000, ratio, base_wide=8), seed=depth)
+    path = tmp_path / f"rmrep_{depth}.pth.tar"
+    torch.save(authors_checkpoint(theirs), path)
+    widths = {"widths": [8, 16, 32, 64]}
+    for kwargs in (widths, {**widths, "rm_ratio": ratio}):
+        art = artifacts.load(path, name=name, kwargs=kwargs)
+        assert art.spec.kwargs["rm_ratio"] == ratio and art.spec.build() is not None
+        _agrees(theirs, art.model, 64)
+
+
+def _authors_rmobilenet(num_classes: int = 1000, w: float = 0.25) -> dict:
+    """What their train.py writes for mobilenetv2_imagenet (fxmeng/RMNet models/rmobilenet.py, RMobileNet):
+    its module tree written from reading it (stem, a dw/pw-linear block, InvertedResidual blocks whose
+    residual ones carry statistics-only BNs running1/running2, a 1280-wide head, classifier.1)."""
+    def cbn(cin, cout, k=1, groups=1):
+        return [torch.nn.Conv2d(cin, cout, k, groups=groups, bias=False), torch.nn.BatchNorm2d(cout), torch.nn.ReLU6()]
+
+    rows = [(6, 24, 1, 2), (6, 24, 1, 1), (6, 32, 1, 2), (6, 32, 2, 1), (6, 64, 1, 2), (6, 64, 3, 1), (6, 96, 1, 1),
+            (6, 96, 2, 1), (6, 160, 1, 2), (6, 160, 2, 1), (6, 320, 1, 1)]
+    stem, cin = int(32 * w), int(16 * w)
+    features = [torch.nn.Sequential(*cbn(3, stem, 3)), torch.nn.Sequential(*cbn(stem, stem, 3, stem), *cbn(stem, cin)[:2])]
+    for t, c, n, s in rows:
+        for _ in range(n):
+            block, hidden, cout = torch.nn.Module(), round(cin * t), int(c * w)
+            block.conv = torch.nn.Sequential(*cbn(cin, hidden), *cbn(hidden, hidden, 3, hidden), *cbn(hidden, cout)[:2])
+            if s == 1 and cin == cout:
+                block.running1, block.running2 = (torch.nn.BatchNorm2d(cin, affine=False) for _ in range(2))
+            features.append(block)
+            cin = cout
+    model = torch.nn.Module()
+    model.features = torch.nn.Sequential(*features, torch.nn.Sequential(*cbn(cin, 1280)))
+    model.classifier = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(1280, num_classes))
+    return authors_checkpoint(model)
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2_rm", "mobilenetv1", "rmnet26x3_32"])
+def test_authors_rmobilenet_is_refused_saying_what_it_is(tmp_path, name):
+    """It was refused as an "RMNeXt layout" with key dumps: refusing is right, the reason is the model."""
+    torch.save(_authors_rmobilenet(), tmp_path / "mobilenetv2_imagenet.pth.tar")
+    with pytest.raises(CheckpointError, match=r"the RMNet authors' RMobileNet .*ReLU6.*mobilenetv2_rm") as e:
+        artifacts.load(tmp_path / "mobilenetv2_imagenet.pth.tar", name=name)
+    assert "\n" not in str(e.value) and "keys" not in str(e.value) and "RMNeXt" not in str(e.value)

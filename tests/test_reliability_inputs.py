@@ -55,7 +55,7 @@ def bad_files(tmp_path_factory):
     data = good.read_bytes()
     rng = random.Random(0)
     files = {"empty": b"", "random": bytes(rng.randrange(256) for _ in range(4096)),
-             "text": b"model weights\n"}
+             "text": b"model weights\n", "text_h": b"hello\n", "text_j": b"jello\n"}
     for frac in (0.05, 0.5, 0.95):
         files[f"truncated{int(frac * 100)}"] = data[: int(len(data) * frac)]
     flipped = bytearray(data)
@@ -105,12 +105,29 @@ def _loaders(tmp_path, monkeypatch, capsys):
     }
 
 
-@pytest.mark.parametrize("kind", ["empty", "random", "text", "truncated5", "truncated50", "truncated95",
-                                  "bitflips", "plain_pickle", "zip", "unsafe", "tensor", "strings",
+def _more_tools(tmp_path, monkeypatch, capsys):
+    """The other entry points that read a file the user names (one Hydra composition each: run on a few kinds)."""
+    return {
+        "benchmark.py": lambda p: _cli(monkeypatch, capsys, "benchmark", [f"checkpoints=[{p}]", f"out_dir={tmp_path}"]),
+        "amc.py amc.checkpoint": lambda p: _cli(monkeypatch, capsys, "amc", [f"amc.checkpoint={p}",
+                                                                            f"output_dir={tmp_path}"]),
+    }
+
+
+@pytest.mark.parametrize("kind", ["empty", "random", "text", "text_h", "text_j", "truncated5", "truncated50",
+                                  "truncated95", "bitflips", "plain_pickle", "zip", "unsafe", "tensor", "strings",
                                   "deploy_format_only"])
 def test_every_loader_refuses_bad_files(bad_files, kind, tmp_path, monkeypatch, capsys):
-    path = bad_files[kind]
-    for loader, load in _loaders(tmp_path, monkeypatch, capsys).items():
+    _refused_by(_loaders(tmp_path, monkeypatch, capsys), bad_files[kind], kind, tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["text_h", "text_j", "random", "zip"])
+def test_every_tool_refuses_bad_files(bad_files, kind, tmp_path, monkeypatch, capsys):
+    _refused_by(_more_tools(tmp_path, monkeypatch, capsys), bad_files[kind], kind, tmp_path)
+
+
+def _refused_by(loaders, path, kind, tmp_path):
+    for loader, load in loaders.items():
         with pytest.raises(REFUSED) as e:
             load(path)
         assert "\n" not in str(e.value), (loader, kind)
@@ -127,6 +144,39 @@ def test_unsafe_pickle_names_the_object_and_the_fix(bad_files):
 def test_truncated_file_says_so(bad_files):
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         load_file(bad_files["truncated50"])
+
+
+def test_text_file_says_it_is_not_a_checkpoint(bad_files):
+    """A text file starting with "h" or "j" made the weights-only unpickler raise KeyError (exit 1)."""
+    with pytest.raises(CheckpointError, match=r"text_h.pt is not a PyTorch checkpoint: it starts with b'hello"):
+        load_file(bad_files["text_h"])
+
+
+def test_corrupt_bytes_of_any_kind_are_a_checkpoint_error(tmp_path):
+    """Torch's loaders raise many exception types on damaged input (KeyError, IndexError, struct.error,
+    AssertionError, UnicodeDecodeError, ...): every one is a CheckpointError naming the file."""
+    rng = random.Random(1)
+    sources = []
+    for legacy in (False, True):
+        path = tmp_path / "good.pt"
+        torch.save({"a": torch.ones(3), "b": [1, 2]}, path, _use_new_zipfile_serialization=not legacy)
+        sources.append(path.read_bytes())
+    samples = [bytes([c]) + b"ello\n" for c in range(256)]
+    samples += [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64))) for _ in range(100)]
+    for data in sources:
+        for _ in range(100):
+            damaged = bytearray(data)
+            for _ in range(3):
+                damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+            samples += [bytes(damaged), data[:rng.randrange(len(data))]]
+    path = str(tmp_path / "bad.pt")
+    for data in samples:
+        with open(path, "wb") as f:
+            f.write(data)
+        try:
+            load_file(path)
+        except CheckpointError as e:
+            assert path in str(e) and "\n" not in str(e), str(e)
 
 
 @pytest.mark.parametrize("other", [dict(num_classes=100), dict(stem="imagenet"), dict(name="resnet20")],
