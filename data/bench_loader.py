@@ -87,7 +87,7 @@ def measure(cfg, pipeline: str, samples: int, batch_size: int) -> tuple[float, f
         if seen == samples:   # the last batch: read the worker's time before it exits
             cpu = _cpu_seconds(worker.pid)
     wall = time.perf_counter() - start
-    return seen / cpu, seen / wall
+    return (seen / cpu if cpu else float("nan")), seen / wall   # nan: too few images for the clock's ticks
 
 
 def _machine() -> str:

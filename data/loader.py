@@ -10,10 +10,11 @@ import os
 import random
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, default_collate, get_worker_info
-from torch.utils.data._utils.worker import _generate_state
+from torch.utils.data._utils.worker import _generate_state  # the numpy seed DataLoader gives a worker
 
 from .datasets import build_dataset
 from .samplers import EvalSampler, TrainSampler
@@ -76,8 +77,6 @@ class _WorkerSeeded(Dataset):
             self.seed = seed
             random.seed(seed + worker.id)
             torch.manual_seed(seed + worker.id)
-            import numpy as np
-
             np.random.seed(_generate_state(seed, worker.id))
         return self.dataset[index]
 

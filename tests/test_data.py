@@ -159,6 +159,9 @@ def test_uint8_leaves_the_workers_and_batches_equal_the_old_normalisation(tmp_pa
         assert x.dtype == torch.float32
         torch.testing.assert_close(x, x_old)
         assert torch.equal(y, y_old)
+    # On another device (meta: a stand-in for CUDA) the uint8 batch is moved first, then normalised there.
+    x, y = next(iter(data.build_loader(cfg, "val", batch_size=8, workers=0, device="meta")))
+    assert (x.device.type, x.dtype, x.shape, y.device.type) == ("meta", torch.float32, (8, 3, 32, 32), "meta")
     _write_cifar(tmp_path, "cifar10", 6)
     cfg = check_overrides(["data=cifar10", f"data.root={tmp_path}"]).data
     (x, y), = data.build_loader(cfg, "val", batch_size=6, workers=0)
@@ -249,3 +252,12 @@ def test_a_skipped_file_is_warned_about_once_per_process(tmp_path, caplog):
         for _ in range(3):   # three evaluation passes
             assert sum(len(y) for _, y in loader) == 2
     assert len([r for r in caplog.records if str(bad) in r.getMessage()]) == 1
+
+
+def test_loader_benchmark_runs(capsys):
+    from data import bench_loader
+
+    bench_loader.main(["--files", "4", "--samples", "32", "--batch-size", "8", "--rounds", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [row.split(" | ")[0] for row in rows[1:]] == ["| before", "| pil-u8", "| now"]
+    assert all(float(row.split(" | ")[3]) > 0 for row in rows[1:])   # the wall-clock rate
