@@ -258,6 +258,7 @@ def test_loader_benchmark_runs(capsys):
     from data import bench_loader
 
     bench_loader.main(["--files", "4", "--samples", "32", "--batch-size", "8", "--rounds", "1"])
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
-    assert [row.split(" | ")[0] for row in rows[1:]] == ["| before", "| pil-u8", "| now"]
-    assert all(float(row.split(" | ")[3]) > 0 for row in rows[1:])   # the wall-clock rate
+    rows = [[cell.strip() for cell in line.strip("|").split("|")]
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [row[0] for row in rows[1:]] == ["before", "pil-u8", "now"]
+    assert all(float(row[3]) > 0 for row in rows[1:])   # the wall-clock rate
