@@ -10,9 +10,10 @@ round so that both see the same machine load:
   now     torchvision.io.decode_jpeg (PIL for other files), uint8 out of the worker; the loader
           normalises on the training device (data.DeviceLoader), which is not worker time
 
-img/s per core = images / CPU seconds of the worker process (from /proc, so a busy machine slows the
-wall clock but not this figure); the wall-clock rate of the one worker and the load average are
-printed beside it.
+img/s per core = images / CPU seconds of the worker process (from /proc: a busy machine slows the
+wall clock more than this figure, though a shared core's caches still slow it); the wall-clock rate
+of the one worker and the load average are printed beside it, then the CPU time per image of the new
+pipeline's parts (decode, transform) measured in the main process.
 """
 from __future__ import annotations
 
@@ -90,6 +91,26 @@ def measure(cfg, pipeline: str, samples: int, batch_size: int) -> tuple[float, f
     return (seen / cpu if cpu else float("nan")), seen / wall   # nan: too few images for the clock's ticks
 
 
+def stages(cfg, repeats: int = 5) -> dict[str, float]:
+    """Median CPU ms per image of the new pipeline's parts, in this process (no worker, no collate)."""
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+    dataset = _dataset(cfg, "now")
+    blobs = [read_file(path) for path, _ in dataset.samples]
+    images = [decode_jpeg(blob) for blob in blobs]
+    parts = {"decode_jpeg": lambda i: decode_jpeg(blobs[i], mode=ImageReadMode.UNCHANGED),
+             "crop, resize and flip (v2)": lambda i: dataset.transform(images[i]),
+             "whole sample (read, decode, transform)": lambda i: dataset[i]}
+    times: dict[str, list[float]] = {name: [] for name in parts}
+    for _ in range(repeats):
+        for name, part in parts.items():
+            start = time.process_time()
+            for i in range(len(blobs)):
+                part(i)
+            times[name].append((time.process_time() - start) / len(blobs) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def _machine() -> str:
     model = platform.processor() or "unknown CPU"
     if os.path.exists("/proc/cpuinfo"):
@@ -118,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(args.rounds):
             for pipeline in PIPELINES:
                 rates[pipeline].append(measure(cfg, pipeline, args.samples, args.batch_size))
+        parts = stages(cfg)
         load_end = os.getloadavg()
     lines = [f"machine: {_machine()}",
              f"torch {torch.__version__}, torchvision {__import__('torchvision').__version__}, "
@@ -133,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
         per_core = [r[0] for r in rates[pipeline]]
         lines.append(f"| {pipeline} | {statistics.median(per_core):.0f} | {' '.join(f'{r:.0f}' for r in per_core)} | "
                      f"{statistics.median(r[1] for r in rates[pipeline]):.0f} |")
+    lines += ["", "CPU ms per image of the new pipeline's parts, in the main process (median of 5 passes over the files):",
+              "", "| part | ms |", "| --- | ---: |"] + [f"| {name} | {ms:.3f} |" for name, ms in parts.items()]
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -88,10 +88,11 @@ _JPEG_START = (0xFF, 0xD8, 0xFF)
 
 
 def decode_image(path: str) -> Any:
-    """The image at `path`: a uint8 (3, H, W) tensor for a three-channel JPEG (torchvision's libjpeg-turbo
-    decoder, the same pixels as PIL's and ~25% faster), else what torchvision's default loader gives (a
-    PIL RGB image): other formats, grayscale and CMYK JPEGs, and files torchvision cannot decode, so
-    that a corrupt file fails with PIL's error as before."""
+    """The image at `path`: a uint8 (3, H, W) tensor for a three-channel JPEG (torchvision's decoder:
+    libjpeg-turbo like PIL's, the same pixels, without a PIL image to convert; its channels-last
+    strides also take torch's fast uint8 resize), else what torchvision's default loader gives (a PIL
+    RGB image): other formats, grayscale and CMYK JPEGs (PIL's colour conversion stays the reference),
+    and files torchvision cannot decode, so that a corrupt file fails with PIL's error as before."""
     from torchvision.datasets.folder import default_loader
     from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
@@ -108,9 +109,9 @@ def decode_image(path: str) -> Any:
 
 def _checked_image_folder(bad_images: str, substitute: bool):
     """torchvision's ImageFolder where an image that cannot be decoded is named: an error
-    (`fail`), or (`skip`) a warning (once per file and process) and, with `substitute`, the next decodable sample in its place,
-    so that the sampler's fixed length and shards stay valid, else None; `skipped` counts them in
-    this process."""
+    (`fail`), or (`skip`) a warning (once per file and process) and, with `substitute`, the next
+    decodable sample in its place, so that the sampler's fixed length and shards stay valid, else
+    None; `skipped` counts them in this process."""
     import torchvision.datasets as tvd
 
     class CheckedImageFolder(tvd.ImageFolder):
