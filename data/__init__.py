@@ -1,13 +1,14 @@
 """Datasets (ImageNet folders, CIFAR pickles, the embedded synthetic set), transforms and loaders.
 
     ds = build_dataset(cfg.data, "val", build_transform(cfg.data, train=False))
-    loader = build_loader(cfg.data, "val", batch_size=256, workers=8)   # sharded over ranks, no padding
+    loader = build_loader(cfg.data, "val", batch_size=256, device="cuda")   # sharded over ranks, no padding
+    # batches: float32 images normalised on the device (workers hand over uint8), int64 targets
 """
 from .datasets import SPLITS, DatasetError, build_dataset
-from .loader import build_loader, calibration_loader, worker_count
+from .loader import DeviceLoader, build_loader, calibration_loader, worker_count
 from .samplers import EvalSampler, TrainSampler
 from .synthetic import SyntheticDataset
 from .transforms import build_transform
 
-__all__ = ["build_dataset", "build_loader", "calibration_loader", "build_transform", "worker_count", "DatasetError", "SPLITS",
+__all__ = ["build_dataset", "build_loader", "DeviceLoader", "calibration_loader", "build_transform", "worker_count", "DatasetError", "SPLITS",
            "EvalSampler", "TrainSampler", "SyntheticDataset"]

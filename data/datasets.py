@@ -18,6 +18,7 @@ SPLITS = ("train", "val")
 DATASETS = ("synthetic", "cifar10", "cifar100", "imagenet")
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 log = logging.getLogger("rmnet.data")
+_warned: set[str] = set()   # undecodable files already named by this process
 _CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 _CIFAR_FILES = {"cifar10": {"train": [f"data_batch_{i}" for i in range(1, 6)], "val": ["test_batch"]},
                 "cifar100": {"train": ["train"], "val": ["test"]}}
@@ -83,13 +84,34 @@ def _cifar(name: str, root: str, split: str, transform, download: bool) -> Datas
 
 
 BAD_IMAGES = ("fail", "skip")
+_JPEG_START = (0xFF, 0xD8, 0xFF)
+
+
+def decode_image(path: str) -> Any:
+    """The image at `path`: a uint8 (3, H, W) tensor for a three-channel JPEG (torchvision's decoder:
+    libjpeg-turbo like PIL's, the same pixels, without a PIL image to convert; its channels-last
+    strides also take torch's fast uint8 resize), else what torchvision's default loader gives (a PIL
+    RGB image): other formats, grayscale and CMYK JPEGs (PIL's colour conversion stays the reference),
+    and files torchvision cannot decode, so that a corrupt file fails with PIL's error as before."""
+    from torchvision.datasets.folder import default_loader
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+    blob = read_file(path)
+    if tuple(blob[:3].tolist()) == _JPEG_START:
+        try:
+            image = decode_jpeg(blob, mode=ImageReadMode.UNCHANGED)
+        except RuntimeError:
+            image = None
+        if image is not None and image.shape[0] == 3:
+            return image
+    return default_loader(path)
 
 
 def _checked_image_folder(bad_images: str, substitute: bool):
     """torchvision's ImageFolder where an image that cannot be decoded is named: an error
-    (`fail`), or (`skip`) a warning and, with `substitute`, the next decodable sample in its place,
-    so that the sampler's fixed length and shards stay valid, else None; `skipped` counts them in
-    this process."""
+    (`fail`), or (`skip`) a warning (once per file and process) and, with `substitute`, the next
+    decodable sample in its place, so that the sampler's fixed length and shards stay valid, else
+    None; `skipped` counts them in this process."""
     import torchvision.datasets as tvd
 
     class CheckedImageFolder(tvd.ImageFolder):
@@ -105,8 +127,10 @@ def _checked_image_folder(bad_images: str, substitute: bool):
                         raise DatasetError(f"{path} cannot be decoded ({type(e).__name__}: {e}); delete or "
                                            f"replace it, or pass data.bad_images=skip to skip such files") from None
                     self.skipped += 1
-                    log.warning(f"skipped undecodable image {path} ({e}); {self.skipped} skipped so far "
-                                f"in this process")
+                    if path not in _warned:   # once per file, not on every evaluation pass
+                        _warned.add(path)
+                        log.warning(f"skipped undecodable image {path} ({e}); {self.skipped} skipped so far "
+                                    f"in this process")
                     if not substitute:
                         return None
             raise DatasetError(f"no image under {self.root} can be decoded")
@@ -125,7 +149,8 @@ def _image_folder(root: str, split: str, transform, num_classes: int, bad_images
     if not os.path.isdir(folder):
         raise DatasetError(f"imagenet split {split!r} not found: {folder} does not exist; {layout}")
     try:
-        ds = _checked_image_folder(bad_images, substitute_bad)(folder, transform=transform, allow_empty=False)
+        ds = _checked_image_folder(bad_images, substitute_bad)(folder, transform=transform, loader=decode_image,
+                                                               allow_empty=False)
     except (FileNotFoundError, RuntimeError) as e:
         raise DatasetError(f"imagenet at {folder} is malformed ({e}); {layout}") from None
     if len(ds.classes) != num_classes:

@@ -1,6 +1,9 @@
 """Training and evaluation transforms from a data config's `augment` settings.
 
-One torchvision v2 pipeline serves PIL images (ImageNet, CIFAR) and uint8 tensors (synthetic).
+One torchvision v2 pipeline serves PIL images (CIFAR, ImageNet files PIL decodes) and uint8 tensors
+(synthetic, ImageNet JPEGs). Loaders stop at uint8 (`normalize=False`): `data.loader.DeviceLoader`
+scales and normalises the batches where they are used, with the same operations as `ToDtype` and
+`Normalize` here.
 """
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ from torchvision.transforms import v2
 CROPS = ("resized", "pad", "none")
 
 
-def build_transform(cfg: Any, train: bool) -> v2.Compose:
+def build_transform(cfg: Any, train: bool, normalize: bool = True) -> v2.Compose:
+    """Augmentation (`train`) or the evaluation resize and crop; then float32 normalised with the
+    config's mean and std, or (not `normalize`) the uint8 image."""
     aug, size = cfg.augment, cfg.input_size
     steps: list = [v2.ToImage()]
     if train:
@@ -28,7 +33,8 @@ def build_transform(cfg: Any, train: bool) -> v2.Compose:
             steps.append(_randaugment(aug.randaugment, cfg.mean))
     elif aug.crop == "resized":      # resize 256, centre crop 224 for crop_pct 0.875
         steps += [v2.Resize(int(round(size / aug.crop_pct)), antialias=True), v2.CenterCrop(size)]
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cfg.mean), list(cfg.std))]
+    if normalize:
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cfg.mean), list(cfg.std))]
     return v2.Compose(steps)
 
 

@@ -94,7 +94,7 @@ def _run(cfg: DictConfig, device: torch.device, explicit: set[str]) -> dict[str,
     if not forms:
         raise ValueError(f"{path} ({art.kind}) holds a plain model: it has no residual form to evaluate")
 
-    loader = build_loader(data, "val", batch_size=cfg.batch_size, workers=cfg.workers, train=False)
+    loader = build_loader(data, "val", batch_size=cfg.batch_size, workers=cfg.workers, train=False, device=device)
     results = {}
     for form in forms:
         net = nets[form].model.to(device)

@@ -57,8 +57,9 @@ class Trainer:
         # The data first: a missing dataset or a batch that does not fit fails before a run folder exists.
         self.batch_size = per_process_batch(cfg, self.world)
         self.train_loader = train_loader or datasets.build_loader(cfg.data, "train", self.batch_size, cfg.workers,
-                                                                  seed=cfg.seed)
-        self.val_loader = val_loader or datasets.build_loader(cfg.data, "val", self.batch_size, cfg.workers)
+                                                                  seed=cfg.seed, device=self.device)
+        self.val_loader = val_loader or datasets.build_loader(cfg.data, "val", self.batch_size, cfg.workers,
+                                                              device=self.device)
         full = self.train_loader.sampler.num_samples // self.batch_size
         if full == 0:
             raise ConfigError(f"the batch of {self.batch_size} per process exceeds the "

@@ -129,3 +129,138 @@ def test_train_sampler_resumes_mid_epoch():
     other = data.TrainSampler(10, 2, 0, seed=5)
     other.set_epoch(3)
     assert sorted(order + list(other)) == list(range(10))
+
+
+# --- the input pipeline: uint8 out of the workers, normalised where the batches are used ------------
+def _old_style_batches(cfg, split, batch_size, loader=None):
+    """The batches of the previous pipeline: the transform normalises to float32 in the dataset, PIL decodes."""
+    dataset = data.build_dataset(cfg, split, data.build_transform(cfg, train=split == "train"))
+    if loader is not None:
+        dataset.loader = loader
+    return list(torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False))
+
+
+def test_uint8_leaves_the_workers_and_batches_equal_the_old_normalisation(tmp_path):
+    """Workers hand over uint8 images (a quarter of the bytes); the loader's batches are the old
+    pipeline's float32 normalised images (same augmentation stream for the same seed)."""
+    cfg = check_overrides(["data=synthetic", "data.train_size=32", "data.val_size=8"]).data
+    loader = data.build_loader(cfg, "train", batch_size=8, workers=0, device="cpu")
+    image, _ = loader.dataset[0]
+    assert image.dtype == torch.uint8
+    raw, _ = next(iter(loader.loader))
+    assert raw.dtype == torch.uint8
+    torch.manual_seed(3)
+    new = list(loader)
+    torch.manual_seed(3)
+    dataset = data.build_dataset(cfg, "train", data.build_transform(cfg, train=True))
+    old = list(torch.utils.data.DataLoader(dataset, batch_size=8, sampler=loader.sampler, generator=torch.Generator()))
+    assert len(new) == len(old) == 4
+    for (x, y), (x_old, y_old) in zip(new, old):
+        assert x.dtype == torch.float32
+        torch.testing.assert_close(x, x_old)
+        assert torch.equal(y, y_old)
+    # On another device (meta: a stand-in for CUDA) the uint8 batch is moved first, then normalised there.
+    x, y = next(iter(data.build_loader(cfg, "val", batch_size=8, workers=0, device="meta")))
+    assert (x.device.type, x.dtype, x.shape, y.device.type) == ("meta", torch.float32, (8, 3, 32, 32), "meta")
+    _write_cifar(tmp_path, "cifar10", 6)
+    cfg = check_overrides(["data=cifar10", f"data.root={tmp_path}"]).data
+    (x, y), = data.build_loader(cfg, "val", batch_size=6, workers=0)
+    (x_old, y_old), = _old_style_batches(cfg, "val", 6)
+    torch.testing.assert_close(x, x_old)
+    assert torch.equal(y, y_old)
+
+
+def test_imagenet_batches_equal_the_old_pil_pipeline(tmp_path):
+    from torchvision.datasets.folder import default_loader
+
+    _write_imagenet(tmp_path, per_class=2)
+    cfg = check_overrides(["data=imagenet", f"data.root={tmp_path}", "data.num_classes=2",
+                           "data.input_size=24"]).data
+    new = list(data.build_loader(cfg, "val", batch_size=4, workers=0))
+    old = _old_style_batches(cfg, "val", 4, loader=default_loader)
+    for (x, y), (x_old, y_old) in zip(new, old, strict=True):
+        # Both decoders are libjpeg-turbo (bit-identical here); one step of 255 leaves room for another build.
+        torch.testing.assert_close(x, x_old, atol=1.01 / 255 / min(cfg.std), rtol=0)
+        assert torch.equal(y, y_old)
+
+
+def _jpeg(path, image, **kw):
+    image.save(path, "JPEG", **kw)
+    return str(path)
+
+
+def test_decode_uses_torchvision_for_rgb_jpegs_and_pil_for_the_rest(tmp_path):
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    from data.datasets import decode_image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    rgb = Image.fromarray(pixels)
+    fast = decode_image(_jpeg(tmp_path / "rgb.JPEG", rgb, subsampling=2))
+    assert isinstance(fast, torch.Tensor) and fast.dtype == torch.uint8 and fast.shape == (3, 30, 40)
+    reference = pil_to_tensor(Image.open(tmp_path / "rgb.JPEG").convert("RGB"))
+    assert (fast.int() - reference.int()).abs().max() <= 1
+    rgb.save(tmp_path / "png.JPEG", "PNG")   # ImageNet holds a PNG named .JPEG
+    others = [_jpeg(tmp_path / "gray.JPEG", rgb.convert("L")), _jpeg(tmp_path / "cmyk.JPEG", rgb.convert("CMYK")),
+              str(tmp_path / "png.JPEG")]
+    for path in others:
+        image = decode_image(path)
+        assert isinstance(image, Image.Image) and image.mode == "RGB" and image.size == (40, 30), path
+    whole = (tmp_path / "rgb.JPEG").read_bytes()
+    (tmp_path / "cut.JPEG").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(OSError, match="truncated"):   # PIL's error, which data.bad_images handles
+        decode_image(str(tmp_path / "cut.JPEG"))
+
+
+def test_worker_count_follows_the_cores_per_local_rank(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(96)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert data.worker_count(None) == 23        # 24 cores per rank: one for the training process
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "96")
+    assert data.worker_count(None) == 0
+    assert data.worker_count(3) == 3
+
+
+def test_persistent_workers_reseed_each_pass_like_fresh_ones():
+    """Workers live across epochs, yet reseeding the loader's generator reproduces a pass's augmentation
+    as fresh workers would (the trainer's per-epoch reseed); another seed gives other crops."""
+    cfg = check_overrides(["data=synthetic", "data.train_size=16", "data.val_size=8"]).data
+    loader = data.build_loader(cfg, "train", batch_size=8, workers=1)
+    assert loader.loader.persistent_workers
+    passes = {}
+    for seed in (5, 6, 5):
+        loader.generator.manual_seed(seed)
+        passes.setdefault(seed, []).append(torch.cat([x for x, _ in loader]))
+    torch.testing.assert_close(passes[5][0], passes[5][1], rtol=0, atol=0)
+    assert not torch.equal(passes[5][0], passes[6][0])
+    fresh = torch.utils.data.DataLoader(data.build_dataset(cfg, "train", data.build_transform(cfg, train=True)),
+                                        batch_size=8, sampler=loader.sampler, num_workers=1,
+                                        generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(passes[5][0], torch.cat([x for x, _ in fresh]))
+
+
+def test_a_skipped_file_is_warned_about_once_per_process(tmp_path, caplog):
+    import logging
+
+    _write_imagenet(tmp_path, per_class=1)
+    bad = tmp_path / "val" / "n02" / "bad.JPEG"
+    bad.write_bytes(b"not an image")
+    cfg = check_overrides(["data=imagenet", f"data.root={tmp_path}", "data.num_classes=2", "data.input_size=16",
+                           "data.bad_images=skip"]).data
+    loader = data.build_loader(cfg, "val", batch_size=4, workers=0)
+    with caplog.at_level(logging.WARNING, logger="rmnet.data"):
+        for _ in range(3):   # three evaluation passes
+            assert sum(len(y) for _, y in loader) == 2
+    assert len([r for r in caplog.records if str(bad) in r.getMessage()]) == 1
+
+
+def test_loader_benchmark_runs(capsys):
+    from data import bench_loader
+
+    bench_loader.main(["--files", "4", "--samples", "32", "--batch-size", "8", "--rounds", "1"])
+    rows = [[cell.strip() for cell in line.strip("|").split("|")]
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [row[0] for row in rows[1:4]] == ["before", "pil-u8", "now"]
+    assert all(float(row[3]) > 0 for row in rows[1:4])   # the wall-clock rate
+    assert [row[0] for row in rows[5:]] == ["decode_jpeg", "crop, resize and flip (v2)",
+                                            "whole sample (read, decode, transform)"]
