@@ -29,10 +29,10 @@ import engine.distributed as D
 from artifacts import ConversionPolicy
 from data import calibration_loader
 from engine import stages
-from engine.config import per_process_batch
+from engine.config import command_line_keys, per_process_batch
 from engine.evaluate import evaluate
-from engine.inputs import check_data
-from models import ModelSpec
+from engine.inputs import check_data, data_for
+from models import InputSpec, ModelSpec
 from rm import recalibrate_identity_bn
 
 from .plain import PruneResult, prune_plain
@@ -138,7 +138,12 @@ def prune_family(cfg: DictConfig, residual: artifacts.Artifact, family: str
     return prune_plain(plain.model, **crit), plain
 
 
-def _save(model: nn.Module, spec: ModelSpec, path: str, **meta: Any) -> None:
+def save_model(model: nn.Module, spec: ModelSpec, path: str, data: Any, **meta: Any) -> None:
+    """Write a pruned model, every pruner's one way: a deploy artifact (plain form) or a pruned ResNet
+    file, with the data config and input size its numbers were measured with (`data`), which
+    evaluate.py and benchmark.py then use by default (the same validation set)."""
+    spec = replace(spec, input=InputSpec.from_data(data), pruned=spec.form != "plain")
+    meta = {**meta, "data_config": OmegaConf.to_container(data, resolve=True)}
     if spec.form == "plain":
         artifacts.save_deploy(model, spec, path, **meta)
     else:
@@ -169,7 +174,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         meta = {"family": family, "sr": float(p.sr), "threshold": result.threshold}
         if plain is not None:   # the error of the RM conversion the pruned chain starts from
             meta["verify"] = plain.meta["verify"]
-        _save(result.model, spec, artifact, **meta)
+        save_model(result.model, spec, artifact, cfg.data, **meta)
         before = model_stats(plain.model, size, p.bench) if plain is not None else reference
         if plain is not None:
             before["top1"] = _top1(plain.model, val, cfg, "RM plain")
@@ -177,7 +182,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         tuned = result.model
         if p.finetune_epochs > 0:
             tuned = finetune(cfg, result.model, spec, fam_dir)
-            _save(tuned, spec, os.path.join(fam_dir, "finetuned.pt"), **meta)
+            save_model(tuned, spec, os.path.join(fam_dir, "finetuned.pt"), cfg.data, **meta)
         after = model_stats(tuned, size, p.bench)
         report["families"][family] = {
             "threshold": result.threshold, "before": before, "after": after,
@@ -206,25 +211,45 @@ def comparison_row(report: dict[str, Any], family: str) -> dict[str, Any]:
 
 
 def check_stored_model(spec: ModelSpec, cfg: DictConfig, path: str) -> None:
-    """The model a checkpoint holds must be the run's `model` and fit its `data`: every output, run
-    directory and report is labelled with them."""
+    """The model a checkpoint holds must be the run's `model` and fit its `data`, at the input size it
+    was trained at: every output, run directory and report is labelled with them, and every number
+    is measured on that data."""
     if spec.name != cfg.model.name:
         raise ValueError(f"{path} holds {spec.name} ({spec.num_classes} classes, {spec.stem} stem) but this run is "
                          f"model={cfg.model.name} on data={cfg.data.name} ({cfg.data.num_classes} classes, "
                          f"{cfg.data.stem} stem): pass model={spec.name} and the data it was trained on")
     check_data(spec, cfg.data, path)
+    if spec.input is not None and spec.input.size != cfg.data.input_size:
+        raise ValueError(f"{path} was trained at {spec.input.size}x{spec.input.size} but this run's data.input_size is "
+                         f"{cfg.data.input_size}: pass data.input_size={spec.input.size}")
 
 
 def family_of(art: artifacts.Artifact) -> str:
     return "rmnet" if art.spec.form == "plain" else "resnet"
 
 
+def with_file_data(cfg: DictConfig, art: artifacts.Artifact) -> DictConfig:
+    """`cfg` with the data a model file is measured on: the data config it stores, at its trained input
+    (as evaluate.py reads it), unless the command line sets data= or data.* itself."""
+    explicit = command_line_keys()
+    if art.data_config is None or any(k.split(".")[0] == "data" for k in explicit):
+        check_data(art.spec, cfg.data, art.origin)
+        return cfg
+    data, _ = data_for(None, art.data_config, art.spec.input, explicit, art.origin)
+    check_data(art.spec, data, art.origin)
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.data = data
+    return cfg
+
+
 def evaluate_file(cfg: DictConfig, path: str) -> dict[str, Any]:
-    """`prune.eval=PATH`: top-1, params, MACs and img/s of one model file (at its trained input size)."""
+    """`prune.eval=PATH`: top-1, params, MACs and img/s of one model file (on the data it stores, at its
+    trained input size)."""
     check_settings(cfg)
     art = artifacts.load(path)
-    check_data(art.spec, cfg.data, path)
-    stats = {**model_stats(art.model, art.spec.input_size, cfg.prune.bench),
+    cfg = with_file_data(cfg, art)
+    stats = {**model_stats(art.model, int(cfg.data.input_size), cfg.prune.bench),
              "top1": _top1(art.model, stages.build_val_loader(cfg), cfg, "eval"), "family": family_of(art),
              "path": path}
     log.info(f"{path}: top-1 {stats['top1']:.2f}, {stats['params']:,} params, {stats['macs']:,} MACs, "
@@ -233,9 +258,10 @@ def evaluate_file(cfg: DictConfig, path: str) -> dict[str, Any]:
 
 
 def finetune_file(cfg: DictConfig, path: str, explicit: set[str] = frozenset()) -> dict[str, Any]:
-    """`prune.finetune=PATH`: fine-tune a pruned model file beside it for `prune.finetune_epochs`, then
-    evaluate it. `epochs` (the sparse-training length) has no say here: set explicitly (`explicit`
-    holds the command line's keys) it is refused rather than ignored, and so is an earlier result."""
+    """`prune.finetune=PATH`: fine-tune a pruned model file beside it for `prune.finetune_epochs` on the
+    data it stores, then evaluate it. `epochs` (the sparse-training length) has no say here: set
+    explicitly (`explicit` holds the command line's keys) it is refused rather than ignored, and so is
+    an earlier result."""
     check_settings(cfg)
     if "epochs" in explicit:
         raise ValueError(f"epochs={cfg.epochs} is the sparse-training length; fine-tuning runs for "
@@ -246,8 +272,9 @@ def finetune_file(cfg: DictConfig, path: str, explicit: set[str] = frozenset()) 
             raise ValueError(f"{os.path.join(out_dir, result)} exists from an earlier fine-tune of this model; move "
                              f"it away (or copy {os.path.basename(path)} to another folder) to fine-tune again")
     art = artifacts.load(path)
-    check_data(art.spec, cfg.data, path)
+    cfg = with_file_data(cfg, art)
     tuned = finetune(cfg, art.model, art.spec, out_dir)
     tuned_path = os.path.join(out_dir, "finetuned.pt")
-    _save(tuned, art.spec, tuned_path, **{**art.meta, "family": family_of(art)})
+    meta = {k: v for k, v in art.meta.items() if k not in ("config", "data_config")}
+    save_model(tuned, art.spec, tuned_path, cfg.data, **{**meta, "family": family_of(art)})
     return evaluate_file(cfg, tuned_path)

@@ -40,7 +40,7 @@ from engine.evaluate import evaluate
 from models import ModelSpec, create_model
 from models.complexity import count_macs
 
-from ..pipeline import _save, check_stored_model, finetune, to_prunable_plain, train_cfg
+from ..pipeline import check_stored_model, finetune, save_model, to_prunable_plain, train_cfg
 from ..report import device_line, model_stats
 from .channels import apply_policy, collect_features
 from .ddpg import AgentSettings
@@ -202,16 +202,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         top1_before = reference["top1"] if model is residual.model else _top1(model, val, cfg, device, f"{method} unpruned")
         pruned, policy, histories[LABELS[method]] = amc_prune(cfg, model, spec, out_dir, loaders, device,
                                                                    LABELS[method])
-        meta = {"method": method, "flops_ratio": float(a.flops_ratio), "policy": policy["layers"],
-                "data_config": OmegaConf.to_container(cfg.data, resolve=True)}   # evaluate.py's default data
+        meta = {"method": method, "flops_ratio": float(a.flops_ratio), "policy": policy["layers"]}
         artifact = os.path.join(out_dir, "pruned.pt")
-        _save(pruned, spec, artifact, **meta)
+        save_model(pruned, spec, artifact, cfg.data, **meta)
         top1_pruned = _top1(pruned, val, cfg, device, f"{method} pruned")
         final, top1_tuned, final_path = pruned, None, artifact
         if a.finetune_epochs > 0:
             final = finetune(cfg, pruned, spec, out_dir, "amc")
             final_path = os.path.join(out_dir, "finetuned.pt")
-            _save(final, spec, final_path, **meta)
+            save_model(final, spec, final_path, cfg.data, **meta)
             top1_tuned = _top1(final, val, cfg, device, f"{method} fine-tuned")
         stats = model_stats(final, size, a.bench)
         report["methods"][method] = {"label": LABELS[method], "form": spec.form, "policy": policy,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -33,7 +32,7 @@ from engine import stages
 from engine.checkpoint import load_checkpoint
 from engine.evaluate import evaluate
 
-from ..pipeline import to_prunable_plain, train_cfg
+from ..pipeline import save_model, to_prunable_plain, train_cfg
 from ..report import device_line, model_stats, write_report
 from .compactor import add_compactors
 from .fold import fold_compactors
@@ -103,13 +102,6 @@ def _top1(model: nn.Module, loader: Any, cfg: DictConfig, desc: str) -> float:
     return evaluate(model.to(device), loader, device, progress=cfg.progress, desc=desc)["top1"]
 
 
-def _save(model: nn.Module, spec: Any, path: str, **meta: Any) -> None:
-    if spec.form == "plain":
-        artifacts.save_deploy(model, spec, path, **meta)
-    else:
-        artifacts.save_pruned(model, replace(spec, pruned=True), path, **meta)
-
-
 def check_reachable(model: nn.Module, size: int, target_macs: float, form: str, reference_macs: int) -> None:
     """The target must be met with one channel left in every compacted layer."""
     layout = Layout(model, size)
@@ -145,7 +137,7 @@ def prune_form(cfg: DictConfig, residual: artifacts.Artifact, form: str, target_
     meta = {"method": "resrep", "form": form, "target": float(r.target), "threshold": result.threshold,
             **({"verify": start.meta["verify"]} if "verify" in start.meta else {})}
     if D.is_main():
-        _save(result.model, start.spec, artifact, **meta)
+        save_model(result.model, start.spec, artifact, cfg.data, **meta)
     after = model_stats(result.model, size, r.bench)
     entry = {"before": before, "after": after, "target_macs": target_macs,
              "macs_removed": 1 - after["macs"] / reference["macs"],
