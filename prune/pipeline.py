@@ -20,6 +20,7 @@ import os
 from dataclasses import replace
 from typing import Any
 
+import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
@@ -29,15 +30,16 @@ import engine.distributed as D
 from artifacts import ConversionPolicy
 from data import calibration_loader
 from engine import stages
-from engine.config import command_line_keys, per_process_batch
+from engine.config import command_line_keys, model_kwargs, per_process_batch
 from engine.evaluate import evaluate
 from engine.inputs import check_data, data_for
-from models import InputSpec, ModelSpec
+from models import InputSpec, ModelSpec, create_model
 from rm import recalibrate_identity_bn
 
 from .plain import PruneResult, prune_plain
-from .report import SCHEMA, device_line, model_stats, write_report
-from .residual import prune_residual
+from .report import SCHEMA, device_line, missed, model_stats, warn_missed, write_report
+from .residual import check_residual, prune_residual
+from .surgery import PruneError
 
 log = logging.getLogger("rmnet.prune")
 FAMILIES = ("rmnet", "resnet")
@@ -69,6 +71,19 @@ def check_settings(cfg: DictConfig) -> None:
         path = p.get(key)
         if path and not os.path.isfile(path):
             raise ValueError(f"prune.{key}={path}: no such file")
+    if "resnet" in p.families and not (p.eval or p.finetune):
+        try:
+            check_residual(shape_only_model(cfg))
+        except PruneError as e:
+            raise PruneError(f"prune.families has resnet (pruning the residual model), but model={cfg.model.name}: {e}. "
+                             f"Prune {cfg.model.name} through RM alone: prune.families=[rmnet]") from None
+
+
+def shape_only_model(cfg: DictConfig) -> nn.Module:
+    """The run's model built on the meta device (no weights): whether a pruner supports it, before any work."""
+    with torch.device("meta"):
+        return create_model(cfg.model.name, num_classes=int(cfg.data.num_classes), stem=cfg.data.stem,
+                            **model_kwargs(cfg.model))
 
 
 def train_cfg(cfg: DictConfig, section: str, out_dir: str, run_name: str, hooks: dict[str, Any] | None = None,
@@ -161,10 +176,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out = os.path.join(run_root(cfg), criterion(p))
     val = stages.build_val_loader(cfg)
     reference = {**model_stats(residual.model, size, p.bench), "top1": _top1(residual.model, val, cfg, "sparse model")}
+    sparse = bool(((residual.meta.get("config") or {}).get("hooks") or {}).get("bn_l1"))
+    if not sparse:
+        log.warning(f"warning: {ckpt} was not sparse-trained (no hooks.bn_l1): its BN scales need not rank channels; "
+                    "leave prune.sparse_ckpt=null to sparse-train first")
     report = {"schema": SCHEMA, "model": cfg.model.name, "data": cfg.data.name, "sr": float(p.sr),
               "threshold": None if p.threshold is None else float(p.threshold),
               "ratio": None if p.ratio is None else float(p.ratio), "criterion": criterion(p),
-              "sparse_checkpoint": ckpt, "device": device_line(p.bench),
+              "sparse_checkpoint": ckpt, "sparse_trained": sparse, "device": device_line(p.bench),
               "bench": OmegaConf.to_container(p.bench), "reference": reference, "families": {}}
     for family in p.families:
         result, plain = prune_family(cfg, residual, family)
@@ -179,6 +198,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if plain is not None:
             before["top1"] = _top1(plain.model, val, cfg, "RM plain")
         top1_pruned = _top1(result.model, val, cfg, f"{family} pruned")
+        flag = missed(result.removed)
+        warn_missed(log, family, flag, "raise prune.threshold (or set prune.ratio), or sparse-train with a larger prune.sr")
         tuned = result.model
         if p.finetune_epochs > 0:
             tuned = finetune(cfg, result.model, spec, fam_dir)
@@ -191,7 +212,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "speedup": after["img_s"] / reference["img_s"], "top1_pruned": top1_pruned,
             "top1_finetuned": _top1(tuned, val, cfg, f"{family} fine-tuned") if p.finetune_epochs > 0 else None,
             "channels_removed": result.removed, "channels_total": result.total,
-            "approximate_channels": result.approximate, "layers": result.layers, "artifact": artifact}
+            "approximate_channels": result.approximate, "layers": result.layers, "artifact": artifact, "flag": flag}
         log.info(f"{family}: {result.removed}/{result.total} channels removed, params {after['params']:,} "
                  f"({100 * report['families'][family]['pruned_param_ratio']:.1f}% pruned), top-1 pruned "
                  f"{top1_pruned:.2f}")
@@ -207,7 +228,8 @@ def comparison_row(report: dict[str, Any], family: str) -> dict[str, Any]:
     return {"method": "slimming", "form": "rm" if family == "rmnet" else "residual", "model": report["model"],
             "data": report["data"], "target": report["criterion"], "params": f["after"]["params"],
             "macs": f["after"]["macs"], "top1_before": f["before"].get("top1"), "top1_pruned": f["top1_pruned"],
-            "top1_finetuned": f["top1_finetuned"], "img_s": f["after"]["img_s"], "artifact": f["artifact"]}
+            "top1_finetuned": f["top1_finetuned"], "img_s": f["after"]["img_s"], "artifact": f["artifact"],
+            "flag": f["flag"]}
 
 
 def check_stored_model(spec: ModelSpec, cfg: DictConfig, path: str) -> None:
@@ -215,9 +237,10 @@ def check_stored_model(spec: ModelSpec, cfg: DictConfig, path: str) -> None:
     was trained at: every output, run directory and report is labelled with them, and every number
     is measured on that data."""
     if spec.name != cfg.model.name:
-        raise ValueError(f"{path} holds {spec.name} ({spec.num_classes} classes, {spec.stem} stem) but this run is "
-                         f"model={cfg.model.name} on data={cfg.data.name} ({cfg.data.num_classes} classes, "
-                         f"{cfg.data.stem} stem): pass model={spec.name} and the data it was trained on")
+        raise ValueError(f"{path} holds {spec.name} ({spec.num_classes} classes, {spec.stem} stem) but this run's "
+                         f"model is {cfg.model.name} (from model=, the recipe or the entry point's default) on "
+                         f"data={cfg.data.name} ({cfg.data.num_classes} classes, {cfg.data.stem} stem): pass "
+                         f"model={spec.name} and the data it was trained on")
     check_data(spec, cfg.data, path)
     if spec.input is not None and spec.input.size != cfg.data.input_size:
         raise ValueError(f"{path} was trained at {spec.input.size}x{spec.input.size} but this run's data.input_size is "

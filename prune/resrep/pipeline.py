@@ -33,7 +33,7 @@ from engine.checkpoint import load_checkpoint
 from engine.evaluate import evaluate
 
 from ..pipeline import save_model, to_prunable_plain, train_cfg
-from ..report import device_line, model_stats, write_report
+from ..report import device_line, missed, model_stats, warn_missed, write_report
 from .compactor import add_compactors
 from .fold import fold_compactors
 from .hook import ResRepHook  # also registers the `resrep` hook the training runs name
@@ -147,9 +147,12 @@ def prune_form(cfg: DictConfig, residual: artifacts.Artifact, form: str, target_
              "masked_kept": result.masked_kept, "max_removed_norm": result.max_removed_norm,
              "threshold": result.threshold, "layers": result.layers, "artifact": artifact,
              "train_dir": os.path.join(form_dir, "train")}
-    log.info(f"{form}: {result.removed}/{result.total} channels removed, {after['macs']:,} MACs "
-             f"({100 * entry['macs_removed']:.1f}% removed, target {100 * r.target:.1f}%), top-1 "
-             f"{entry['top1_pruned']:.2f} (with compactors {top1_compactor:.2f})")
+    entry["flag"] = missed(result.removed, after["macs"], target_macs)
+    log.info(f"{form}: {result.removed}/{result.total} channels removed, {after['macs']:,} MACs = "
+             f"{after['macs'] / reference['macs']:.1%} of the residual model's (target at most "
+             f"{1 - r.target:.1%}), top-1 {entry['top1_pruned']:.2f} (with compactors {top1_compactor:.2f})")
+    warn_missed(log, form, entry["flag"], "train longer (resrep.epochs), start masking earlier (resrep.start_epochs) "
+                "or lower resrep.threshold")
     return entry
 
 
