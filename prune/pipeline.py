@@ -49,8 +49,18 @@ def criterion(p: Any) -> str:
     return f"ratio{p.ratio:g}" if p.ratio is not None else f"thr{p.threshold:g}"
 
 
-def run_root(cfg: DictConfig) -> str:
-    return cfg.prune.out_dir or os.path.join(cfg.output_dir, f"prune-{cfg.model.name}-{cfg.data.name}-sr{cfg.prune.sr:g}")
+def run_root(cfg: DictConfig, sr: float | None | str = "run") -> str:
+    """The run's folder, named after the sparsity factor its model was trained with (`sr`; this run's
+    prune.sr by default, None for a checkpoint that was not sparse-trained)."""
+    sr = cfg.prune.sr if sr == "run" else sr
+    name = f"prune-{cfg.model.name}-{cfg.data.name}-" + (f"sr{sr:g}" if sr is not None else "not-sparse")
+    return cfg.prune.out_dir or os.path.join(cfg.output_dir, name)
+
+
+def trained_sr(art: artifacts.Artifact) -> float | None:
+    """The BN-scale penalty (hooks.bn_l1.sr) a training checkpoint was trained with; None if none."""
+    penalty = ((art.meta.get("config") or {}).get("hooks") or {}).get("bn_l1")
+    return float(penalty["sr"]) if penalty else None
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -172,25 +182,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ckpt = p.sparse_ckpt or sparse_train(cfg)
     residual = artifacts.load(ckpt)
     check_stored_model(residual.spec, cfg, ckpt)
-    size = residual.spec.input_size
-    out = os.path.join(run_root(cfg), criterion(p))
+    size, sr = residual.spec.input_size, trained_sr(residual)
+    out = os.path.join(run_root(cfg, sr), criterion(p))
     val = stages.build_val_loader(cfg)
     reference = {**model_stats(residual.model, size, p.bench), "top1": _top1(residual.model, val, cfg, "sparse model")}
-    sparse = bool(((residual.meta.get("config") or {}).get("hooks") or {}).get("bn_l1"))
-    if not sparse:
+    if sr is None:
         log.warning(f"warning: {ckpt} was not sparse-trained (no hooks.bn_l1): its BN scales need not rank channels; "
                     "leave prune.sparse_ckpt=null to sparse-train first")
-    report = {"schema": SCHEMA, "model": cfg.model.name, "data": cfg.data.name, "sr": float(p.sr),
+    report = {"schema": SCHEMA, "model": cfg.model.name, "data": cfg.data.name, "sr": sr,
               "threshold": None if p.threshold is None else float(p.threshold),
               "ratio": None if p.ratio is None else float(p.ratio), "criterion": criterion(p),
-              "sparse_checkpoint": ckpt, "sparse_trained": sparse, "device": device_line(p.bench),
+              "sparse_checkpoint": ckpt, "sparse_trained": sr is not None, "device": device_line(p.bench),
               "bench": OmegaConf.to_container(p.bench), "reference": reference, "families": {}}
     for family in p.families:
         result, plain = prune_family(cfg, residual, family)
         spec = plain.spec if plain is not None else replace(residual.spec, pruned=True)
         fam_dir = os.path.join(out, family)
         artifact = os.path.join(fam_dir, "pruned.pt")
-        meta = {"family": family, "sr": float(p.sr), "threshold": result.threshold}
+        meta = {"family": family, "sr": sr, "threshold": result.threshold}
         if plain is not None:   # the error of the RM conversion the pruned chain starts from
             meta["verify"] = plain.meta["verify"]
         save_model(result.model, spec, artifact, cfg.data, **meta)

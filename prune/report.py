@@ -42,6 +42,11 @@ def warn_missed(log: Any, label: str, flag: str | None, hint: str) -> None:
         log.warning(f"warning: {label}: {flag}; {hint}")
 
 
+def sr_text(sr: float | None) -> str:
+    """The sparse training a slimming run's model went through, in words."""
+    return "not sparse-trained" if sr is None else f"sr {sr:g}"
+
+
 def device_line(bench: Any) -> str:
     if str(bench.device).startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(bench.device))
@@ -71,7 +76,7 @@ def _top1(value: float | None) -> str:
 def to_markdown(report: dict[str, Any]) -> str:
     ref = report["reference"]
     lines = [f"# Pruning {report['model']} on {report['data']}", "",
-             f"sr = {report['sr']}, {report['criterion']}; sparse checkpoint `{report['sparse_checkpoint']}`; "
+             f"{sr_text(report['sr'])}, {report['criterion']}; sparse checkpoint `{report['sparse_checkpoint']}`; "
              f"speed on {report['device']}, batch {report['bench']['batch_size']}.", "",
              "Pruned params: the share of the unpruned form's parameters removed (RM plain for rmnet, the "
              "ResNet for resnet); x ResNet: parameters relative to the unpruned ResNet. Params and MACs of the "

@@ -133,10 +133,11 @@ def test_a_model_never_sparse_trained_is_labelled_so_and_pruning_nothing_is_flag
                          "prune.families=[resnet]", "prune.finetune_epochs=0"])
     with caplog.at_level("INFO", logger="rmnet.prune"):
         report = pipeline.run(cfg)
-    assert report["sparse_trained"] is False and report["rows"][0]["flag"] == "pruned nothing"
+    assert report["sparse_trained"] is False and report["sr"] is None and report["rows"][0]["flag"] == "pruned nothing"
+    assert artifacts.load(report["families"]["resnet"]["artifact"]).meta["sr"] is None   # no sr it was not trained with
     warnings = " ".join(r.message for r in caplog.records if r.levelname == "WARNING")
     assert "was not sparse-trained" in warnings and "resnet: pruned nothing" in warnings
-    md = open(os.path.join(tmp_path, "prune-resnet18-synthetic-sr0.0001", "thr1e-12", "report.md")).read()
+    md = open(os.path.join(tmp_path, "prune-resnet18-synthetic-not-sparse", "thr1e-12", "report.md")).read()
     assert "(not sparse-trained, unpruned)" in md and "| resnet pruned (**pruned nothing**) |" in md
 
 
