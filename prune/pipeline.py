@@ -85,8 +85,8 @@ def check_settings(cfg: DictConfig) -> None:
         try:
             check_residual(shape_only_model(cfg))
         except PruneError as e:
-            raise PruneError(f"prune.families has resnet (pruning the residual model), but model={cfg.model.name}: {e}. "
-                             f"Prune {cfg.model.name} through RM alone: prune.families=[rmnet]") from None
+            raise PruneError(f"prune.families has resnet, but model={cfg.model.name}: {e}; prune it through RM "
+                             f"alone: prune.families=[rmnet]") from None
 
 
 def shape_only_model(cfg: DictConfig) -> nn.Module:

@@ -71,6 +71,8 @@ def _structure(model: nn.Module) -> tuple[list[_Block], list[list[nn.BatchNorm2d
 
 def check_residual(model: nn.Module) -> None:
     """PruneError unless `model` is a ResNet whose blocks residual pruning knows (a meta-device model will do)."""
+    if not isinstance(model, (ResNet, tvm.ResNet)):
+        raise PruneError(f"residual pruning supports ResNet models, not {type(model).__name__}")
     _structure(model)
 
 
