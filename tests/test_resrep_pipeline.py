@@ -155,11 +155,20 @@ def test_the_readme_recipe_takes_its_resnet56_base(tmp_path):
     which this machine lacks, not at "drop model=..." (issue 20 §2.3)."""
     from tests.helpers import run_script
 
-    code, _, err = run_script("train", ["model=resnet56", "model.kwargs.widths=[4,8,8]", "data.input_size=16",
-                                        "data.train_size=16", "data.val_size=16", "batch_size=16", "epochs=1",
+    code, _, err = run_script("train", ["model=resnet56", "model.kwargs.widths=[4,8,8]", "data.train_size=16", "data.val_size=16", "batch_size=16", "epochs=1",
                                         "workers=0", "progress=false", "final.enabled=false",
                                         f"output_dir={tmp_path}", "run_name=r56"])
     assert code == 0, err
     code, _, err = run_script("resrep", ["experiment=resrep_resnet56_cifar10", f"resrep.base={tmp_path}/r56/best.pt",
                                          f"output_dir={tmp_path}", "progress=false", "data.root=/nonexistent"])
     assert code == 2 and err.startswith("error: cifar10 not found"), err
+
+
+def test_a_base_of_another_model_names_the_model_to_pass(run, tmp_path):
+    """resrep.base= a resnet18 file in a resnet20 run: pass model=resnet18 (not "drop model=...", which
+    cannot help when resnet20 is resrep.py's default)."""
+    out, _, _ = run
+    base = os.path.join(out, "resrep-resnet18-synthetic", "base", "best.pt")
+    cfg = compose_resrep([f"output_dir={tmp_path}", f"resrep.base={base}", "model=resnet20"])
+    with pytest.raises(ValueError, match=r"holds resnet18 .* this run's model is resnet20 .* pass model=resnet18"):
+        pipeline.run(cfg)

@@ -31,8 +31,9 @@ import engine.distributed as D
 from engine import stages
 from engine.checkpoint import load_checkpoint
 from engine.evaluate import evaluate
+from rm import CheckpointError
 
-from ..pipeline import save_model, to_prunable_plain, train_cfg
+from ..pipeline import check_stored_model, save_model, to_prunable_plain, train_cfg
 from ..report import device_line, missed, model_stats, warn_missed, write_report
 from .compactor import add_compactors
 from .fold import fold_compactors
@@ -89,6 +90,13 @@ def base_model(cfg: DictConfig) -> artifacts.Artifact:
         tcfg = train_cfg(cfg, "resrep", run_root(cfg), "base", **{"final.enabled": False})
         stages.train(tcfg, *stages.build(tcfg))
         path = os.path.join(run_root(cfg), "base", "best.pt")
+    else:   # a file that records its model must hold the run's, at its input size (a state dict is read as model=)
+        try:
+            stored = artifacts.load(path)
+        except CheckpointError:
+            stored = None
+        if stored is not None and stored.kind != "state_dict":
+            check_stored_model(stored.spec, cfg, path)
     bcfg = copy.deepcopy(cfg)
     with open_dict(bcfg):
         bcfg.model.init = path   # stages.build reads it as train.py's model.init does (checked against model, data)
