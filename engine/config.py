@@ -11,6 +11,7 @@ config stored in the checkpoint) are checked against the keys that group's optio
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 from typing import Any, Sequence
@@ -164,8 +165,53 @@ def check_overrides(argv: Sequence[str], config_name: str = "train", config_dir:
     from hydra import compose, initialize_config_dir
 
     final = normalize_overrides(argv, config_name, config_dir)
+    check_recipes(argv, config_name, config_dir)
     with initialize_config_dir(config_dir, version_base="1.3"):
         return compose(config_name, overrides=final)
+
+
+# The composition rule, one for train.py, prune.py, amc.py and resrep.py: conf/train.yaml's settings <
+# the entry point's own (its section, e.g. amc.*, and its defaults of train.py's settings in
+# conf/entry/<name>.yaml, which train.yaml lists after its groups and before experiment/) < the recipe
+# (experiment=) < the command line. A recipe that sets another entry point's section is that entry
+# point's recipe and is refused elsewhere.
+ENTRY_GROUP = "entry"
+
+
+@functools.cache
+def own_sections(config_dir: str = CONF_DIR) -> tuple[str, ...]:
+    """The entry points whose settings live in a section named after them (prune.py's prune.*,
+    amc.py's amc.*, resrep.py's resrep.*)."""
+    names = sorted(f[:-5] for f in os.listdir(config_dir) if f.endswith(".yaml"))
+    return tuple(n for n in names if n in OmegaConf.load(os.path.join(config_dir, f"{n}.yaml")))
+
+
+def check_recipe(cfg: DictConfig, config_name: str, recipe: str, config_dir: str = CONF_DIR) -> None:
+    """ConfigError when `recipe` (composed into `cfg`) belongs to another entry point than `config_name`."""
+    for entry in own_sections(config_dir):
+        if entry != config_name and entry in cfg:
+            raise ConfigError(f"experiment={recipe} is a recipe of {entry}.py (it sets {entry}.*), not of "
+                              f"{config_name}.py: run python {entry}.py experiment={recipe}")
+
+
+def check_recipes(argv: Sequence[str], config_name: str = "train", config_dir: str = CONF_DIR) -> None:
+    """Every recipe `argv` names (each of a sweep) must fit the entry point `config_name`; the entry
+    point's defaults (`entry=`) are its own, not a setting."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for o in OverridesParser.create().parse_overrides(list(argv)):
+        if o.key_or_group == ENTRY_GROUP:
+            raise ConfigError(f"{o.input_line!r}: {ENTRY_GROUP}/ holds each entry point's own defaults and is not "
+                              f"a setting; choose model=, data=, ... or experiment=")
+        if o.key_or_group != "experiment" or o.is_delete():
+            continue
+        for recipe in (o.sweep_string_iterator() if o.is_sweep_override() else [o.value()]):
+            if recipe is None or str(recipe) == "null":
+                continue
+            with initialize_config_dir(config_dir, version_base="1.3"):
+                check_recipe(compose(config_name, overrides=[f"experiment={recipe}"]), config_name, str(recipe),
+                             config_dir)
 
 
 _HYDRA_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c",
@@ -188,7 +234,9 @@ def prepare_argv(argv: Sequence[str], config_name: str = "train", config_dir: st
             take_value = arg in _HYDRA_VALUE_FLAGS
         else:
             overrides.append(arg)
-    return flags + normalize_overrides(overrides, config_name, config_dir)
+    final = normalize_overrides(overrides, config_name, config_dir)
+    check_recipes(overrides, config_name, config_dir)
+    return flags + final
 
 
 def _check_key(cfg: DictConfig, key: str) -> None:

@@ -6,7 +6,9 @@ ResRep) and the two forms (pruned residual, pruned after RM) side by side.
 
 Each pruner's report.json carries a `rows` list of one dict per pruned model with the keys of ROW.
 `target` is each method's own: slimming's criterion (thr<threshold> | ratio<ratio>), AMC's FLOPs
-ratio (the fraction of each form's MACs kept), ResRep's fraction of the residual model's MACs removed.
+ratio (the fraction of each form's MACs kept), ResRep's fraction of the residual model's MACs removed;
+the MACs column says what each model reached, and `flag` (shown in bold) a model that pruned nothing
+or costs more than its target.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import os
 from typing import Any
 
 ROW = ("method", "form", "model", "data", "target", "params", "macs", "top1_before", "top1_pruned",
-       "top1_finetuned", "img_s", "artifact")
+       "top1_finetuned", "img_s", "artifact", "flag")
 
 
 def collect(roots: list[str]) -> list[dict[str, Any]]:
@@ -30,11 +32,13 @@ def collect(roots: list[str]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["model"], r["data"], r["method"], r["form"], str(r["target"])))
 
 
-TARGET = {"amc": "{:g} of the MACs kept", "resrep": "{:.1%} of the residual MACs removed"}
+TARGET = {"amc": "keep {:g} of its MACs", "resrep": "remove {:.1%} of the residual MACs"}
 
 
 def target_text(row: dict[str, Any]) -> str:
-    return TARGET.get(row["method"], "{}").format(row["target"])
+    """The method's target, and in bold what the model missed (rows of older reports have no flag)."""
+    text = TARGET.get(row["method"], "{}").format(row["target"])
+    return f"{text}: **{row['flag']}**" if row.get("flag") else text
 
 
 def _num(value: float | None, fmt: str) -> str:

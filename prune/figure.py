@@ -12,7 +12,7 @@ import os
 from collections import defaultdict
 from typing import Any
 
-from .report import SCHEMA
+from .report import SCHEMA, sr_text
 
 STYLE = {"rmnet": ("RMNet (pruned after RM)", "tab:red", "o"), "resnet": ("ResNet", "tab:blue", "s")}
 
@@ -35,7 +35,7 @@ def points(reports: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
         for family, f in r["families"].items():
             top1 = f["top1_finetuned"] if f["top1_finetuned"] is not None else f["top1_pruned"]
             out[family].append({"img_s": f["after"]["img_s"], "ratio": f["pruned_param_ratio"], "top1": top1,
-                                "label": f"sr {r['sr']:g}, {r['criterion']}"})
+                                "label": f"{sr_text(r['sr'])}, {r['criterion']}"})
     return {k: sorted(v, key=lambda p: p["ratio"]) for k, v in out.items()}
 
 

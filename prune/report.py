@@ -27,6 +27,26 @@ def model_stats(model: nn.Module, input_size: int, bench: Any) -> dict[str, Any]
             "img_s": statistics.median(bench.batch_size * bench.iters / t for t in seconds)}
 
 
+def missed(removed: int, macs: int | None = None, target_macs: float | None = None) -> str | None:
+    """What a pruned model failed at, for its report row's `flag` and a warning: it kept every channel,
+    or it costs more than its MACs target; None when it did neither."""
+    if removed == 0:
+        return "pruned nothing"
+    if target_macs is not None and macs is not None and macs > target_macs:
+        return f"target missed: {macs / 1e6:.3f} M MACs > {target_macs / 1e6:.3f} M"
+    return None
+
+
+def warn_missed(log: Any, label: str, flag: str | None, hint: str) -> None:
+    if flag is not None:
+        log.warning(f"warning: {label}: {flag}; {hint}")
+
+
+def sr_text(sr: float | None) -> str:
+    """The sparse training a slimming run's model went through, in words."""
+    return "not sparse-trained" if sr is None else f"sr {sr:g}"
+
+
 def device_line(bench: Any) -> str:
     if str(bench.device).startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(bench.device))
@@ -56,21 +76,22 @@ def _top1(value: float | None) -> str:
 def to_markdown(report: dict[str, Any]) -> str:
     ref = report["reference"]
     lines = [f"# Pruning {report['model']} on {report['data']}", "",
-             f"sr = {report['sr']}, {report['criterion']}; sparse checkpoint `{report['sparse_checkpoint']}`; "
+             f"{sr_text(report['sr'])}, {report['criterion']}; sparse checkpoint `{report['sparse_checkpoint']}`; "
              f"speed on {report['device']}, batch {report['bench']['batch_size']}.", "",
              "Pruned params: the share of the unpruned form's parameters removed (RM plain for rmnet, the "
              "ResNet for resnet); x ResNet: parameters relative to the unpruned ResNet. Params and MACs of the "
              "deploy forms (BN folded).", "",
              "| model | params | x ResNet | MACs | img/s | pruned params | top-1 pruned | top-1 fine-tuned |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |",
-             f"| {report['model']} (sparse-trained, unpruned) | {_m(ref['params'])} | 1.00 | {_m(ref['macs'])} | "
+             f"| {report['model']} ({'' if report.get('sparse_trained', True) else 'not '}sparse-trained, unpruned) | {_m(ref['params'])} | 1.00 | {_m(ref['macs'])} | "
              f"{ref['img_s']:.0f} | - | {_top1(ref.get('top1'))} | - |"]
     for family, r in report["families"].items():
         before, after = r["before"], r["after"]
         if family == "rmnet":
             lines.append(f"| RM plain, unpruned | {_m(before['params'])} | {before['params'] / ref['params']:.2f} | "
                          f"{_m(before['macs'])} | {before['img_s']:.0f} | - | {_top1(before.get('top1'))} | - |")
-        lines.append(f"| {family} pruned | {_m(after['params'])} | {r['params_vs_reference']:.2f} | "
+        flag = f" (**{r['flag']}**)" if r.get("flag") else ""
+        lines.append(f"| {family} pruned{flag} | {_m(after['params'])} | {r['params_vs_reference']:.2f} | "
                      f"{_m(after['macs'])} | {after['img_s']:.0f} | "
                      f"{100 * r['pruned_param_ratio']:.1f}% | {_top1(r['top1_pruned'])} | "
                      f"{_top1(r['top1_finetuned'])} |")

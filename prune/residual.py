@@ -50,7 +50,7 @@ def _shortcut_kind(block: nn.Module) -> str:
 def _structure(model: nn.Module) -> tuple[list[_Block], list[list[nn.BatchNorm2d]]]:
     """Blocks in order and the BNs of each stream (pruning group)."""
     if not isinstance(model, (ResNet, tvm.ResNet)):
-        raise PruneError(f"residual pruning supports ResNet models, got {type(model).__name__}; prune other "
+        raise PruneError(f"residual pruning supports ResNet models, not {type(model).__name__}; prune other "
                          "families through RM (rm.convert(model, fuse_bn=False), then prune_plain)")
     streams, blocks = [[model.bn1]], []
     for stage in (n for n, _ in model.named_children() if n.startswith("layer")):
@@ -67,6 +67,13 @@ def _structure(model: nn.Module) -> tuple[list[_Block], list[list[nn.BatchNorm2d
             streams[-1].append(getattr(block, pairs[-1][1]))
             blocks.append(_Block(block, f"{stage}.{i}", pairs, s_in, len(streams) - 1))
     return blocks, streams
+
+
+def check_residual(model: nn.Module) -> None:
+    """PruneError unless `model` is a ResNet whose blocks residual pruning knows (a meta-device model will do)."""
+    if not isinstance(model, (ResNet, tvm.ResNet)):
+        raise PruneError(f"residual pruning supports ResNet models, not {type(model).__name__}")
+    _structure(model)
 
 
 def _score(bn: nn.BatchNorm2d) -> torch.Tensor:

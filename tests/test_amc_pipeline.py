@@ -22,7 +22,7 @@ TINY = ["+model.kwargs.width_mult=0.25", "data.input_size=16", "data.train_size=
         "amc.finetune_epochs=1", "amc.agent.hidden=16", "amc.agent.batch_size=4", "amc.bench.batch_size=2",
         "amc.bench.iters=1", "amc.bench.warmup=0", "amc.bench.repeats=1"]
 ROW_KEYS = {"method", "form", "model", "data", "target", "params", "macs", "top1_before", "top1_pruned",
-            "top1_finetuned", "img_s", "artifact"}
+            "top1_finetuned", "img_s", "artifact", "flag"}
 
 
 def compose_amc(overrides):

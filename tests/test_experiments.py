@@ -1,5 +1,6 @@
 """Every paper recipe in conf/experiment/ composes as train.py composes it, passes the trainer's
 config checks, and builds its model (shape-only on the meta device, or for real on a tiny input)."""
+import functools
 import os
 
 import pytest
@@ -17,10 +18,16 @@ EXPERIMENTS = sorted(f[:-5] for f in os.listdir(os.path.join(CONF_DIR, "experime
 
 
 @pytest.fixture(scope="module")
-def compose_train():
-    """compose() of conf/train.yaml as train.py runs it (hydra config included, for sweeps)."""
+def compose_in():
+    """compose() of an entry point's config (conf/<name>.yaml) with overrides."""
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        yield lambda *overrides: compose("train", overrides=list(overrides), return_hydra_config=True)
+        yield lambda name, *overrides, **kw: compose(name, overrides=list(overrides), **kw)
+
+
+@pytest.fixture(scope="module")
+def compose_train(compose_in):
+    """compose() of conf/train.yaml as train.py runs it (hydra config included, for sweeps)."""
+    return lambda *overrides: compose_in("train", *overrides, return_hydra_config=True)
 
 
 def _swept_models(cfg):
@@ -78,3 +85,50 @@ def test_a3_recipe_builds_a_plain_model_with_bn_for_real(compose_train):
     assert isinstance(model, torch.nn.Sequential)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model)
     assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+# The composition rule (issue 20 §2.3): in every entry point that trains, a recipe's settings win over the
+# entry point's own defaults, and a recipe that sets another entry point's section is refused in one line.
+ENTRY_POINTS = ("train", "prune", "amc", "resrep")
+RECIPES = sorted(f[:-5] for f in os.listdir(os.path.join(CONF_DIR, "experiment")) if f.endswith(".yaml"))
+
+
+def _recipe(name):
+    """(group choices, top-level settings) a recipe sets itself or through the recipes it builds on."""
+    conf = OmegaConf.load(os.path.join(CONF_DIR, "experiment", f"{name}.yaml"))
+    choices, settings = {}, {}
+    for entry in conf.get("defaults") or []:
+        if isinstance(entry, str):   # a recipe it builds on; its own settings come after
+            parent = _recipe(entry)
+            choices, settings = {**choices, **parent[0]}, {**settings, **parent[1]}
+        else:
+            key, value = next(iter(entry.items()))
+            choices[key.removeprefix("override ").strip("/")] = value
+    return choices, {**settings, **{k: v for k, v in conf.items() if k != "defaults"}}
+
+
+@functools.cache
+def _default(compose_in, entry):
+    return compose_in(entry)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_a_recipe_means_the_same_in_every_entry_point(name, compose_in):
+    from engine.config import ConfigError, check_recipe
+
+    choices, settings = _recipe(name)
+    owner = next((s for s in ("prune", "amc", "resrep") if s in settings), None)
+    for entry in ENTRY_POINTS:
+        cfg, default = compose_in(entry, f"experiment={name}"), _default(compose_in, entry)
+        if owner not in (None, entry):
+            with pytest.raises(ConfigError) as e:
+                check_recipe(cfg, entry, name)
+            assert "\n" not in str(e.value) and f"a recipe of {owner}.py" in str(e.value)
+            continue
+        check_recipe(cfg, entry, name)
+        assert cfg.model.name == choices.get("model", default.model.name), entry
+        assert cfg.data.name == choices.get("data", default.data.name), entry
+        assert cfg.epochs == settings.get("epochs", default.epochs), entry
+        for section in ("amc", "resrep", "model"):   # the recipe's keys of the entry point's sections too
+            for key, value in (settings.get(section) or {}).items():
+                assert OmegaConf.to_container(cfg[section])[key] == value, (entry, section, key)

@@ -207,3 +207,11 @@ def test_shortcut_bn_converts_exactly(downsample):
     randomize_bn(model)
     report = rm.verify_conversion(model, input_size=32, fuse_bn=False, downsample=downsample)
     assert report["float64"]["max_rel"] < TOL
+
+
+def test_missed_names_what_a_pruned_model_failed_at():
+    from prune.report import missed
+
+    assert missed(0, 10, 20) == "pruned nothing"
+    assert missed(3, 25_000_000, 20_000_000.0) == "target missed: 25.000 M MACs > 20.000 M"
+    assert missed(3, 20_000_000, 20_000_000.0) is None and missed(3) is None

@@ -82,9 +82,10 @@ def test_finetune_file(run_dir, tmp_path):
 def test_a_sparse_checkpoint_of_another_model_is_refused(run_dir):
     out, _, _ = run_dir
     ckpt = os.path.join(out, "prune-resnet18-synthetic-sr0.001", "sparse", "best.pt")
-    cfg = compose_prune([f"output_dir={out}", "model=rmnet26x3_32", f"prune.sparse_ckpt={ckpt}"])
-    with pytest.raises(ValueError, match=r"holds resnet18 \(10 classes, cifar stem\) but this run is "
-                                         r"model=rmnet26x3_32 .* pass model=resnet18"):
+    cfg = compose_prune([f"output_dir={out}", "model=rmnet26x3_32", f"prune.sparse_ckpt={ckpt}",
+                         "prune.families=[rmnet]"])
+    with pytest.raises(ValueError, match=r"holds resnet18 \(10 classes, cifar stem\) but this run's model is "
+                                         r"rmnet26x3_32 .* pass model=resnet18"):
         pipeline.run(cfg)
 
 
@@ -117,3 +118,36 @@ def test_sparse_training_learns_shortcut_bns(run_dir):
     assert art.spec.kwargs["shortcut_bn"] is True
     bn = art.model.layer1[0].downsample[0]
     assert isinstance(bn, torch.nn.BatchNorm2d) and not torch.equal(bn.weight, torch.ones_like(bn.weight))
+
+
+def test_a_model_never_sparse_trained_is_labelled_so_and_pruning_nothing_is_flagged(run_dir, tmp_path, caplog):
+    """prune.sparse_ckpt= a checkpoint trained without the BN-scale penalty: the report does not call it
+    sparse-trained, and a family that removes no channel is warned about and flagged."""
+    from engine.checkpoint import load_checkpoint
+
+    out, _, _ = run_dir
+    blob = load_checkpoint(os.path.join(out, "prune-resnet18-synthetic-sr0.001", "sparse", "best.pt"))
+    del blob["config"]["hooks"]["bn_l1"]
+    torch.save(blob, ckpt := str(tmp_path / "plain_training.pt"))
+    cfg = compose_prune([f"output_dir={tmp_path}", f"prune.sparse_ckpt={ckpt}", "prune.threshold=1e-12",
+                         "prune.families=[resnet]", "prune.finetune_epochs=0"])
+    with caplog.at_level("INFO", logger="rmnet.prune"):
+        report = pipeline.run(cfg)
+    assert report["sparse_trained"] is False and report["sr"] is None and report["rows"][0]["flag"] == "pruned nothing"
+    assert artifacts.load(report["families"]["resnet"]["artifact"]).meta["sr"] is None   # no sr it was not trained with
+    warnings = " ".join(r.message for r in caplog.records if r.levelname == "WARNING")
+    assert "was not sparse-trained" in warnings and "resnet: pruned nothing" in warnings
+    md = open(os.path.join(tmp_path, "prune-resnet18-synthetic-not-sparse", "thr1e-12", "report.md")).read()
+    assert "(not sparse-trained, unpruned)" in md and "| resnet pruned (**pruned nothing**) |" in md
+
+
+def test_a_model_residual_pruning_does_not_know_is_refused_before_any_work(tmp_path):
+    """model=rmnet26x3_32 with the resnet family: one line naming the model and the fix, nothing written."""
+    from tests.helpers import run_script
+
+    argv = [a for a in TINY if not a.startswith(("model=", "+model"))]
+    code, _, err = run_script("prune", [*argv, "model=rmnet26x3_32", "model.kwargs.widths=[16,32,64,128]",
+                                        f"output_dir={tmp_path}", "epochs=1"])
+    assert code == 2 and err.count("\n") == 1, err
+    assert "model=rmnet26x3_32" in err and "prune.families=[rmnet]" in err and "resnet20" not in err
+    assert os.listdir(tmp_path) == []

@@ -22,7 +22,7 @@ TINY = ["model=resnet18", "+model.kwargs.widths=[8,8,16,16]", "data.input_size=1
         "resrep.lasso=5.0", "resrep.compactor_momentum=0", "resrep.threshold=0.2", "resrep.calib_batches=1",
         "resrep.bench.batch_size=2", "resrep.bench.iters=1", "resrep.bench.warmup=0", "resrep.bench.repeats=1"]
 ROW_KEYS = {"method", "form", "model", "data", "target", "params", "macs", "top1_before", "top1_pruned",
-            "top1_finetuned", "img_s", "artifact"}
+            "top1_finetuned", "img_s", "artifact", "flag"}
 
 
 def compose_resrep(overrides):
@@ -124,3 +124,51 @@ def test_recipes_compose(recipe, target, epochs):
     assert (r.target, r.epochs, r.lr, r.lasso, r.interval, r.granularity, r.compactor_momentum, r.threshold) == (
         target, epochs, 0.01, 1e-4, 200, 4, 0.99, 1e-5)
     assert (cfg.optim.weight_decay, cfg.sched.name, cfg.sched.min_lr_ratio) == (1e-4, "cosine", 0.0)
+
+
+def test_a_form_that_prunes_nothing_is_flagged_and_warned(run, tmp_path, caplog):
+    """No mask before training ends (start_epochs past the end): the RM form keeps every channel and
+    costs more than the residual model. The log says so in plain numbers, warns, and the report row,
+    report.md and prune.compare flag it (issue 20: "0/3152 channels (-90.6% removed, target 50.0%)")."""
+    from prune.compare import to_markdown as compare_table
+
+    out, _, _ = run
+    base = os.path.join(out, "resrep-resnet18-synthetic", "base", "best.pt")
+    cfg = compose_resrep([f"output_dir={tmp_path}", f"resrep.base={base}", "resrep.forms=[rm]",
+                          "resrep.start_epochs=10", "resrep.epochs=1"])
+    with caplog.at_level("INFO", logger="rmnet.resrep"):
+        report = pipeline.run(cfg)
+    form, row = report["forms"]["rm"], report["rows"][0]
+    assert form["channels_removed"] == 0 and form["after"]["macs"] > report["reference"]["macs"]
+    assert row["flag"] == form["flag"] == "pruned nothing"
+    warnings = [r.message for r in caplog.records if r.levelname == "WARNING"]
+    assert any("rm: pruned nothing" in w for w in warnings), warnings
+    assert not any("% removed" in r.message for r in caplog.records)
+    assert "rm ResRep (**pruned nothing**)" in open(os.path.join(tmp_path, "resrep-resnet18-synthetic", "t0.5",
+                                                                 "report.md")).read()
+    assert "remove 50.0% of the residual MACs: **pruned nothing**" in compare_table(report["rows"])
+
+
+def test_the_readme_recipe_takes_its_resnet56_base(tmp_path):
+    """`resrep.py experiment=resrep_resnet56_cifar10 resrep.base=<resnet56 best.pt>` composes resnet56 (the
+    recipe's model wins over resrep.py's default resnet20) and reads the base; it stops at CIFAR-10's files,
+    which this machine lacks, not at "drop model=..." (issue 20 §2.3)."""
+    from tests.helpers import run_script
+
+    code, _, err = run_script("train", ["model=resnet56", "model.kwargs.widths=[4,8,8]", "data.train_size=16", "data.val_size=16", "batch_size=16", "epochs=1",
+                                        "workers=0", "progress=false", "final.enabled=false",
+                                        f"output_dir={tmp_path}", "run_name=r56"])
+    assert code == 0, err
+    code, _, err = run_script("resrep", ["experiment=resrep_resnet56_cifar10", f"resrep.base={tmp_path}/r56/best.pt",
+                                         f"output_dir={tmp_path}", "progress=false", "data.root=/nonexistent"])
+    assert code == 2 and err.startswith("error: cifar10 not found"), err
+
+
+def test_a_base_of_another_model_names_the_model_to_pass(run, tmp_path):
+    """resrep.base= a resnet18 file in a resnet20 run: pass model=resnet18 (not "drop model=...", which
+    cannot help when resnet20 is resrep.py's default)."""
+    out, _, _ = run
+    base = os.path.join(out, "resrep-resnet18-synthetic", "base", "best.pt")
+    cfg = compose_resrep([f"output_dir={tmp_path}", f"resrep.base={base}", "model=resnet20"])
+    with pytest.raises(ValueError, match=r"holds resnet18 .* this run's model is resnet20 .* pass model=resnet18"):
+        pipeline.run(cfg)

@@ -6,6 +6,7 @@ import pytest
 import models
 from engine.config import CONF_DIR, ConfigError, check_overrides, check_values
 from engine.stages import build
+from tests.helpers import run_script
 
 
 def test_every_registered_model_has_a_config():
@@ -62,3 +63,13 @@ def test_data_config_decides_stem_and_classes():
     cfg = check_overrides(["model=resnet20", "data=imagenet"])
     with pytest.raises(ValueError, match="no 'imagenet' stem"):
         build(cfg)
+
+
+def test_recipes_of_one_entry_point_are_refused_by_the_others_in_one_line(capsys):
+    """Through the command line of the entry point, before any work; also each of a sweep, and entry=."""
+    for script, argv, message in [
+            ("train", ["experiment=amc_cifar10_r0.5"], "experiment=amc_cifar10_r0.5 is a recipe of amc.py"),
+            ("amc", ["-m", "experiment=amc_cifar10_r0.5,resrep_resnet56_cifar10"], "a recipe of resrep.py"),
+            ("prune", ["entry=amc"], "not a setting")]:
+        code, out, err = run_script(script, argv)
+        assert code == 2 and err.count("\n") == 1 and message in err, err

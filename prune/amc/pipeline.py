@@ -37,11 +37,18 @@ from data import build_dataset, build_transform, worker_count
 from engine import stages
 from engine.config import per_process_batch
 from engine.evaluate import evaluate
-from models import ModelSpec, create_model
+from models import ModelSpec
 from models.complexity import count_macs
 
-from ..pipeline import _save, check_stored_model, finetune, to_prunable_plain, train_cfg
-from ..report import device_line, model_stats
+from ..pipeline import (
+    check_stored_model,
+    finetune,
+    save_model,
+    shape_only_model,
+    to_prunable_plain,
+    train_cfg,
+)
+from ..report import device_line, missed, model_stats, warn_missed
 from .channels import apply_policy, collect_features
 from .ddpg import AgentSettings
 from .env import ChannelPruningEnv, check_budget
@@ -79,9 +86,7 @@ def check_settings(cfg: DictConfig) -> None:
     if a.checkpoint and not os.path.isfile(a.checkpoint):
         raise ValueError(f"amc.checkpoint={a.checkpoint}: no such file")
     if "residual" in a.methods:   # a shape-only build says whether the residual baseline can run
-        with torch.device("meta"):
-            check_residual(create_model(cfg.model.name, num_classes=int(cfg.data.num_classes), stem=cfg.data.stem,
-                                        **OmegaConf.to_container(cfg.model.kwargs)))
+        check_residual(shape_only_model(cfg))
 
 
 def train_residual(cfg: DictConfig) -> str:
@@ -202,24 +207,27 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         top1_before = reference["top1"] if model is residual.model else _top1(model, val, cfg, device, f"{method} unpruned")
         pruned, policy, histories[LABELS[method]] = amc_prune(cfg, model, spec, out_dir, loaders, device,
                                                                    LABELS[method])
-        meta = {"method": method, "flops_ratio": float(a.flops_ratio), "policy": policy["layers"],
-                "data_config": OmegaConf.to_container(cfg.data, resolve=True)}   # evaluate.py's default data
+        meta = {"method": method, "flops_ratio": float(a.flops_ratio), "policy": policy["layers"]}
         artifact = os.path.join(out_dir, "pruned.pt")
-        _save(pruned, spec, artifact, **meta)
+        save_model(pruned, spec, artifact, cfg.data, **meta)
         top1_pruned = _top1(pruned, val, cfg, device, f"{method} pruned")
         final, top1_tuned, final_path = pruned, None, artifact
         if a.finetune_epochs > 0:
             final = finetune(cfg, pruned, spec, out_dir, "amc")
             final_path = os.path.join(out_dir, "finetuned.pt")
-            _save(final, spec, final_path, **meta)
+            save_model(final, spec, final_path, cfg.data, **meta)
             top1_tuned = _top1(final, val, cfg, device, f"{method} fine-tuned")
         stats = model_stats(final, size, a.bench)
+        flag = missed(sum(layer["channels"] - layer["kept"] for layer in policy["layers"]), policy["macs"],
+                      policy["target_macs"])
+        warn_missed(log, LABELS[method], flag, "raise amc.flops_ratio's budget or lower amc.lbound")
         report["methods"][method] = {"label": LABELS[method], "form": spec.form, "policy": policy,
                                      "pruned_artifact": artifact, "stats": stats}
         report["rows"].append({"method": "amc", "form": method, "model": cfg.model.name, "data": cfg.data.name,
                                "target": float(a.flops_ratio), "params": stats["params"], "macs": stats["macs"],
                                "top1_before": top1_before, "top1_pruned": top1_pruned,
-                               "top1_finetuned": top1_tuned, "img_s": stats["img_s"], "artifact": final_path})
+                               "top1_finetuned": top1_tuned, "img_s": stats["img_s"], "artifact": final_path,
+                               "flag": flag})
         log.info(f"{LABELS[method]}: {policy['macs']:,} of {policy['total_macs']:,} MACs ({policy['ratio']:.3f}, "
                  f"target {a.flops_ratio:g}), top-1 pruned {top1_pruned:.2f}"
                  + (f", fine-tuned {top1_tuned:.2f}" if top1_tuned is not None else ""))

@@ -56,7 +56,8 @@ def to_markdown(report: dict[str, Any]) -> str:
              f"{_top1(ref['top1'])} | - | - | {ref['img_s']:.0f} |"]
     for row in report["rows"]:
         m = report["methods"][row["form"]]
-        lines.append(f"| {m['label']} | {m['form']} | {row['target']:g} / {m['policy']['ratio']:.3f} | "
+        flag = f" (**{row['flag']}**)" if row.get("flag") else ""
+        lines.append(f"| {m['label']}{flag} | {m['form']} | {row['target']:g} / {m['policy']['ratio']:.3f} | "
                      f"{_m(row['params'])} | {_m(row['macs'])} | {_top1(row['top1_before'])} | "
                      f"{_top1(row['top1_pruned'])} | {_top1(row['top1_finetuned'])} | {row['img_s']:.0f} |")
     lines += ["", f"Reward curves: `{os.path.basename(report['reward_curves'])}`."]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -32,9 +31,10 @@ import engine.distributed as D
 from engine import stages
 from engine.checkpoint import load_checkpoint
 from engine.evaluate import evaluate
+from rm import CheckpointError
 
-from ..pipeline import to_prunable_plain, train_cfg
-from ..report import device_line, model_stats, write_report
+from ..pipeline import check_stored_model, save_model, to_prunable_plain, train_cfg
+from ..report import device_line, missed, model_stats, warn_missed, write_report
 from .compactor import add_compactors
 from .fold import fold_compactors
 from .hook import ResRepHook  # also registers the `resrep` hook the training runs name
@@ -90,6 +90,13 @@ def base_model(cfg: DictConfig) -> artifacts.Artifact:
         tcfg = train_cfg(cfg, "resrep", run_root(cfg), "base", **{"final.enabled": False})
         stages.train(tcfg, *stages.build(tcfg))
         path = os.path.join(run_root(cfg), "base", "best.pt")
+    else:   # a file that records its model must hold the run's, at its input size (a state dict is read as model=)
+        try:
+            stored = artifacts.load(path)
+        except CheckpointError:
+            stored = None
+        if stored is not None and stored.kind != "state_dict":
+            check_stored_model(stored.spec, cfg, path)
     bcfg = copy.deepcopy(cfg)
     with open_dict(bcfg):
         bcfg.model.init = path   # stages.build reads it as train.py's model.init does (checked against model, data)
@@ -101,13 +108,6 @@ def _top1(model: nn.Module, loader: Any, cfg: DictConfig, desc: str) -> float:
     """Validation top-1 on the run's device (the model moves there)."""
     device = D.setup(cfg.device, cfg.dist_timeout_min)
     return evaluate(model.to(device), loader, device, progress=cfg.progress, desc=desc)["top1"]
-
-
-def _save(model: nn.Module, spec: Any, path: str, **meta: Any) -> None:
-    if spec.form == "plain":
-        artifacts.save_deploy(model, spec, path, **meta)
-    else:
-        artifacts.save_pruned(model, replace(spec, pruned=True), path, **meta)
 
 
 def check_reachable(model: nn.Module, size: int, target_macs: float, form: str, reference_macs: int) -> None:
@@ -145,7 +145,7 @@ def prune_form(cfg: DictConfig, residual: artifacts.Artifact, form: str, target_
     meta = {"method": "resrep", "form": form, "target": float(r.target), "threshold": result.threshold,
             **({"verify": start.meta["verify"]} if "verify" in start.meta else {})}
     if D.is_main():
-        _save(result.model, start.spec, artifact, **meta)
+        save_model(result.model, start.spec, artifact, cfg.data, **meta)
     after = model_stats(result.model, size, r.bench)
     entry = {"before": before, "after": after, "target_macs": target_macs,
              "macs_removed": 1 - after["macs"] / reference["macs"],
@@ -155,9 +155,12 @@ def prune_form(cfg: DictConfig, residual: artifacts.Artifact, form: str, target_
              "masked_kept": result.masked_kept, "max_removed_norm": result.max_removed_norm,
              "threshold": result.threshold, "layers": result.layers, "artifact": artifact,
              "train_dir": os.path.join(form_dir, "train")}
-    log.info(f"{form}: {result.removed}/{result.total} channels removed, {after['macs']:,} MACs "
-             f"({100 * entry['macs_removed']:.1f}% removed, target {100 * r.target:.1f}%), top-1 "
-             f"{entry['top1_pruned']:.2f} (with compactors {top1_compactor:.2f})")
+    entry["flag"] = missed(result.removed, after["macs"], target_macs)
+    log.info(f"{form}: {result.removed}/{result.total} channels removed, {after['macs']:,} MACs = "
+             f"{after['macs'] / reference['macs']:.1%} of the residual model's (target at most "
+             f"{1 - r.target:.1%}), top-1 {entry['top1_pruned']:.2f} (with compactors {top1_compactor:.2f})")
+    warn_missed(log, form, entry["flag"], "train longer (resrep.epochs), start masking earlier (resrep.start_epochs) "
+                "or lower resrep.threshold")
     return entry
 
 

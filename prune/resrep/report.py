@@ -14,7 +14,7 @@ def row(report: dict[str, Any], form: str) -> dict[str, Any]:
     return {"method": "resrep", "form": form, "model": report["model"], "data": report["data"],
             "target": report["target"], "params": r["after"]["params"], "macs": r["after"]["macs"],
             "top1_before": r["before"].get("top1"), "top1_pruned": r["top1_pruned"], "top1_finetuned": None,
-            "img_s": r["after"]["img_s"], "artifact": r["artifact"]}
+            "img_s": r["after"]["img_s"], "artifact": r["artifact"], "flag": r["flag"]}
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -37,7 +37,8 @@ def to_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| RM plain, unpruned | {_m(before['params'])} | {_m(before['macs'])} | "
                          f"{100 * (1 - before['macs'] / ref['macs']):.1f}% | {before['img_s']:.0f} | - | "
                          f"{_top1(before.get('top1'))} |")
-        lines.append(f"| {form} ResRep | {_m(after['params'])} | {_m(after['macs'])} | "
+        flag = f" (**{r['flag']}**)" if r["flag"] else ""
+        lines.append(f"| {form} ResRep{flag} | {_m(after['params'])} | {_m(after['macs'])} | "
                      f"{100 * r['macs_removed']:.1f}% | {after['img_s']:.0f} | {_top1(r['top1_compactor'])} | "
                      f"{_top1(r['top1_pruned'])} |")
     for form, r in report["forms"].items():
