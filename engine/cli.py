@@ -38,6 +38,8 @@ def _settings(config_name: str) -> str:
 def help_text(config_name: str, doc: str) -> str:
     parts = [doc.strip(), "", "Groups (group=option):"]
     for group in entry_groups(config_name):
+        if group == "entry":   # the pruners' own defaults (conf/entry/), chosen by their config, not a user
+            continue
         options = sorted(f[:-5] for f in os.listdir(os.path.join(CONF_DIR, group)) if f.endswith(".yaml"))
         listing = (f"{len(options)} models, `python -m models` lists them" if group == "model"
                    else ", ".join(options))
