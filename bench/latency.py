@@ -1,0 +1,230 @@
+"""A per-layer latency table, as NetAdapt (Yang et al., 2018) and HALP (Shen et al., 2022) build
+them: a model's latency is predicted as the sum of its layers' latencies, each layer shape measured
+once in the deploy runtime and cached, so a pruner can price thousands of candidate widths.
+
+A model is read as deployed: BatchNorm folded into its convs (`benchmark.fold_bn`), then traced by
+torch.fx with the input shapes propagated. Every node that computes a tensor is a layer: convs,
+Linear, pools, flatten, SE's pieces, and a residual model's additions. A conv whose only reader is
+a ReLU is one layer with it, because ONNX Runtime fuses Conv+Relu (timing the ReLU apart would add
+a pass over memory the deployed graph does not make). A layer's *signature* is its operator, its
+settings (channels, kernel, stride, padding, groups), its input shapes (batch and HxW included),
+the runtime and the thread count; each signature is exported as one small graph (static shapes)
+and timed once.
+
+The sum leaves out what one graph shares between layers (one session call instead of one per
+layer, fusions across layers, cache reuse), so `check` compares it with the whole model's time.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import statistics
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .benchmark import fold_bn, time_interleaved
+from .export import ort_session, to_onnx
+from .quantize import quantize_int8
+
+SCHEMA = "rmnet-latency/1"
+RUNTIMES = ("onnxruntime", "onnxruntime_int8", "eager", "cuda")
+WARMUP, ITERS, REPEATS = 10, 50, 5   # per layer: median of REPEATS blocks of ITERS calls
+RELUS = (nn.ReLU, torch.relu, torch.nn.functional.relu)
+# Timer: (run one forward of the layer, the layer) -> milliseconds per forward.
+Timer = Callable[[Callable[[], Any], "Layer"], float]
+
+
+class _Op(nn.Module):
+    """One layer as a module of one input: `fn(input, *args)`, with the other tensor operands
+    (the shortcut of an addition) as constant buffers of their traced shapes."""
+
+    def __init__(self, fn: Callable, args: tuple, kwargs: dict, relu: bool):
+        super().__init__()
+        self.fn, self.kwargs, self.relu = fn, kwargs, relu
+        if isinstance(fn, nn.Module):
+            self.op = fn
+        self.slots = []
+        for i, a in enumerate(args):
+            if isinstance(a, torch.Tensor):
+                self.register_buffer(f"arg{i}", a)
+            self.slots.append(f"arg{i}" if isinstance(a, torch.Tensor) else a)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        args = [getattr(self, s) if isinstance(s, str) and s.startswith("arg") else s for s in self.slots]
+        y = self.fn(x, *args, **self.kwargs)
+        return torch.relu(y) if self.relu else y
+
+
+@dataclass
+class Layer:
+    key: str                  # the signature, the cache key
+    kind: str                 # operator name, "+relu" when fused
+    shape: tuple[int, ...]    # the (first) input's shape
+    make: Callable[[], _Op]   # builds the layer module (lazily: a fake timer never needs it)
+
+
+def _shape(value: Any) -> Any:
+    return tuple(value.meta["tensor_meta"].shape) if isinstance(value, torch.fx.Node) else value
+
+
+def _is_relu(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[node.target], nn.ReLU)
+    return node.op in ("call_function", "call_method") and node.target in (*RELUS, "relu")
+
+
+def _callable(node: torch.fx.Node, modules: dict[str, nn.Module]) -> tuple[Callable, str, str]:
+    """The node's operation, its name and its settings (for the signature)."""
+    if node.op == "call_module":
+        module = modules[node.target]
+        return module, type(module).__name__, module.extra_repr()
+    if node.op == "call_method":
+        name = node.target
+        return (lambda x, *a, **k: getattr(x, name)(*a, **k)), name, ""
+    return node.target, getattr(node.target, "__name__", str(node.target)), ""
+
+
+def _layer(node: torch.fx.Node, modules: dict[str, nn.Module], relu: bool, runtime: str, batch: int,
+           threads: int) -> Layer:
+    fn, name, settings = _callable(node, modules)
+    first, *rest = node.args
+    args = [_shape(a) for a in rest]
+    kind = name + ("+relu" if relu else "")
+    key = json.dumps([kind, settings, _shape(first), args, sorted(node.kwargs.items(), key=str), runtime,
+                      batch, threads], default=str)
+
+    def make() -> _Op:
+        gen = torch.Generator().manual_seed(0)
+        consts = tuple(torch.randn(*_shape(a), generator=gen) if isinstance(a, torch.fx.Node) else a for a in rest)
+        op = copy.deepcopy(fn) if isinstance(fn, nn.Module) else fn
+        return _Op(op, consts, dict(node.kwargs), relu).eval()
+
+    return Layer(key, kind, _shape(first), make)
+
+
+def layers(model: nn.Module, input_size: int, batch: int = 1, runtime: str = "onnxruntime",
+           threads: int = 1) -> list[Layer]:
+    """The deployed model's layers in forward order (BN folded, Conv+ReLU as one)."""
+    graph = fold_bn(copy.deepcopy(model).float().cpu().eval())
+    ShapeProp(graph).propagate(torch.zeros(batch, 3, input_size, input_size))
+    modules = dict(graph.named_modules())
+    out, fused = [], set()
+    for node in graph.graph.nodes:
+        if node.op not in ("call_module", "call_function", "call_method") or node in fused:
+            continue
+        if not isinstance(node.meta.get("tensor_meta"), torch.fx.passes.shape_prop.TensorMetadata):
+            continue   # sizes, getitem of tuples: no tensor computed
+        users = list(node.users)
+        relu = (len(users) == 1 and _is_relu(users[0], modules) and node.op == "call_module"
+                and isinstance(modules[node.target], nn.Conv2d))
+        fused.update(users if relu else ())
+        out.append(_layer(node, modules, relu, runtime, batch, threads))
+    return out
+
+
+class LatencyTable:
+    """Measured latency per layer signature in one runtime, batch size and thread count, cached in
+    memory and, with `cache`, in a JSON file that later tables (and runs) read first."""
+
+    def __init__(self, runtime: str = "onnxruntime", batch_size: int = 1, threads: int | None = None,
+                 cache: str | None = None, timer: Timer | None = None):
+        if runtime not in RUNTIMES:
+            raise ValueError(f"latency runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        if runtime == "cuda" and not torch.cuda.is_available():
+            raise ValueError("latency runtime cuda needs a CUDA device; use onnxruntime, onnxruntime_int8 or eager")
+        if batch_size < 1:
+            raise ValueError(f"latency batch_size must be >= 1, got {batch_size}")
+        self.runtime, self.batch_size, self.cache = runtime, batch_size, cache
+        self.threads = threads or torch.get_num_threads()
+        self.timer = timer or self._measure
+        self.entries: dict[str, dict[str, Any]] = {}
+        if cache and os.path.isfile(cache):
+            with open(cache) as f:
+                stored = json.load(f)
+            if stored.get("schema") != SCHEMA:
+                raise ValueError(f"{cache} is not a latency table ({SCHEMA}): delete it or pass another cache")
+            self.entries = stored["entries"]
+
+    def layer_ms(self, layer: Layer) -> float:
+        if layer.key not in self.entries:
+            ms = float(self.timer(self._runner(layer.make, layer.shape), layer))
+            self.entries[layer.key] = {"kind": layer.kind, "input": list(layer.shape), "ms": ms}
+            self._save()
+        return self.entries[layer.key]["ms"]
+
+    def model_ms(self, model: nn.Module, input_size: int) -> float:
+        """Predicted latency: the sum over the deployed model's layers, each signature measured once."""
+        found = layers(model, input_size, self.batch_size, self.runtime, self.threads)
+        return sum(self.layer_ms(layer) for layer in found)
+
+    def whole_ms(self, model: nn.Module, input_size: int) -> float:
+        """The whole deployed model (BN folded) measured as one graph in the same runtime."""
+        whole = Layer("", "model", (self.batch_size, 3, input_size, input_size),
+                      lambda: _Op(fold_bn(copy.deepcopy(model).float().cpu().eval()), (), {}, False))
+        return float(self.timer(self._runner(whole.make, whole.shape), whole))
+
+    def check(self, model: nn.Module, input_size: int) -> dict[str, float]:
+        """The table's sum against the whole model's measured time: ratio = sum / whole."""
+        total, whole = self.model_ms(model, input_size), self.whole_ms(model, input_size)
+        return {"sum_ms": total, "whole_ms": whole, "ratio": total / whole}
+
+    def to_markdown(self) -> str:
+        head = (f"Latency table: {self.runtime}, batch {self.batch_size}, {self.threads} threads; "
+                f"ms per forward (median of {REPEATS} x {ITERS}).\n\n| layer | input | settings | ms |\n"
+                "| --- | --- | --- | --- |\n")
+        rows = []
+        for key, e in sorted(self.entries.items(), key=lambda kv: -kv[1]["ms"]):
+            settings = json.loads(key)[1]
+            rows.append(f"| {e['kind']} | {'x'.join(map(str, e['input']))} | {settings} | {e['ms']:.4f} |")
+        return head + "\n".join(rows) + "\n"
+
+    def _save(self) -> None:
+        if self.cache:
+            os.makedirs(os.path.dirname(os.path.abspath(self.cache)), exist_ok=True)
+            tmp = self.cache + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"schema": SCHEMA, "entries": self.entries}, f, indent=1)
+            os.replace(tmp, self.cache)
+
+    def _runner(self, make: Callable[[], nn.Module], shape: tuple[int, ...]) -> Callable[[], Any]:
+        """One forward of the layer in the runtime, built on its first call."""
+        state: dict[str, Callable[[], Any]] = {}
+
+        def run() -> Any:
+            if "run" not in state:
+                state["run"] = self._prepare(make(), shape)
+            return state["run"]()
+        return run
+
+    def _prepare(self, module: nn.Module, shape: tuple[int, ...]) -> Callable[[], Any]:
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+        if self.runtime in ("eager", "cuda"):
+            device = "cuda" if self.runtime == "cuda" else "cpu"
+            module, x = module.to(device), x.to(device)
+            return lambda: module(x)
+        folder = tempfile.mkdtemp(prefix="latency-")
+        path = to_onnx(module, x, os.path.join(folder, "layer.onnx"), dynamic_batch=False)
+        if self.runtime == "onnxruntime_int8":
+            quantize_int8(path, os.path.join(folder, "layer.int8.onnx"), [x])
+            path = os.path.join(folder, "layer.int8.onnx")
+        session, feed = ort_session(path, self.threads), {"input": x.numpy()}
+        return lambda: session.run(None, feed)
+
+    def _measure(self, run: Callable[[], Any], layer: Layer) -> float:
+        device = torch.device("cuda" if self.runtime == "cuda" else "cpu")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            seconds = time_interleaved({0: run}, device, WARMUP, ITERS, REPEATS)[0]
+        finally:
+            torch.set_num_threads(threads)
+        return statistics.median(seconds) / ITERS * 1000
+
+
