@@ -35,7 +35,7 @@ from .quantize import quantize_int8
 
 SCHEMA = "rmnet-latency/1"
 RUNTIMES = ("onnxruntime", "onnxruntime_int8", "eager", "cuda")
-WARMUP, ITERS, REPEATS = 10, 50, 5   # per layer: median of REPEATS blocks of ITERS calls
+WARMUP, ITERS, REPEATS = 10, 20, 15   # per layer: median of REPEATS interleaved blocks of ITERS calls
 RELUS = (nn.ReLU, torch.relu, torch.nn.functional.relu)
 # Timer: (run one forward of the layer, the layer) -> milliseconds per forward.
 Timer = Callable[[Callable[[], Any], "Layer"], float]
@@ -143,7 +143,7 @@ class LatencyTable:
             raise ValueError(f"latency batch_size must be >= 1, got {batch_size}")
         self.runtime, self.batch_size, self.cache = runtime, batch_size, cache
         self.threads = threads or torch.get_num_threads()
-        self.timer = timer or self._measure
+        self.timer = timer
         self.entries: dict[str, dict[str, Any]] = {}
         if cache and os.path.isfile(cache):
             with open(cache) as f:
@@ -153,22 +153,37 @@ class LatencyTable:
             self.entries = stored["entries"]
 
     def layer_ms(self, layer: Layer) -> float:
-        if layer.key not in self.entries:
-            ms = float(self.timer(self._runner(layer.make, layer.shape), layer))
-            self.entries[layer.key] = {"kind": layer.kind, "input": list(layer.shape), "ms": ms}
-            self._save()
+        self.measure([layer])
         return self.entries[layer.key]["ms"]
+
+    def measure(self, found: list[Layer]) -> None:
+        """Time the signatures of `found` not in the table yet. Without a timer they are timed
+        interleaved (`time_interleaved`: every layer's first block, then every second one, ...), so
+        load changes on a shared machine hit all of them alike."""
+        missing = list({layer.key: layer for layer in found if layer.key not in self.entries}.values())
+        if not missing:
+            return
+        runs = {layer.key: self._runner(layer.make, layer.shape) for layer in missing}
+        if self.timer is not None:
+            ms = {layer.key: float(self.timer(runs[layer.key], layer)) for layer in missing}
+        else:
+            ms = self._interleaved(runs)
+        for layer in missing:
+            self.entries[layer.key] = {"kind": layer.kind, "input": list(layer.shape), "ms": ms[layer.key]}
+        self._save()
 
     def model_ms(self, model: nn.Module, input_size: int) -> float:
         """Predicted latency: the sum over the deployed model's layers, each signature measured once."""
         found = layers(model, input_size, self.batch_size, self.runtime, self.threads)
-        return sum(self.layer_ms(layer) for layer in found)
+        self.measure(found)
+        return sum(self.entries[layer.key]["ms"] for layer in found)
 
     def whole_ms(self, model: nn.Module, input_size: int) -> float:
         """The whole deployed model (BN folded) measured as one graph in the same runtime."""
         whole = Layer("", "model", (self.batch_size, 3, input_size, input_size),
                       lambda: _Op(fold_bn(copy.deepcopy(model).float().cpu().eval()), (), {}, False))
-        return float(self.timer(self._runner(whole.make, whole.shape), whole))
+        run = self._runner(whole.make, whole.shape)
+        return float(self.timer(run, whole)) if self.timer else self._interleaved({"": run})[""]
 
     def check(self, model: nn.Module, input_size: int) -> dict[str, float]:
         """The table's sum against the whole model's measured time: ratio = sum / whole."""
@@ -217,14 +232,15 @@ class LatencyTable:
         session, feed = ort_session(path, self.threads), {"input": x.numpy()}
         return lambda: session.run(None, feed)
 
-    def _measure(self, run: Callable[[], Any], layer: Layer) -> float:
+    def _interleaved(self, runs: dict[str, Callable[[], Any]]) -> dict[str, float]:
+        """Milliseconds per call of each run: the median of REPEATS interleaved blocks of ITERS calls."""
         device = torch.device("cuda" if self.runtime == "cuda" else "cpu")
         threads = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            seconds = time_interleaved({0: run}, device, WARMUP, ITERS, REPEATS)[0]
+            for run in runs.values():
+                run()   # build (export, quantize, open the session) before any timing
+            seconds = time_interleaved(runs, device, WARMUP, ITERS, REPEATS)
         finally:
             torch.set_num_threads(threads)
-        return statistics.median(seconds) / ITERS * 1000
-
-
+        return {key: statistics.median(s) / ITERS * 1000 for key, s in seconds.items()}
