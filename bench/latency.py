@@ -156,21 +156,23 @@ class LatencyTable:
         self.measure([layer])
         return self.entries[layer.key]["ms"]
 
-    def measure(self, found: list[Layer]) -> None:
-        """Time the signatures of `found` not in the table yet. Without a timer they are timed
-        interleaved (`time_interleaved`: every layer's first block, then every second one, ...), so
-        load changes on a shared machine hit all of them alike."""
+    def measure(self, found: list[Layer], whole: Layer | None = None) -> float | None:
+        """Time the signatures of `found` not in the table yet, and `whole` (a model, not stored)
+        if given, returning its ms. Without a timer they are timed interleaved (`time_interleaved`:
+        every layer's first block, then every second one, ...), so load changes on a shared machine
+        hit all of them alike and the whole model's time is comparable with its layers'."""
         missing = list({layer.key: layer for layer in found if layer.key not in self.entries}.values())
-        if not missing:
-            return
-        runs = {layer.key: self._runner(layer.make, layer.shape) for layer in missing}
+        timed = missing + ([whole] if whole else [])
+        runs = {layer.key: self._runner(layer.make, layer.shape) for layer in timed}
         if self.timer is not None:
-            ms = {layer.key: float(self.timer(runs[layer.key], layer)) for layer in missing}
+            ms = {layer.key: float(self.timer(runs[layer.key], layer)) for layer in timed}
         else:
-            ms = self._interleaved(runs)
+            ms = self._interleaved(runs) if runs else {}
         for layer in missing:
             self.entries[layer.key] = {"kind": layer.kind, "input": list(layer.shape), "ms": ms[layer.key]}
-        self._save()
+        if missing:
+            self._save()
+        return ms[whole.key] if whole else None
 
     def model_ms(self, model: nn.Module, input_size: int) -> float:
         """Predicted latency: the sum over the deployed model's layers, each signature measured once."""
@@ -178,17 +180,15 @@ class LatencyTable:
         self.measure(found)
         return sum(self.entries[layer.key]["ms"] for layer in found)
 
-    def whole_ms(self, model: nn.Module, input_size: int) -> float:
-        """The whole deployed model (BN folded) measured as one graph in the same runtime."""
-        whole = Layer("", "model", (self.batch_size, 3, input_size, input_size),
-                      lambda: _Op(fold_bn(copy.deepcopy(model).float().cpu().eval()), (), {}, False))
-        run = self._runner(whole.make, whole.shape)
-        return float(self.timer(run, whole)) if self.timer else self._interleaved({"": run})[""]
-
     def check(self, model: nn.Module, input_size: int) -> dict[str, float]:
-        """The table's sum against the whole model's measured time: ratio = sum / whole."""
-        total, whole = self.model_ms(model, input_size), self.whole_ms(model, input_size)
-        return {"sum_ms": total, "whole_ms": whole, "ratio": total / whole}
+        """The table's sum against the whole deployed model (BN folded) measured as one graph in the
+        same runtime, with its unmeasured layers: ratio = sum / whole."""
+        found = layers(model, input_size, self.batch_size, self.runtime, self.threads)
+        whole = Layer("model", "model", (self.batch_size, 3, input_size, input_size),
+                      lambda: _Op(fold_bn(copy.deepcopy(model).float().cpu().eval()), (), {}, False))
+        whole_ms = self.measure(found, whole)
+        total = sum(self.entries[layer.key]["ms"] for layer in found)
+        return {"sum_ms": total, "whole_ms": whole_ms, "ratio": total / whole_ms}
 
     def to_markdown(self) -> str:
         head = (f"Latency table: {self.runtime}, batch {self.batch_size}, {self.threads} threads; "

@@ -90,6 +90,7 @@ def test_check_compares_sum_with_whole_model():
     result = table.check(model, 16)
     assert result["sum_ms"] == pytest.approx(0.5 * len(layers(model, 16)))
     assert result["whole_ms"] == 4.0 and result["ratio"] == pytest.approx(result["sum_ms"] / 4.0)
+    assert len(table.entries) == len({layer.key for layer in layers(model, 16)})   # the whole is no entry
 
 
 @pytest.mark.parametrize("runtime", ["eager", "onnxruntime"])
