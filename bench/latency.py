@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .benchmark import fold_bn, time_interleaved
@@ -36,29 +37,43 @@ from .quantize import quantize_int8
 SCHEMA = "rmnet-latency/1"
 RUNTIMES = ("onnxruntime", "onnxruntime_int8", "eager", "cuda")
 WARMUP, ITERS, REPEATS = 10, 20, 15   # per layer: median of REPEATS interleaved blocks of ITERS calls
-RELUS = (nn.ReLU, torch.relu, torch.nn.functional.relu)
 # Timer: (run one forward of the layer, the layer) -> milliseconds per forward.
 Timer = Callable[[Callable[[], Any], "Layer"], float]
 
 
-class _Op(nn.Module):
-    """One layer as a module of one input: `fn(input, *args)`, with the other tensor operands
-    (the shortcut of an addition) as constant buffers of their traced shapes."""
+@dataclass(frozen=True)
+class _Slot:
+    index: int   # 0: the layer's input; i > 0: the buffer `const{i}`
 
-    def __init__(self, fn: Callable, args: tuple, kwargs: dict, relu: bool):
+
+def _fill(value: Any, tensors: list[torch.Tensor]) -> Any:
+    """`value` (a node's args: tuples, lists, dicts, slices, numbers) with each _Slot replaced."""
+    if isinstance(value, _Slot):
+        return tensors[value.index]
+    if isinstance(value, (tuple, list)):
+        return type(value)(_fill(v, tensors) for v in value)
+    if isinstance(value, dict):
+        return {k: _fill(v, tensors) for k, v in value.items()}
+    return value
+
+
+class _Op(nn.Module):
+    """One layer as a module of one input: `fn(*args, **kwargs)` with the layer's first tensor operand
+    as the input and the others (the shortcut of an addition, the gate of SE) as constant buffers of
+    their traced shapes."""
+
+    def __init__(self, fn: Callable, args: tuple, kwargs: dict, consts: list[torch.Tensor], relu: bool):
         super().__init__()
-        self.fn, self.kwargs, self.relu = fn, kwargs, relu
+        self.fn, self.args, self.kwargs, self.relu = fn, args, kwargs, relu
         if isinstance(fn, nn.Module):
             self.op = fn
-        self.slots = []
-        for i, a in enumerate(args):
-            if isinstance(a, torch.Tensor):
-                self.register_buffer(f"arg{i}", a)
-            self.slots.append(f"arg{i}" if isinstance(a, torch.Tensor) else a)
+        for i, c in enumerate(consts, 1):
+            self.register_buffer(f"const{i}", c)
+        self.n_consts = len(consts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        args = [getattr(self, s) if isinstance(s, str) and s.startswith("arg") else s for s in self.slots]
-        y = self.fn(x, *args, **self.kwargs)
+        tensors = [x, *(getattr(self, f"const{i}") for i in range(1, self.n_consts + 1))]
+        y = self.fn(*_fill(self.args, tensors), **_fill(self.kwargs, tensors))
         return torch.relu(y) if self.relu else y
 
 
@@ -77,7 +92,7 @@ def _shape(value: Any) -> Any:
 def _is_relu(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
         return isinstance(modules[node.target], nn.ReLU)
-    return node.op in ("call_function", "call_method") and node.target in (*RELUS, "relu")
+    return node.op in ("call_function", "call_method") and node.target in (torch.relu, F.relu, "relu")
 
 
 def _callable(node: torch.fx.Node, modules: dict[str, nn.Module]) -> tuple[Callable, str, str]:
@@ -94,19 +109,24 @@ def _callable(node: torch.fx.Node, modules: dict[str, nn.Module]) -> tuple[Calla
 def _layer(node: torch.fx.Node, modules: dict[str, nn.Module], relu: bool, runtime: str, batch: int,
            threads: int) -> Layer:
     fn, name, settings = _callable(node, modules)
-    first, *rest = node.args
-    args = [_shape(a) for a in rest]
+    operands: list[torch.fx.Node] = []
+    torch.fx.node.map_arg((node.args, node.kwargs), operands.append)
+    if not operands:
+        raise ValueError(f"bench.latency cannot time {node.name} ({name}): it reads no tensor")
+    slots = {n: _Slot(i) for i, n in enumerate(dict.fromkeys(operands))}
+    args, kwargs = (torch.fx.node.map_arg(a, slots.__getitem__) for a in (node.args, node.kwargs))
     kind = name + ("+relu" if relu else "")
-    key = json.dumps([kind, settings, _shape(first), args, sorted(node.kwargs.items(), key=str), runtime,
-                      batch, threads], default=str)
+    shapes = [_shape(n) for n in slots]
+    key = json.dumps([kind, settings, shapes, repr((args, sorted(kwargs.items()))), runtime, batch, threads],
+                     default=str)
 
     def make() -> _Op:
         gen = torch.Generator().manual_seed(0)
-        consts = tuple(torch.randn(*_shape(a), generator=gen) if isinstance(a, torch.fx.Node) else a for a in rest)
+        consts = [torch.randn(*shape, generator=gen) for shape in shapes[1:]]
         op = copy.deepcopy(fn) if isinstance(fn, nn.Module) else fn
-        return _Op(op, consts, dict(node.kwargs), relu).eval()
+        return _Op(op, args, kwargs, consts, relu).eval()
 
-    return Layer(key, kind, _shape(first), make)
+    return Layer(key, kind, shapes[0], make)
 
 
 def layers(model: nn.Module, input_size: int, batch: int = 1, runtime: str = "onnxruntime",
@@ -185,7 +205,7 @@ class LatencyTable:
         same runtime, with its unmeasured layers: ratio = sum / whole."""
         found = layers(model, input_size, self.batch_size, self.runtime, self.threads)
         whole = Layer("model", "model", (self.batch_size, 3, input_size, input_size),
-                      lambda: _Op(fold_bn(copy.deepcopy(model).float().cpu().eval()), (), {}, False))
+                      lambda: _Op(fold_bn(copy.deepcopy(model).float().cpu().eval()), (_Slot(0),), {}, [], False))
         whole_ms = self.measure(found, whole)
         total = sum(self.entries[layer.key]["ms"] for layer in found)
         return {"sum_ms": total, "whole_ms": whole_ms, "ratio": total / whole_ms}

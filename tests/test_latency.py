@@ -10,6 +10,7 @@ import torch.nn as nn
 import models
 import rm
 from bench.latency import LatencyTable, layers
+from rm.deploy import SqueezeExcite
 from tests.helpers import randomize_bn
 
 MS = {"Conv2d+relu": 1.0, "Conv2d": 0.5, "add": 0.25}   # every other layer kind: 0.125 ms
@@ -93,13 +94,24 @@ def test_check_compares_sum_with_whole_model():
     assert len(table.entries) == len({layer.key for layer in layers(model, 16)})   # the whole is no entry
 
 
+def _se_chain():
+    """A plain chain with an RM-converted SE (its gate on 4 of 8 channels: slicing, cat, sigmoid)."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), SqueezeExcite(8, 2, gated=4),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)).eval()
+
+
+def test_se_pieces_are_layers():
+    kinds = [layer.kind for layer in layers(_se_chain(), 8)]
+    assert {"Conv2d+relu", "getitem", "mean", "sigmoid", "mul", "cat", "Linear"} <= set(kinds)
+
+
 @pytest.mark.parametrize("runtime", ["eager", "onnxruntime"])
 def test_real_runtime_times_each_layer(runtime, one_thread):
-    plain = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(4, 2)).eval()
+    model = _se_chain()
     table = LatencyTable(runtime=runtime, threads=1)
-    result = table.check(plain, 8)
-    assert len(table.entries) == 4 and result["sum_ms"] > 0 and result["whole_ms"] > 0
+    result = table.check(model, 8)
+    assert len(table.entries) == len({layer.key for layer in layers(model, 8, runtime=runtime)})
+    assert min(e["ms"] for e in table.entries.values()) > 0 and result["whole_ms"] > 0
 
 
 def test_bad_settings_are_value_errors(tmp_path):
