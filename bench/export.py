@@ -32,14 +32,15 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: str) -> di
 
 
 @torch.no_grad()
-def to_onnx(model: nn.Module, example: torch.Tensor, path: str) -> str:
-    """Write `model` (float32, CPU) as a validated ONNX file with a dynamic batch dimension, input
-    `input` and output `logits`, by the dynamo-based exporter; returns `path`."""
+def to_onnx(model: nn.Module, example: torch.Tensor, path: str, dynamic_batch: bool = True) -> str:
+    """Write `model` (float32, CPU) as a validated ONNX file with a dynamic batch dimension (static
+    shapes with `dynamic_batch=False`: the latency table's one-layer graphs), input `input` and output
+    `logits`, by the dynamo-based exporter; returns `path`."""
     onnx = require("onnx")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     model = copy.deepcopy(model).float().cpu().eval()
-    batch = torch.export.Dim("batch", min=1)
-    torch.onnx.export(model, (example.float().cpu(),), path, dynamo=True, dynamic_shapes=({0: batch},),
+    dynamic = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+    torch.onnx.export(model, (example.float().cpu(),), path, dynamo=True, dynamic_shapes=dynamic,
                       input_names=["input"], output_names=["logits"], verbose=False)
     onnx.checker.check_model(path)
     return path
