@@ -19,12 +19,13 @@ shapes of random shape, texture and colour under the main one, and pixel noise.
 Image i is a pure function of (seed, split, i): it is rendered in a block of `BLOCK` images drawn
 from a generator seeded by (seed, split, block), so the same index gives the same bytes whatever the
 number of samples requested, on every machine; labels are `i % num_classes` (balanced), and the
-training sampler shuffles. 10k 32x32 images take about 1.5 s on one core.
+training sampler shuffles. 10k 32x32 images take 1.3 s on one core (measured at load average 5).
 
 Difficulty (benchmarks/results/shapes100_difficulty.md, a shared 2-core CPU): resnet20 with
-`experiment=shapes100_resnet20` (5 epochs, about 10 minutes idle) reached 70.90% top-1, and pruning
-50% of its channels by BN scale (prune.py prune.ratio=0.5, no fine-tuning) left 1.00% (RM plain
-form) and 1.45% (residual form), chance being 1%.
+`experiment=shapes100_resnet20` (5 epochs: 22 min at load average 5-7.6, about 10 estimated idle)
+reached 70.90% top-1; pruning by BN scale without fine-tuning (prune.py prune.finetune_epochs=0)
+left, at ratio 0.5, 1.00% (RM plain form) and 1.45% (residual form), chance being 1%, and at ratio
+0.2, 0.95% and 11.95%.
 """
 from __future__ import annotations
 
