@@ -12,10 +12,12 @@ from typing import Any, Callable
 
 from torch.utils.data import Dataset
 
+from .shapes100 import Shapes100Dataset
 from .synthetic import SyntheticDataset
 
 SPLITS = ("train", "val")
-DATASETS = ("synthetic", "cifar10", "cifar100", "imagenet")
+DATASETS = ("synthetic", "shapes100", "cifar10", "cifar100", "imagenet")
+_EMBEDDED = {"synthetic": SyntheticDataset, "shapes100": Shapes100Dataset}   # generated in memory
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 log = logging.getLogger("rmnet.data")
 _warned: set[str] = set()   # undecodable files already named by this process
@@ -37,9 +39,9 @@ def build_dataset(cfg: Any, split: str, transform: Callable | None = None, subst
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     name = cfg.name
-    if name == "synthetic":
+    if name in _EMBEDDED:
         size = cfg.train_size if split == "train" else cfg.val_size
-        return SyntheticDataset(size, cfg.num_classes, cfg.input_size, cfg.seed, split, transform)
+        return _EMBEDDED[name](size, cfg.num_classes, cfg.input_size, cfg.seed, split, transform)
     if name in _CIFAR_FOLDERS:
         return _cifar(name, os.path.expanduser(cfg.root), split, transform, bool(cfg.get("download", False)))
     if name == "imagenet":
