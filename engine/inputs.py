@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from data import build_loader, calibration_loader
+from data import DATASETS, build_loader, calibration_loader
 from models import INPUT_SIZE, InputSpec, ModelSpec
 
 TRAINED_INPUT = ("input_size", "mean", "std")
@@ -33,8 +33,8 @@ def data_for(chosen: Any, stored: dict[str, Any] | None, trained: InputSpec | No
     if "name" in chosen:
         data = OmegaConf.create(OmegaConf.to_container(chosen))
     elif stored is None:
-        raise ValueError(f"{origin} stores no data settings: pass data=<name> (synthetic, cifar10, cifar100, "
-                         f"imagenet) and data.root=... if the files are not in the default place")
+        raise ValueError(f"{origin} stores no data settings: pass data=<name> ({', '.join(DATASETS)}) and "
+                         f"data.root=... if the files are not in the default place")
     else:
         data = OmegaConf.merge(OmegaConf.create(stored), chosen)
     warnings = []
