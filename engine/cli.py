@@ -1,4 +1,5 @@
-"""The command line of every Hydra entry point (train.py, evaluate.py, benchmark.py, convert.py, prune.py).
+"""The command line of every Hydra entry point (train.py, evaluate.py, benchmark.py, convert.py, prune.py,
+amc.py, resrep.py).
 
 `run_app("evaluate", job, __doc__)` checks the overrides before Hydra sees them
 (`engine.config.prepare_argv`: unknown keys, options and model names are named with close matches),
