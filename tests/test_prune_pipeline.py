@@ -189,3 +189,14 @@ def test_a_model_residual_pruning_does_not_know_is_refused_before_any_work(tmp_p
     assert code == 2 and err.count("\n") == 1, err
     assert "model=rmnet26x3_32" in err and "prune.forms=[rm]" in err and "resnet20" not in err
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["prune.families=[rmnet]"], r"prune.families was renamed: pass prune.forms=\[residual,rm\]"),
+    (["prune.channel_round=3"], r"prune.channel_round must be one of 1, 4, 8, 16, got 3"),
+    (["prune.budget.keep=1.5"], r"prune.budget.keep is the fraction of the cost to keep, in \(0, 1\]; got 1.5"),
+    (["prune.budget.of=rm"], r"prune.budget.of='rm': choose from residual, own"),
+])
+def test_bad_form_budget_and_round_settings_are_refused(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        pipeline.check_settings(compose_prune([f"output_dir={tmp_path}", *overrides]))
