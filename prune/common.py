@@ -53,6 +53,13 @@ def check_counts(s: DictConfig, section: str, positive: tuple[str, ...] = (), no
             raise ValueError(f"{section}.{key} must be a non-negative integer, got {s[key]!r}")
 
 
+def check_channel_round(s: DictConfig, section: str) -> None:
+    from .masks import CHANNEL_ROUNDS
+    if s.channel_round not in CHANNEL_ROUNDS:
+        raise ValueError(f"{section}.channel_round must be one of {', '.join(map(str, CHANNEL_ROUNDS))}, "
+                         f"got {s.channel_round!r}")
+
+
 def check_files(s: DictConfig, section: str, keys: tuple[str, ...]) -> None:
     for key in keys:
         path = s.get(key)

@@ -40,7 +40,6 @@ from .common import (
     top1,
     train_cfg,
 )
-from .masks import CHANNEL_ROUNDS
 from .plain import PruneResult, channel_scores, prune_plain
 from .report import SCHEMA, check_bench, device_line, missed, model_stats, warn_missed, write_report
 from .residual import check_residual, prune_residual, residual_scores
@@ -85,9 +84,7 @@ def check_settings(cfg: DictConfig) -> None:
     check_bench(p.bench)
     if p.budget.keep is not None and not 0 < p.budget.keep <= 1:
         raise ValueError(f"prune.budget.keep is the fraction of the cost to keep, in (0, 1]; got {p.budget.keep}")
-    if p.channel_round not in CHANNEL_ROUNDS:
-        raise ValueError(f"prune.channel_round must be one of {', '.join(map(str, CHANNEL_ROUNDS))}, "
-                         f"got {p.channel_round!r}")
+    common.check_channel_round(p, "prune")
     if cfg.conversion.fuse_bn:
         raise ValueError("pruning ranks channels by BatchNorm scale: use conversion=keep_bn (the default of prune.py)")
     common.check_files(p, "prune", ("sparse_ckpt", "eval", "finetune"))

@@ -69,6 +69,7 @@ def check_settings(cfg: DictConfig) -> None:
         raise ValueError("ResRep folds the trained weights, whose masked rows decay to zero; an EMA of them does "
                          "not: use ema_decay=0")
     common.check_files(r, "resrep", ("base",))
+    common.check_channel_round(r, "resrep")
     common.check_counts(r, "resrep", ("epochs",))
     if r.lr is not None and not r.lr > 0:
         raise ValueError(f"resrep.lr must be positive (or null: optim.lr), got {r.lr}")
@@ -134,7 +135,7 @@ def prune_form(cfg: DictConfig, residual: artifacts.Artifact, form: str, budget:
                  start.spec)
     model.load_state_dict(load_checkpoint(os.path.join(form_dir, "train", "last.pt"))["model"])
     top1_compactor = top1(model, val, cfg, f"{form} with compactors")
-    result = fold_compactors(model.cpu(), float(r.threshold))
+    result = fold_compactors(model.cpu(), float(r.threshold), int(r.channel_round))
     artifact = os.path.join(form_dir, "pruned.pt")
     meta = {"method": "resrep", "form": form, "target": float(r.target), "threshold": result.threshold,
             **({"verify": start.meta["verify"]} if "verify" in start.meta else {})}
