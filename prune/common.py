@@ -7,7 +7,7 @@ import copy
 import functools
 import logging
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -25,6 +25,8 @@ from engine.evaluate import evaluate
 from engine.inputs import check_data
 from models import InputSpec, ModelSpec, create_model
 from rm import recalibrate_identity_bn
+
+from .report import model_stats
 
 log = logging.getLogger("rmnet.prune")
 FORMS = ("residual", "rm")   # residual: prune the residual model; rm: convert with RM, prune the plain model
@@ -151,3 +153,32 @@ def check_stored_model(spec: ModelSpec, cfg: DictConfig, path: str) -> None:
     if spec.input is not None and spec.input.size != cfg.data.input_size:
         raise ValueError(f"{path} was trained at {spec.input.size}x{spec.input.size} but this run's data.input_size is "
                          f"{cfg.data.input_size}: pass data.input_size={spec.input.size}")
+
+
+@dataclass
+class Finished:
+    """A pruned form after the steps every pruner shares (finish_form)."""
+    model: nn.Module             # the final model: fine-tuned when the run fine-tunes
+    pruned_path: str             # <form_dir>/pruned.pt
+    path: str                    # the final model's file (finetuned.pt or pruned.pt)
+    top1_pruned: float
+    top1_finetuned: float | None
+    stats: dict[str, Any]        # model_stats of the final model
+
+
+def finish_form(cfg: DictConfig, section: str, pruned: nn.Module, spec: ModelSpec, form_dir: str, val: Any,
+                input_size: int, label: str, **meta: Any) -> Finished:
+    """After selection, every pruner alike: write pruned.pt, evaluate it, fine-tune it for
+    `<section>.finetune_epochs` when set (finetuned.pt, evaluated), measure the final model."""
+    s = cfg[section]
+    pruned_path = path = os.path.join(form_dir, "pruned.pt")
+    if D.is_main():
+        save_model(pruned, spec, pruned_path, cfg.data, **meta)
+    top1_pruned = top1(pruned, val, cfg, f"{label} pruned")
+    final, top1_tuned = pruned, None
+    if s.get("finetune_epochs", 0) > 0:
+        final = finetune(cfg, pruned, spec, form_dir, section)
+        path = os.path.join(form_dir, "finetuned.pt")
+        save_model(final, spec, path, cfg.data, **meta)
+        top1_tuned = top1(final, val, cfg, f"{label} fine-tuned")
+    return Finished(final, pruned_path, path, top1_pruned, top1_tuned, model_stats(final, input_size, s.bench))

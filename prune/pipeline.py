@@ -34,6 +34,7 @@ from .budget import Budget, check_budget, search
 from .common import (
     check_stored_model,
     finetune,
+    finish_form,
     save_model,
     shape_only_model,
     to_prunable_plain,
@@ -153,31 +154,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         result, plain, target = prune_form(cfg, residual, form, budget, residual_cost)
         spec = plain.spec if plain is not None else replace(residual.spec, pruned=True)
         form_dir = os.path.join(out, form)
-        artifact = os.path.join(form_dir, "pruned.pt")
         meta = {"form": form, "sr": sr, "threshold": result.threshold}
         if plain is not None:   # the error of the RM conversion the pruned chain starts from
             meta["verify"] = plain.meta["verify"]
-        save_model(result.model, spec, artifact, cfg.data, **meta)
         before = model_stats(plain.model, size, p.bench) if plain is not None else reference
         if plain is not None:
             before["top1"] = top1(plain.model, val, cfg, "RM plain")
-        top1_pruned = top1(result.model, val, cfg, f"{form} pruned")
         cost = budget.cost(result.model) if budget is not None else None
         flag = missed(result.removed, cost, target, budget.kind if budget is not None else "macs")
         warn_missed(log, form, flag, "raise prune.threshold (or set prune.ratio), or sparse-train with a larger prune.sr")
-        tuned = result.model
-        if p.finetune_epochs > 0:
-            tuned = finetune(cfg, result.model, spec, form_dir, "prune")
-            save_model(tuned, spec, os.path.join(form_dir, "finetuned.pt"), cfg.data, **meta)
-        after = model_stats(tuned, size, p.bench)
+        done = finish_form(cfg, "prune", result.model, spec, form_dir, val, size, form, **meta)
+        after, top1_pruned = done.stats, done.top1_pruned
         report["forms"][form] = {
             "threshold": result.threshold, "before": before, "after": after,
             "pruned_param_ratio": 1 - after["params"] / before["params"],
             "params_vs_reference": after["params"] / reference["params"],
             "speedup": after["img_s"] / reference["img_s"], "top1_pruned": top1_pruned,
-            "top1_finetuned": top1(tuned, val, cfg, f"{form} fine-tuned") if p.finetune_epochs > 0 else None,
+            "top1_finetuned": done.top1_finetuned,
             "channels_removed": result.removed, "channels_total": result.total,
-            "approximate_channels": result.approximate, "layers": result.layers, "artifact": artifact, "flag": flag,
+            "approximate_channels": result.approximate, "layers": result.layers, "artifact": done.pruned_path, "flag": flag,
             "target": target, "cost": cost}
         log.info(f"{form}: {result.removed}/{result.total} channels removed, params {after['params']:,} "
                  f"({100 * report['forms'][form]['pruned_param_ratio']:.1f}% pruned), top-1 pruned "

@@ -45,8 +45,7 @@ from ..budget import Budget
 from ..budget import check_budget as check_cost_budget
 from ..common import (
     check_stored_model,
-    finetune,
-    save_model,
+    finish_form,
     shape_only_model,
     to_prunable_plain,
     top1,
@@ -210,24 +209,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         pruned, policy, histories[LABELS[method]] = amc_prune(cfg, model, spec, out_dir, loaders, device,
                                                                    LABELS[method], budget, residual_macs)
         meta = {"method": method, "flops_ratio": float(a.flops_ratio), "policy": policy["layers"]}
-        artifact = os.path.join(out_dir, "pruned.pt")
-        save_model(pruned, spec, artifact, cfg.data, **meta)
-        top1_pruned = top1(pruned, val, cfg, f"{method} pruned")
-        final, top1_tuned, final_path = pruned, None, artifact
-        if a.finetune_epochs > 0:
-            final = finetune(cfg, pruned, spec, out_dir, "amc")
-            final_path = os.path.join(out_dir, "finetuned.pt")
-            save_model(final, spec, final_path, cfg.data, **meta)
-            top1_tuned = top1(final, val, cfg, f"{method} fine-tuned")
-        stats = model_stats(final, size, a.bench)
+        done = finish_form(cfg, "amc", pruned, spec, out_dir, val, size, method, **meta)
+        stats, top1_pruned, top1_tuned = done.stats, done.top1_pruned, done.top1_finetuned
         flag = missed(sum(layer["channels"] - layer["kept"] for layer in policy["layers"]), policy["macs"],
                       policy["target_macs"])
         warn_missed(log, LABELS[method], flag, "raise amc.flops_ratio's budget or lower amc.lbound")
         report["methods"][method] = {"label": LABELS[method], "form": spec.form, "policy": policy,
-                                     "pruned_artifact": artifact, "stats": stats}
+                                     "pruned_artifact": done.pruned_path, "stats": stats}
         report["rows"].append(Row("amc", method, cfg.model.name, cfg.data.name, budget.text(),
                                   policy["target_macs"], stats["params"], stats["macs"], top1_before, top1_pruned,
-                                  top1_tuned, stats["img_s"], final_path, flag,
+                                  top1_tuned, stats["img_s"], done.path, flag,
                                   speeds=stats["speeds"]).as_dict())
         log.info(f"{LABELS[method]}: {policy['macs']:,} of {policy['total_macs']:,} MACs ({policy['ratio']:.3f}, "
                  f"target {a.flops_ratio:g}), top-1 pruned {top1_pruned:.2f}"

@@ -35,7 +35,7 @@ from rm import CheckpointError
 from .. import common
 from ..budget import Budget
 from ..budget import check_budget as check_cost_budget
-from ..common import check_stored_model, save_model, to_prunable_plain, top1, train_cfg
+from ..common import check_stored_model, finish_form, to_prunable_plain, top1, train_cfg
 from ..report import check_bench, device_line, missed, model_stats, warn_missed, write_report
 from .compactor import add_compactors
 from .fold import fold_compactors
@@ -136,16 +136,14 @@ def prune_form(cfg: DictConfig, residual: artifacts.Artifact, form: str, budget:
     model.load_state_dict(load_checkpoint(os.path.join(form_dir, "train", "last.pt"))["model"])
     top1_compactor = top1(model, val, cfg, f"{form} with compactors")
     result = fold_compactors(model.cpu(), float(r.threshold), int(r.channel_round))
-    artifact = os.path.join(form_dir, "pruned.pt")
     meta = {"method": "resrep", "form": form, "target": float(r.target), "threshold": result.threshold,
             **({"verify": start.meta["verify"]} if "verify" in start.meta else {})}
-    if D.is_main():
-        save_model(result.model, start.spec, artifact, cfg.data, **meta)
-    after = model_stats(result.model, size, r.bench)
+    done = finish_form(cfg, "resrep", result.model, start.spec, form_dir, val, size, form, **meta)
+    after, artifact = done.stats, done.pruned_path
     entry = {"before": before, "after": after, "target_macs": target_macs,
              "macs_removed": 1 - after["macs"] / reference["macs"],
              "macs_removed_of_form": 1 - after["macs"] / before["macs"], "target_met": after["macs"] <= target_macs,
-             "top1_compactor": top1_compactor, "top1_pruned": top1(result.model, val, cfg, f"{form} pruned"),
+             "top1_compactor": top1_compactor, "top1_pruned": done.top1_pruned,
              "channels_removed": result.removed, "channels_total": result.total, "masked": result.masked,
              "masked_kept": result.masked_kept, "max_removed_norm": result.max_removed_norm,
              "threshold": result.threshold, "layers": result.layers, "artifact": artifact,
