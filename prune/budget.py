@@ -76,9 +76,13 @@ class Budget:
         whose = "the residual model's" if self.of == "residual" else "its own"
         return f"keep {self.keep:g} of {whose} {UNITS[self.kind] if self.kind != 'latency' else 'latency'}"
 
-    def report(self) -> dict[str, Any]:
+    def report(self, model: nn.Module | None = None) -> dict[str, Any]:
+        """The budget's settings; for latency the table, and its sum against the whole `model`'s time
+        (`check`: sum_ms, whole_ms, ratio)."""
         out: dict[str, Any] = {"kind": self.kind, "of": self.of, "keep": self.keep}
         if self.table is not None:
+            if model is not None:
+                out["check"] = self.table.check(fold_bn(copy.deepcopy(model).float().cpu().eval()), self.input_size)
             out["latency_table"] = self.table.to_markdown()
         return out
 

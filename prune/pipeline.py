@@ -148,7 +148,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
               "ratio": None if p.ratio is None else float(p.ratio), "criterion": criterion(p),
               "sparse_checkpoint": ckpt, "sparse_trained": sr is not None, "device": device_line(p.bench),
               "bench": OmegaConf.to_container(p.bench), "reference": reference, "forms": {},
-              "channel_round": int(p.channel_round), "budget": budget.report() if budget is not None else None,
+              "channel_round": int(p.channel_round), "budget": budget.report(residual.model) if budget is not None else None,
               "budget_text": budget.text() if budget is not None else criterion(p)}
     for form in p.forms:
         result, plain, target = prune_form(cfg, residual, form, budget, residual_cost)

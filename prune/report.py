@@ -105,6 +105,10 @@ def budget_lines(report: dict[str, Any]) -> list[str]:
              f"| form | target ({unit}) | reached ({unit}) |", "| --- | --- | --- |"]
     lines += [f"| {form} | {r['target']:,.4g} | {r['cost']:,.4g} |" for form, r in report["forms"].items()]
     if budget.get("latency_table"):
+        check = budget.get("check")
+        if check:
+            lines += ["", f"The table's sum for the unpruned residual model: {check['sum_ms']:.3f} ms, measured whole "
+                          f"{check['whole_ms']:.3f} ms (ratio {check['ratio']:.2f})."]
         lines += ["", "Per-layer latency table:", "", budget["latency_table"].rstrip()]
     return lines
 

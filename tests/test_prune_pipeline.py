@@ -200,3 +200,24 @@ def test_a_model_residual_pruning_does_not_know_is_refused_before_any_work(tmp_p
 def test_bad_form_budget_and_round_settings_are_refused(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         pipeline.check_settings(compose_prune([f"output_dir={tmp_path}", *overrides]))
+
+
+def test_a_latency_budget_runs_through_the_pipeline_with_its_table(run_dir, tmp_path, monkeypatch):
+    """prune.budget.kind=latency: channels selected by the runtime's per-layer table (a fake with
+    bench.latency.LatencyTable's methods), its check and table in the report."""
+    import sys
+    import types
+
+    from tests.test_prune_budget import FakeLatencyTable
+
+    monkeypatch.setitem(sys.modules, "bench.latency", types.SimpleNamespace(LatencyTable=FakeLatencyTable))
+    out, _, _ = run_dir
+    ckpt = os.path.join(out, "prune-resnet18-synthetic-sr0.001", "sparse", "best.pt")
+    report = pipeline.run(compose_prune([f"output_dir={tmp_path}", f"prune.sparse_ckpt={ckpt}", "prune.budget.keep=0.7",
+                                         "prune.budget.kind=latency", "prune.finetune_epochs=0"]))
+    assert FakeLatencyTable.made[-1].runtime == "onnxruntime"   # budget.runtime's default
+    for row in report["rows"]:
+        assert row["budget_kind"] == "latency" and row["flag"] is None
+        assert report["forms"][row["form"]]["cost"] <= row["target"]
+    md = open(os.path.join(tmp_path, "prune-resnet18-synthetic-sr0.001", "latency0.7-residual", "report.md")).read()
+    assert "Per-layer latency table:" in md and "(ratio 1.00)" in md
