@@ -31,12 +31,13 @@ class Row:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Row:
-        """A row of a report; rows of older reports (no budget, `target` in each method's own sense)
-        read with their target as the budget text."""
+        """A row of a report; rows of older reports (no budget, `target` in each method's own sense,
+        perhaps no flag) read with their target as the budget text."""
         known = {f.name for f in dataclasses.fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
         if "budget" not in d:
             d["budget"], d["target"] = str(d.get("target")), None
+        d.setdefault("flag", None)
         return cls(**d)
 
     @property

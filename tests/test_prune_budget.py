@@ -134,3 +134,16 @@ def test_a_latency_budget_uses_the_runtime_table(monkeypatch):
 def test_bad_budgets_are_refused(settings, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         check_budget(types.SimpleNamespace(**settings), "prune")
+
+
+def test_rows_of_older_reports_still_compare():
+    """Reports written before the typed row (target in each method's own sense, no flag, no speeds)."""
+    from prune.compare import to_markdown
+    from prune.row import Row
+
+    old = {"method": "amc", "form": "rm", "model": "mobilenetv2_rm", "data": "synthetic", "target": 0.5,
+           "params": 1000, "macs": 2_000_000, "top1_before": 90.0, "top1_pruned": 80.0, "top1_finetuned": None,
+           "img_s": 100.0, "artifact": "x.pt"}
+    row = Row.from_dict(old)
+    assert (row.budget, row.target, row.flag, row.speeds, row.top1) == ("0.5", None, None, {}, 80.0)
+    assert "| mobilenetv2_rm | synthetic | amc | rm | 0.5 |" in to_markdown([row.as_dict()], "eager")

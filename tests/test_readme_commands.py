@@ -232,7 +232,7 @@ def test_readme_commands_run_cleanly(tmp_path, monkeypatch, one_thread):
         if command.endswith("prune.py"):   # the later prune commands name this run's files
             root = repo / "checkpoints" / "prune-resnet20-synthetic-sr0.0001"
             subs["RUN"] = str(root)
-            subs["PATH"] = str(root / "thr0.005" / "rmnet" / "pruned.pt")
+            subs["PATH"] = str(root / "thr0.005" / "rm" / "pruned.pt")
             shutil.copy(subs["PATH"], repo / "checkpoints" / "pruned.pt")
             subs["PATH"] = str(repo / "checkpoints" / "pruned.pt")
         if command == ".venv/bin/python resrep.py":   # the next resrep command starts from its base run
