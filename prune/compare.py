@@ -18,6 +18,7 @@ import argparse
 import glob
 import json
 import os
+import sys
 from typing import Any
 
 from .row import Row
@@ -94,16 +95,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("roots", nargs="+", help="folders searched recursively for report.json")
     parser.add_argument("--out", help="also write the Markdown table to this file")
     parser.add_argument("--plot", help="the Pareto plot (PNG); default: pareto.png in the first folder")
-    parser.add_argument("--runtime", default="onnxruntime", help="the speed axis: a runtime of bench.runtimes")
+    parser.add_argument("--runtime", help="the speed axis: a runtime of the reports' bench.runtimes (default: "
+                        "onnxruntime where the reports timed it, else eager)")
     args = parser.parse_args(argv)
     rows = collect(args.roots)
     if not rows:
         raise SystemExit(f"error: no pruning reports with comparison rows under {', '.join(args.roots)}")
-    if not any(speed(r, args.runtime) is not None for r in rows):
-        raise SystemExit(f"error: no report timed runtime {args.runtime!r}; pass --runtime eager or one of the "
-                         f"reports' bench.runtimes")
-    plot = draw(rows, args.runtime, args.plot or os.path.join(args.roots[0], "pareto.png"))
-    table = to_markdown(rows, args.runtime) + f"\nPlot: `{plot}`.\n"
+    timed = {name for r in rows for name in r["speeds"]} | {"eager"}
+    runtime = args.runtime or ("onnxruntime" if "onnxruntime" in timed else "eager")
+    if runtime not in timed:
+        print(f"error: no report timed runtime {runtime!r}; pass --runtime with one of {', '.join(sorted(timed))}",
+              file=sys.stderr)
+        raise SystemExit(2)
+    plot = draw(rows, runtime, args.plot or os.path.join(args.roots[0], "pareto.png"))
+    table = to_markdown(rows, runtime) + f"\nPlot: `{plot}`.\n"
     print(table, end="")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
