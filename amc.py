@@ -9,7 +9,7 @@ Examples:
   python amc.py experiment=amc_cifar10_r0.5             # the authors' CIFAR-10 row (GPU recipe)
   python amc.py amc.checkpoint=RUN/best.pt amc.flops_ratio=0.7
   python amc.py -m amc.flops_ratio=0.5,0.6,0.7,0.75     # the table's budgets from one trained model
-  python amc.py model=rmnet26x3_32 amc.methods=[rm]  # families without a residual baseline: RM + AMC alone
+  python amc.py model=rmnet26x3_32 amc.forms=[rm]  # families without a residual baseline: RM + AMC alone
 """
 import logging
 

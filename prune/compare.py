@@ -1,14 +1,16 @@
-"""One table of every pruned model under some folders: the pruners (network slimming, RM + AMC,
-ResRep) and the two forms (pruned residual, pruned after RM) side by side.
+"""One table and one Pareto plot of every pruned model under some folders: the pruners (network
+slimming, RM + AMC, ResRep) and the two forms (pruned residual, pruned after RM) side by side.
 
-    python -m prune.compare checkpoints                       # Markdown on stdout
-    python -m prune.compare checkpoints --out outputs/pruning.md
+    python -m prune.compare checkpoints                       # Markdown on stdout, checkpoints/pareto.png
+    python -m prune.compare checkpoints --out outputs/pruning.md --plot outputs/pareto.png --runtime onnxruntime
 
-Each pruner's report.json carries a `rows` list of one dict per pruned model with the keys of ROW.
-`target` is each method's own: slimming's criterion (thr<threshold> | ratio<ratio>), AMC's FLOPs
-ratio (the fraction of each form's MACs kept), ResRep's fraction of the residual model's MACs removed;
-the MACs column says what each model reached, and `flag` (shown in bold) a model that pruned nothing
-or costs more than its target.
+The plot: top-1 (fine-tuned when the run fine-tuned) against img/s in `--runtime` (a runtime of the
+reports' bench.runtimes) and against MACs, one point per method x form x budget.
+
+Each pruner's report.json carries a `rows` list of one `prune.row.Row` per pruned model. `budget`
+says in words what the run asked for (slimming's criterion thr<threshold> | ratio<ratio>, AMC's and
+ResRep's cost budget), `target` the absolute cost it allows; the MACs column says what each model
+reached, and `flag` (shown in bold) a model that pruned nothing or costs more than its target.
 """
 from __future__ import annotations
 
@@ -16,10 +18,10 @@ import argparse
 import glob
 import json
 import os
+import sys
 from typing import Any
 
-ROW = ("method", "form", "model", "data", "target", "params", "macs", "top1_before", "top1_pruned",
-       "top1_finetuned", "img_s", "artifact", "flag")
+from .row import Row
 
 
 def collect(roots: list[str]) -> list[dict[str, Any]]:
@@ -28,42 +30,85 @@ def collect(roots: list[str]) -> list[dict[str, Any]]:
     for root in roots:
         for path in sorted(glob.glob(os.path.join(root, "**", "report.json"), recursive=True)):
             with open(path) as f:
-                rows += json.load(f).get("rows", [])
-    return sorted(rows, key=lambda r: (r["model"], r["data"], r["method"], r["form"], str(r["target"])))
-
-
-TARGET = {"amc": "keep {:g} of its MACs", "resrep": "remove {:.1%} of the residual MACs"}
+                rows += [Row.from_dict(r).as_dict() for r in json.load(f).get("rows", [])]
+    return sorted(rows, key=lambda r: (r["model"], r["data"], r["method"], r["form"], r["budget"]))
 
 
 def target_text(row: dict[str, Any]) -> str:
-    """The method's target, and in bold what the model missed (rows of older reports have no flag)."""
-    text = TARGET.get(row["method"], "{}").format(row["target"])
-    return f"{text}: **{row['flag']}**" if row.get("flag") else text
+    """The run's budget, and in bold what the model missed."""
+    return f"{row['budget']}: **{row['flag']}**" if row.get("flag") else row["budget"]
 
 
 def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def to_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | data | method | form | target | params (M) | MMACs | top-1 before | top-1 pruned | "
-             "top-1 fine-tuned | img/s |", "|" + " --- |" * 11]
+def speed(row: dict[str, Any], runtime: str) -> float | None:
+    """img/s in `runtime` (eager: `img_s`); None when the row's run did not time that runtime."""
+    return row["img_s"] if runtime == "eager" else row["speeds"].get(runtime)
+
+
+def to_markdown(rows: list[dict[str, Any]], runtime: str = "onnxruntime") -> str:
+    lines = ["| model | data | method | form | budget | params (M) | MMACs | top-1 before | top-1 pruned | "
+             f"top-1 fine-tuned | img/s eager | img/s {runtime} |", "|" + " --- |" * 12]
     for r in rows:
         lines.append(f"| {r['model']} | {r['data']} | {r['method']} | {r['form']} | {target_text(r)} | "
                      f"{r['params'] / 1e6:.3f} | {r['macs'] / 1e6:.1f} | {_num(r['top1_before'], '.2f')} | "
-                     f"{_num(r['top1_pruned'], '.2f')} | {_num(r['top1_finetuned'], '.2f')} | {r['img_s']:.0f} |")
+                     f"{_num(r['top1_pruned'], '.2f')} | {_num(r['top1_finetuned'], '.2f')} | {r['img_s']:.0f} | "
+                     f"{_num(speed(r, runtime), '.0f')} |")
     return "\n".join(lines) + "\n"
+
+
+MARKERS = {"residual": "s", "rm": "o"}
+COLORS = {"slimming": "tab:blue", "amc": "tab:red", "resrep": "tab:green"}
+
+
+def draw(rows: list[dict[str, Any]], runtime: str, path: str) -> str:
+    """Top-1 against img/s in `runtime` and against MACs, one series per (model, data, method, form)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_speed, ax_macs) = plt.subplots(1, 2, figsize=(11, 4.2))
+    series: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        series.setdefault((r["model"], r["data"], r["method"], r["form"]), []).append(r)
+    for (model, data, method, form), pts in series.items():
+        top1 = [Row.from_dict(p).top1 for p in pts]
+        style = dict(marker=MARKERS.get(form, "^"), color=COLORS.get(method), ls="none",
+                     label=f"{model}/{data} {method} {form}")
+        timed = [(speed(p, runtime), t) for p, t in zip(pts, top1) if speed(p, runtime) is not None and t is not None]
+        ax_speed.plot([s for s, _ in timed], [t for _, t in timed], **style)
+        ax_macs.plot([p["macs"] / 1e6 for p in pts], top1, **style)
+    ax_speed.set(xlabel=f"img/s ({runtime})", ylabel="top-1 (%)", title="top-1 vs measured speed")
+    ax_macs.set(xlabel="MMACs", ylabel="top-1 (%)", title="top-1 vs MACs")
+    ax_macs.legend(fontsize=7)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("roots", nargs="+", help="folders searched recursively for report.json")
     parser.add_argument("--out", help="also write the Markdown table to this file")
+    parser.add_argument("--plot", help="the Pareto plot (PNG); default: pareto.png in the first folder")
+    parser.add_argument("--runtime", help="the speed axis: a runtime of the reports' bench.runtimes (default: "
+                        "onnxruntime where the reports timed it, else eager)")
     args = parser.parse_args(argv)
     rows = collect(args.roots)
     if not rows:
         raise SystemExit(f"error: no pruning reports with comparison rows under {', '.join(args.roots)}")
-    table = to_markdown(rows)
+    timed = {name for r in rows for name in r["speeds"]} | {"eager"}
+    runtime = args.runtime or ("onnxruntime" if "onnxruntime" in timed else "eager")
+    if runtime not in timed:
+        print(f"error: no report timed runtime {runtime!r}; pass --runtime with one of {', '.join(sorted(timed))}",
+              file=sys.stderr)
+        raise SystemExit(2)
+    plot = draw(rows, runtime, args.plot or os.path.join(args.roots[0], "pareto.png"))
+    table = to_markdown(rows, runtime) + f"\nPlot: `{plot}`.\n"
     print(table, end="")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

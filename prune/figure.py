@@ -14,7 +14,7 @@ from typing import Any
 
 from .report import SCHEMA, sr_text
 
-STYLE = {"rmnet": ("RMNet (pruned after RM)", "tab:red", "o"), "resnet": ("ResNet", "tab:blue", "s")}
+STYLE = {"rm": ("RMNet (pruned after RM)", "tab:red", "o"), "residual": ("ResNet", "tab:blue", "s")}
 
 
 def collect(root: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
@@ -32,7 +32,7 @@ def points(reports: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
     """Per family: img/s, pruned-parameter ratio and top-1 (fine-tuned when available) of each run."""
     out = defaultdict(list)
     for r in reports:
-        for family, f in r["families"].items():
+        for family, f in r["forms"].items():
             top1 = f["top1_finetuned"] if f["top1_finetuned"] is not None else f["top1_pruned"]
             out[family].append({"img_s": f["after"]["img_s"], "ratio": f["pruned_param_ratio"], "top1": top1,
                                 "label": f"{sr_text(r['sr'])}, {r['criterion']}"})

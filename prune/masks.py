@@ -29,6 +29,22 @@ def keep_at_least_one(keep: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
     return keep
 
 
+CHANNEL_ROUNDS = (1, 4, 8, 16)
+
+
+def round_up(keep: torch.Tensor, score: torch.Tensor, multiple: int) -> torch.Tensor:
+    """`keep` grown to the next multiple of `multiple` kept channels (or the full width), adding the
+    best-scoring removed channels: hardware-friendly widths, and the fold stays exact (the added
+    channels are kept, not approximated)."""
+    keep = keep_at_least_one(keep, score)
+    n = min(keep.numel(), -(-int(keep.sum()) // multiple) * multiple)
+    if n == int(keep.sum()):
+        return keep
+    out = torch.zeros_like(keep)
+    out[torch.where(keep, torch.inf, score.double()).topk(n).indices] = True
+    return out
+
+
 def _top_k_per_group(score: torch.Tensor, alive: torch.Tensor, k: int) -> torch.Tensor:
     keep = torch.zeros_like(score, dtype=torch.bool)
     idx = score.topk(k, dim=1).indices

@@ -2,12 +2,12 @@
 
     <output_dir>/prune-<model>-<data>-sr<sr>/sparse/            sparse-training run (shared by criteria)
     <output_dir>/prune-<model>-<data>-sr<sr>/<criterion>/       per threshold or ratio:
-        rmnet/pruned.pt  rmnet/finetune/   resnet/pruned.pt  resnet/finetune/   report.json  report.md
+        rm/pruned.pt  rm/finetune/   residual/pruned.pt  residual/finetune/   report.json  report.md
 
-Both families start from the same sparse-trained residual model (identity shortcuts with a BN, paper
-§3.4: `model.kwargs.shortcut_bn=true`): `rmnet` converts it with the `conversion` policy (BN kept,
+Both forms start from the same sparse-trained residual model (identity shortcuts with a BN, paper
+§3.4: `model.kwargs.shortcut_bn=true`): `rm` converts it with the `conversion` policy (BN kept,
 `reserve_shortcut`), sets the identity BNs' statistics from training data (so reserved and merged
-channels are ranked by their real scale), verifies the result and prunes the plain chain; `resnet`
+channels are ranked by their real scale), verifies the result and prunes the plain chain; `residual`
 prunes the residual model, where channels tied by additions go only together. Every model is read
 and written through `artifacts`, and trained by the stages of train.py (`engine.stages`).
 """
@@ -21,32 +21,39 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf, open_dict
-from tqdm import tqdm
 
 import artifacts
-import engine.distributed as D
-from artifacts import ConversionPolicy
-from data import calibration_loader
 from engine import stages
-from engine.config import command_line_keys, model_kwargs, per_process_batch
-from engine.evaluate import evaluate
+from engine.config import command_line_keys
 from engine.faults import probe_run_dir
 from engine.inputs import check_data, data_for
-from models import InputSpec, ModelSpec, create_model
-from rm import recalibrate_identity_bn
 
-from .plain import PruneResult, prune_plain
-from .report import SCHEMA, device_line, missed, model_stats, warn_missed, write_report
-from .residual import check_residual, prune_residual
+from . import common
+from .budget import Budget, check_budget, search
+from .common import (
+    check_stored_model,
+    finetune,
+    finish_form,
+    save_model,
+    shape_only_model,
+    to_prunable_plain,
+    top1,
+    train_cfg,
+)
+from .plain import PruneResult, channel_scores, prune_plain
+from .report import SCHEMA, check_bench, device_line, missed, model_stats, warn_missed, write_report
+from .residual import check_residual, prune_residual, residual_scores
+from .row import Row
 from .surgery import PruneError
 
 log = logging.getLogger("rmnet.prune")
-FAMILIES = ("rmnet", "resnet")
 
 
 def criterion(p: Any) -> str:
+    """The run's folder and label: budget (<kind><keep>-<of>), else ratio<ratio> | thr<threshold>."""
+    if p.budget.keep is not None:
+        return f"{p.budget.kind}{p.budget.keep:g}-{p.budget.of}"
     return f"ratio{p.ratio:g}" if p.ratio is not None else f"thr{p.threshold:g}"
 
 
@@ -55,7 +62,7 @@ def run_root(cfg: DictConfig, sr: float | None | str = "run") -> str:
     prune.sr by default, None for a checkpoint that was not sparse-trained)."""
     sr = cfg.prune.sr if sr == "run" else sr
     name = f"prune-{cfg.model.name}-{cfg.data.name}-" + (f"sr{sr:g}" if sr is not None else "not-sparse")
-    return cfg.prune.out_dir or os.path.join(cfg.output_dir, name)
+    return common.run_root(cfg, "prune", name)
 
 
 def trained_sr(art: artifacts.Artifact) -> float | None:
@@ -73,45 +80,21 @@ def check_settings(cfg: DictConfig) -> None:
         raise ValueError(f"prune.ratio must be in [0, 1), got {p.ratio}")
     if p.ratio is None and not p.threshold > 0:
         raise ValueError(f"prune.threshold must be positive, got {p.threshold}")
-    unknown = set(p.families) - set(FAMILIES)
-    if unknown:
-        raise ValueError(f"prune.families: unknown {sorted(unknown)}; choose from {', '.join(FAMILIES)}")
+    forms = common.check_forms(cfg, "prune")
+    check_budget(p.budget, "prune")
+    check_bench(p.bench)
+    if p.budget.keep is not None and not 0 < p.budget.keep <= 1:
+        raise ValueError(f"prune.budget.keep is the fraction of the cost to keep, in (0, 1]; got {p.budget.keep}")
+    common.check_channel_round(p, "prune")
     if cfg.conversion.fuse_bn:
         raise ValueError("pruning ranks channels by BatchNorm scale: use conversion=keep_bn (the default of prune.py)")
-    for key in ("sparse_ckpt", "eval", "finetune"):
-        path = p.get(key)
-        if path and not os.path.isfile(path):
-            raise ValueError(f"prune.{key}={path}: no such file")
-    if "resnet" in p.families and not (p.eval or p.finetune):
+    common.check_files(p, "prune", ("sparse_ckpt", "eval", "finetune"))
+    if "residual" in forms and not (p.eval or p.finetune):
         try:
             check_residual(shape_only_model(cfg))
         except PruneError as e:
-            raise PruneError(f"prune.families has resnet, but model={cfg.model.name}: {e}; prune it through RM "
-                             f"alone: prune.families=[rmnet]") from None
-
-
-def shape_only_model(cfg: DictConfig) -> nn.Module:
-    """The run's model built on the meta device (no weights): whether a pruner supports it, before any work."""
-    with torch.device("meta"):
-        return create_model(cfg.model.name, num_classes=int(cfg.data.num_classes), stem=cfg.data.stem,
-                            **model_kwargs(cfg.model))
-
-
-def train_cfg(cfg: DictConfig, section: str, out_dir: str, run_name: str, hooks: dict[str, Any] | None = None,
-              **keys: Any) -> DictConfig:
-    """The train config of one trainer run of a pruning job (prune.py, amc.py, resrep.py): the user's
-    settings without the job's own `section` and without a sparsity penalty (bn_l1) of their own,
-    `hooks` added, a fixed run directory that a re-run resumes, and `keys` overridden."""
-    tcfg = copy.deepcopy(cfg)
-    with open_dict(tcfg):
-        del tcfg[section]
-        tcfg.output_dir, tcfg.run_name, tcfg.resume = out_dir, run_name, "auto"
-        tcfg.hooks.pop("bn_l1", None)
-        for name, kwargs in (hooks or {}).items():
-            tcfg.hooks[name] = kwargs
-        for key, value in keys.items():
-            OmegaConf.update(tcfg, key, value, merge=False)
-    return tcfg
+            raise PruneError(f"prune.forms has residual, but model={cfg.model.name}: {e}; prune it through RM "
+                             f"alone: prune.forms=[rm]") from None
 
 
 def sparse_train(cfg: DictConfig) -> str:
@@ -124,56 +107,23 @@ def sparse_train(cfg: DictConfig) -> str:
     return os.path.join(root, "sparse", "best.pt")
 
 
-def finetune(cfg: DictConfig, model: nn.Module, spec: ModelSpec, out_dir: str, section: str = "prune") -> nn.Module:
-    """Fine-tune a pruned model with the trainer (no sparsity penalty, `<section>.finetune_epochs`
-    epochs at `<section>.finetune_lr`); returns its best weights."""
-    p = cfg[section]
-    keys: dict[str, Any] = {"epochs": int(p.finetune_epochs), "final.enabled": False}
-    if p.finetune_lr is not None:
-        keys["optim.lr"] = float(p.finetune_lr)
-    stages.train(train_cfg(cfg, section, out_dir, "finetune", **keys), copy.deepcopy(model), spec)
-    return artifacts.load(os.path.join(out_dir, "finetune", "best.pt")).model
-
-
-def _top1(model: nn.Module, loader, cfg: DictConfig, desc: str) -> float:
-    return evaluate(model, loader, progress=cfg.progress, desc=desc)["top1"]
-
-
-def to_prunable_plain(cfg: DictConfig, residual: artifacts.Artifact, calib_batches: int) -> artifacts.Artifact:
-    """The RM-converted plain model with BN kept, identity BNs recalibrated on `calib_batches` training
-    batches, verified against the residual model with the conversion policy."""
-    policy = ConversionPolicy.from_cfg(cfg.conversion)
-    plain = artifacts.to_plain(residual, policy, verify=False)
-    loader = calibration_loader(cfg.data, int(calib_batches), per_process_batch(cfg, D.world_size()),
-                                cfg.workers, seed=cfg.seed)
-    bar = functools.partial(tqdm, total=len(loader), desc="BN statistics", unit="batch", disable=not cfg.progress)
-    recalibrate_identity_bn(plain.model, loader, progress=bar)
-    plain.meta["verify"] = artifacts.check_plain(residual, plain.model, policy)
-    return plain
-
-
-def prune_family(cfg: DictConfig, residual: artifacts.Artifact, family: str
-                 ) -> tuple[PruneResult, artifacts.Artifact | None]:
-    """Prune the sparse-trained `residual` as `family`; returns (result, the unpruned recalibrated
-    plain model for rmnet, else None)."""
+def prune_form(cfg: DictConfig, residual: artifacts.Artifact, form: str, budget: Budget | None,
+               residual_cost: float | None) -> tuple[PruneResult, artifacts.Artifact | None, float | None]:
+    """Prune the sparse-trained `residual` in `form` by the threshold/ratio, or under `budget` (the
+    highest threshold whose model fits it); returns (result, the unpruned recalibrated plain model for
+    rm, else None, the absolute cost target or None)."""
     p = cfg.prune
-    crit = {"ratio": float(p.ratio)} if p.ratio is not None else {"threshold": float(p.threshold)}
-    if family == "resnet":
-        return prune_residual(residual.model, **crit), None
-    plain = to_prunable_plain(cfg, residual, p.calib_batches)
-    return prune_plain(plain.model, **crit), plain
-
-
-def save_model(model: nn.Module, spec: ModelSpec, path: str, data: Any, **meta: Any) -> None:
-    """Write a pruned model, every pruner's one way: a deploy artifact (plain form) or a pruned ResNet
-    file, with the data config and input size its numbers were measured with (`data`), which
-    evaluate.py and benchmark.py then use by default (the same validation set)."""
-    spec = replace(spec, input=InputSpec.from_data(data), pruned=spec.form != "plain")
-    meta = {**meta, "data_config": OmegaConf.to_container(data, resolve=True)}
-    if spec.form == "plain":
-        artifacts.save_deploy(model, spec, path, **meta)
-    else:
-        artifacts.save_pruned(model, spec, path, **meta)
+    plain = None if form == "residual" else to_prunable_plain(cfg, residual, p.calib_batches)
+    model, scores_of, prune_fn = ((residual.model, residual_scores, prune_residual) if plain is None
+                                  else (plain.model, channel_scores, prune_plain))
+    cut = functools.partial(prune_fn, model, channel_round=int(p.channel_round))
+    if budget is None:
+        crit = {"ratio": float(p.ratio)} if p.ratio is not None else {"threshold": float(p.threshold)}
+        return cut(**crit), plain, None
+    target = budget.target(residual_cost, budget.cost(model))
+    scores = torch.cat([s.flatten() for s in scores_of(model)]).tolist()
+    result, _ = search(lambda t: cut(threshold=t), budget.cost, scores, target)
+    return result, plain, target
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -187,7 +137,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     size, sr = residual.spec.input_size, trained_sr(residual)
     out = os.path.join(run_root(cfg, sr), criterion(p))
     val = stages.build_val_loader(cfg)
-    reference = {**model_stats(residual.model, size, p.bench), "top1": _top1(residual.model, val, cfg, "sparse model")}
+    reference = {**model_stats(residual.model, size, p.bench), "top1": top1(residual.model, val, cfg, "sparse model")}
+    budget = Budget.from_cfg(p.budget, p.budget.keep, size) if p.budget.keep is not None else None
+    residual_cost = budget.cost(residual.model) if budget is not None else None
     if sr is None:
         log.warning(f"warning: {ckpt} was not sparse-trained (no hooks.bn_l1): its BN scales need not rank channels; "
                     "leave prune.sparse_ckpt=null to sparse-train first")
@@ -195,71 +147,54 @@ def run(cfg: DictConfig) -> dict[str, Any]:
               "threshold": None if p.threshold is None else float(p.threshold),
               "ratio": None if p.ratio is None else float(p.ratio), "criterion": criterion(p),
               "sparse_checkpoint": ckpt, "sparse_trained": sr is not None, "device": device_line(p.bench),
-              "bench": OmegaConf.to_container(p.bench), "reference": reference, "families": {}}
-    for family in p.families:
-        result, plain = prune_family(cfg, residual, family)
+              "bench": OmegaConf.to_container(p.bench), "reference": reference, "forms": {},
+              "channel_round": int(p.channel_round), "budget": budget.report(residual.model) if budget is not None else None,
+              "budget_text": budget.text() if budget is not None else criterion(p)}
+    for form in p.forms:
+        result, plain, target = prune_form(cfg, residual, form, budget, residual_cost)
         spec = plain.spec if plain is not None else replace(residual.spec, pruned=True)
-        fam_dir = os.path.join(out, family)
-        artifact = os.path.join(fam_dir, "pruned.pt")
-        meta = {"family": family, "sr": sr, "threshold": result.threshold}
+        form_dir = os.path.join(out, form)
+        meta = {"form": form, "sr": sr, "threshold": result.threshold}
         if plain is not None:   # the error of the RM conversion the pruned chain starts from
             meta["verify"] = plain.meta["verify"]
-        save_model(result.model, spec, artifact, cfg.data, **meta)
         before = model_stats(plain.model, size, p.bench) if plain is not None else reference
         if plain is not None:
-            before["top1"] = _top1(plain.model, val, cfg, "RM plain")
-        top1_pruned = _top1(result.model, val, cfg, f"{family} pruned")
-        flag = missed(result.removed)
-        warn_missed(log, family, flag, "raise prune.threshold (or set prune.ratio), or sparse-train with a larger prune.sr")
-        tuned = result.model
-        if p.finetune_epochs > 0:
-            tuned = finetune(cfg, result.model, spec, fam_dir)
-            save_model(tuned, spec, os.path.join(fam_dir, "finetuned.pt"), cfg.data, **meta)
-        after = model_stats(tuned, size, p.bench)
-        report["families"][family] = {
+            before["top1"] = top1(plain.model, val, cfg, "RM plain")
+        cost = budget.cost(result.model) if budget is not None else None
+        flag = missed(result.removed, cost, target, budget.kind if budget is not None else "macs")
+        warn_missed(log, form, flag, "raise prune.threshold (or set prune.ratio), or sparse-train with a larger prune.sr")
+        done = finish_form(cfg, "prune", result.model, spec, form_dir, val, size, form, **meta)
+        after, top1_pruned = done.stats, done.top1_pruned
+        report["forms"][form] = {
             "threshold": result.threshold, "before": before, "after": after,
             "pruned_param_ratio": 1 - after["params"] / before["params"],
             "params_vs_reference": after["params"] / reference["params"],
             "speedup": after["img_s"] / reference["img_s"], "top1_pruned": top1_pruned,
-            "top1_finetuned": _top1(tuned, val, cfg, f"{family} fine-tuned") if p.finetune_epochs > 0 else None,
+            "top1_finetuned": done.top1_finetuned,
             "channels_removed": result.removed, "channels_total": result.total,
-            "approximate_channels": result.approximate, "layers": result.layers, "artifact": artifact, "flag": flag}
-        log.info(f"{family}: {result.removed}/{result.total} channels removed, params {after['params']:,} "
-                 f"({100 * report['families'][family]['pruned_param_ratio']:.1f}% pruned), top-1 pruned "
+            "approximate_channels": result.approximate, "layers": result.layers, "artifact": done.pruned_path, "flag": flag,
+            "target": target, "cost": cost}
+        log.info(f"{form}: {result.removed}/{result.total} channels removed, params {after['params']:,} "
+                 f"({100 * report['forms'][form]['pruned_param_ratio']:.1f}% pruned), top-1 pruned "
                  f"{top1_pruned:.2f}")
-    report["rows"] = [comparison_row(report, family) for family in report["families"]]
+    report["rows"] = [comparison_row(report, form) for form in report["forms"]]
     paths = write_report(report, out)
     log.info(f"wrote {paths[0]} and {paths[1]}")
     return report
 
 
-def comparison_row(report: dict[str, Any], family: str) -> dict[str, Any]:
-    """One pruned model in the form every pruner's report shares (prune.compare merges them)."""
-    f = report["families"][family]
-    return {"method": "slimming", "form": "rm" if family == "rmnet" else "residual", "model": report["model"],
-            "data": report["data"], "target": report["criterion"], "params": f["after"]["params"],
-            "macs": f["after"]["macs"], "top1_before": f["before"].get("top1"), "top1_pruned": f["top1_pruned"],
-            "top1_finetuned": f["top1_finetuned"], "img_s": f["after"]["img_s"], "artifact": f["artifact"],
-            "flag": f["flag"]}
+def comparison_row(report: dict[str, Any], form: str) -> dict[str, Any]:
+    """One pruned model as a comparison row (prune.compare merges them)."""
+    f = report["forms"][form]
+    budget = report["budget"]
+    return Row("slimming", form, report["model"], report["data"], report["budget_text"], f["target"],
+               f["after"]["params"], f["after"]["macs"], f["before"].get("top1"), f["top1_pruned"],
+               f["top1_finetuned"], f["after"]["img_s"], f["artifact"], f["flag"],
+               budget_kind=budget["kind"] if budget else "criterion", speeds=f["after"].get("speeds", {})).as_dict()
 
 
-def check_stored_model(spec: ModelSpec, cfg: DictConfig, path: str) -> None:
-    """The model a checkpoint holds must be the run's `model` and fit its `data`, at the input size it
-    was trained at: every output, run directory and report is labelled with them, and every number
-    is measured on that data."""
-    if spec.name != cfg.model.name:
-        raise ValueError(f"{path} holds {spec.name} ({spec.num_classes} classes, {spec.stem} stem) but this run's "
-                         f"model is {cfg.model.name} (from model=, the recipe or the entry point's default) on "
-                         f"data={cfg.data.name} ({cfg.data.num_classes} classes, {cfg.data.stem} stem): pass "
-                         f"model={spec.name} and the data it was trained on")
-    check_data(spec, cfg.data, path)
-    if spec.input is not None and spec.input.size != cfg.data.input_size:
-        raise ValueError(f"{path} was trained at {spec.input.size}x{spec.input.size} but this run's data.input_size is "
-                         f"{cfg.data.input_size}: pass data.input_size={spec.input.size}")
-
-
-def family_of(art: artifacts.Artifact) -> str:
-    return "rmnet" if art.spec.form == "plain" else "resnet"
+def form_of(art: artifacts.Artifact) -> str:
+    return "rm" if art.spec.form == "plain" else "residual"
 
 
 def with_file_data(cfg: DictConfig, art: artifacts.Artifact) -> DictConfig:
@@ -284,7 +219,7 @@ def evaluate_file(cfg: DictConfig, path: str) -> dict[str, Any]:
     art = artifacts.load(path)
     cfg = with_file_data(cfg, art)
     stats = {**model_stats(art.model, int(cfg.data.input_size), cfg.prune.bench),
-             "top1": _top1(art.model, stages.build_val_loader(cfg), cfg, "eval"), "family": family_of(art),
+             "top1": top1(art.model, stages.build_val_loader(cfg), cfg, "eval"), "form": form_of(art),
              "path": path}
     log.info(f"{path}: top-1 {stats['top1']:.2f}, {stats['params']:,} params, {stats['macs']:,} MACs, "
              f"{stats['img_s']:.0f} img/s ({device_line(cfg.prune.bench)})")
@@ -307,8 +242,8 @@ def finetune_file(cfg: DictConfig, path: str, explicit: set[str] = frozenset()) 
                              f"it away (or copy {os.path.basename(path)} to another folder) to fine-tune again")
     art = artifacts.load(path)
     cfg = with_file_data(cfg, art)
-    tuned = finetune(cfg, art.model, art.spec, out_dir)
+    tuned = finetune(cfg, art.model, art.spec, out_dir, "prune")
     tuned_path = os.path.join(out_dir, "finetuned.pt")
     meta = {k: v for k, v in art.meta.items() if k not in ("config", "data_config")}
-    save_model(tuned, art.spec, tuned_path, cfg.data, **{**meta, "family": family_of(art)})
+    save_model(tuned, art.spec, tuned_path, cfg.data, **{**meta, "form": form_of(art)})
     return evaluate_file(cfg, tuned_path)

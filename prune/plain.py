@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from .masks import global_threshold, keep_at_least_one, resolve_grouped
+from .masks import global_threshold, keep_at_least_one, resolve_grouped, round_up
 from .surgery import (
     PruneError,
     act_constant,
@@ -98,7 +98,8 @@ def channel_scores(model: nn.Sequential) -> list[torch.Tensor]:
     return [model[u.bn].weight.detach().abs().double().cpu() for u in units]
 
 
-def _masks(model: nn.Sequential, units: list[_Unit], head: int | None, threshold: float) -> list[torch.Tensor]:
+def _masks(model: nn.Sequential, units: list[_Unit], head: int | None, threshold: float,
+           channel_round: int = 1) -> list[torch.Tensor]:
     scores = channel_scores(model)
     convs = [model[u.conv] for u in units]
     # Output channels are free unless they are the network output or sit between two grouped convs.
@@ -113,12 +114,17 @@ def _masks(model: nn.Sequential, units: list[_Unit], head: int | None, threshold
                                               keep[k], scores[k], free[k])
             if k:
                 keep[k - 1] = new_in
-    return [keep_at_least_one(m, s) for m, s in zip(keep, scores)]
+    # Widths in multiples of channel_round, except around grouped convs, whose group rule decides.
+    ungrouped = [c.groups == 1 and (k + 1 == len(convs) or convs[k + 1].groups == 1) for k, c in enumerate(convs)]
+    return [round_up(m, s, channel_round) if f and u else keep_at_least_one(m, s)
+            for m, s, f, u in zip(keep, scores, free, ungrouped)]
 
 
-def prune_plain(model: nn.Sequential, threshold: float | None = None, ratio: float | None = None) -> PruneResult:
+def prune_plain(model: nn.Sequential, threshold: float | None = None, ratio: float | None = None,
+                channel_round: int = 1) -> PruneResult:
     """Return a smaller copy of `model` without the channels whose |BN scale| < threshold (or the
-    `ratio` fraction of all channels with the smallest scales). `model` is not modified."""
+    `ratio` fraction of all channels with the smallest scales), each layer keeping a multiple of
+    `channel_round` channels (masks.round_up). `model` is not modified."""
     if (threshold is None) == (ratio is None):
         raise ValueError("give exactly one of threshold= or ratio=")
     units, head = parse_chain(model)
@@ -126,7 +132,7 @@ def prune_plain(model: nn.Sequential, threshold: float | None = None, ratio: flo
         raise PruneError("the chain has no conv layers to prune")
     if threshold is None:
         threshold = global_threshold(channel_scores(model), ratio)
-    keep = _masks(model, units, head, threshold)
+    keep = _masks(model, units, head, threshold, channel_round)
     out = copy.deepcopy(model)
     result = PruneResult(out, threshold)
     prev_keep = torch.ones(model[units[0].conv].in_channels, dtype=torch.bool)

@@ -19,7 +19,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from models.resnet import ResNet
 
-from .masks import global_threshold, keep_at_least_one, resolve_grouped
+from .masks import global_threshold, keep_at_least_one, resolve_grouped, round_up
 from .plain import PruneResult
 from .surgery import PruneError, act_constant, conv_constant_response, slice_bn, slice_conv, slice_linear
 
@@ -47,7 +47,7 @@ def _shortcut_kind(block: nn.Module) -> str:
     raise PruneError(f"unsupported shortcut {ds}: expected None, BatchNorm2d or Conv2d + BatchNorm2d")
 
 
-def _structure(model: nn.Module) -> tuple[list[_Block], list[list[nn.BatchNorm2d]]]:
+def structure(model: nn.Module) -> tuple[list[_Block], list[list[nn.BatchNorm2d]]]:
     """Blocks in order and the BNs of each stream (pruning group)."""
     if not isinstance(model, (ResNet, tvm.ResNet)):
         raise PruneError(f"residual pruning supports ResNet models, not {type(model).__name__}; prune other "
@@ -73,7 +73,7 @@ def check_residual(model: nn.Module) -> None:
     """PruneError unless `model` is a ResNet whose blocks residual pruning knows (a meta-device model will do)."""
     if not isinstance(model, (ResNet, tvm.ResNet)):
         raise PruneError(f"residual pruning supports ResNet models, not {type(model).__name__}")
-    _structure(model)
+    structure(model)
 
 
 def _score(bn: nn.BatchNorm2d) -> torch.Tensor:
@@ -83,16 +83,18 @@ def _score(bn: nn.BatchNorm2d) -> torch.Tensor:
 def residual_scores(model: nn.Module) -> list[torch.Tensor]:
     """Scores of the model's prunable channels: a stream channel scores the largest |BN scale| of
     its pruning group, a channel inside a block its own |BN scale|."""
-    blocks, streams = _structure(model)
+    blocks, streams = structure(model)
     scores = [torch.stack([_score(bn) for bn in group]).max(0).values for group in streams]
     for b in blocks:
         scores += [_score(getattr(b.module, bn)) for _, bn in b.pairs[:-1]]
     return scores
 
 
-def prune_residual(model: nn.Module, threshold: float | None = None, ratio: float | None = None) -> PruneResult:
+def prune_residual(model: nn.Module, threshold: float | None = None, ratio: float | None = None,
+                   channel_round: int = 1) -> PruneResult:
     """Return a smaller copy of a ResNet without the channels whose score is under the threshold
-    (or the `ratio` fraction of lowest-scoring channels, see `residual_scores`)."""
+    (or the `ratio` fraction of lowest-scoring channels, see `residual_scores`), each stream and
+    ungrouped block-internal width a multiple of `channel_round` (masks.round_up)."""
     if (threshold is None) == (ratio is None):
         raise ValueError("give exactly one of threshold= or ratio=")
     if model.training:
@@ -100,9 +102,9 @@ def prune_residual(model: nn.Module, threshold: float | None = None, ratio: floa
     if threshold is None:
         threshold = global_threshold(residual_scores(model), ratio)
     out = copy.deepcopy(model)
-    blocks, streams = _structure(out)
+    blocks, streams = structure(out)
     s_scores = [torch.stack([_score(bn) for bn in group]).max(0).values for group in streams]
-    s_keep = [keep_at_least_one(s >= threshold, s) for s in s_scores]
+    s_keep = [round_up(s >= threshold, s, channel_round) for s in s_scores]
     for b in blocks:
         convs = [getattr(b.module, c) for c, _ in b.pairs]
         scores = [_score(getattr(b.module, bn)) for _, bn in b.pairs[:-1]]
@@ -118,7 +120,8 @@ def prune_residual(model: nn.Module, threshold: float | None = None, ratio: floa
                     keep[k - 1] = new_in
                 if out_free:
                     keep[k] = new_out
-        b.mids = [keep_at_least_one(m, s) for m, s in zip(keep, scores)]
+        b.mids = [round_up(m, s, channel_round) if convs[k].groups == 1 and convs[k + 1].groups == 1
+                  else keep_at_least_one(m, s) for k, (m, s) in enumerate(zip(keep, scores))]
 
     result = PruneResult(out, threshold)
     for i, keep in enumerate(s_keep):

@@ -15,14 +15,14 @@ from bench import benchmark as B
 from engine.config import CONF_DIR, check_values
 from engine.eval_checkpoint import run as evaluate_run
 from prune.amc import pipeline
+from prune.row import FIELDS
 
 TINY = ["+model.kwargs.width_mult=0.25", "data.input_size=16", "data.train_size=96", "data.val_size=32",
         "batch_size=16", "epochs=1", "max_steps_per_epoch=2", "workers=0", "progress=false", "amc.holdout=32",
         "amc.feature_batches=2", "amc.calib_batches=1", "amc.episodes=3", "amc.warmup=2", "amc.channel_round=1",
         "amc.finetune_epochs=1", "amc.agent.hidden=16", "amc.agent.batch_size=4", "amc.bench.batch_size=2",
-        "amc.bench.iters=1", "amc.bench.warmup=0", "amc.bench.repeats=1"]
-ROW_KEYS = {"method", "form", "model", "data", "target", "params", "macs", "top1_before", "top1_pruned",
-            "top1_finetuned", "img_s", "artifact", "flag"}
+        "amc.bench.iters=1", "amc.bench.warmup=0", "amc.bench.repeats=1", "amc.bench.runtimes=[eager]"]
+ROW_KEYS = set(FIELDS)
 
 
 def compose_amc(overrides):
@@ -53,7 +53,8 @@ def test_report_rows_policies_and_reward_curves(run):
     assert [row["form"] for row in saved["rows"]] == ["rm", "residual"]
     for row in saved["rows"]:
         assert set(row) == ROW_KEYS
-        assert (row["method"], row["model"], row["data"], row["target"]) == ("amc", "mobilenetv2_rm", "synthetic", 0.5)
+        assert (row["method"], row["model"], row["data"], row["budget"]) == ("amc", "mobilenetv2_rm", "synthetic",
+                                                                            "keep 0.5 of the residual model's MACs")
         assert row["artifact"] == os.path.join(root, row["form"], "finetuned.pt")
         with open(os.path.join(root, row["form"], "policy.json")) as f:
             policy = json.load(f)
@@ -62,12 +63,14 @@ def test_report_rows_policies_and_reward_curves(run):
         assert sum(1 for layer in policy["layers"] if layer["kept"] < layer["channels"]) > 0
         assert row["top1_finetuned"] is not None and row["img_s"] > 0
     rm_row, residual_row = saved["rows"]
-    # RM + AMC prunes MobileNetV1 (the RM form), which costs more than MobileNetV2 before and after.
-    assert rm_row["macs"] > residual_row["macs"]
+    # One absolute budget (amc.budget.of=residual, the default): RM + AMC prunes MobileNetV1 (the RM
+    # form, which costs more than MobileNetV2) down to half of MobileNetV2's MACs, as AMC does.
+    assert rm_row["target"] == pytest.approx(residual_row["target"]) == 0.5 * report["reference"]["macs"]
     with open(os.path.join(root, "reward_curves.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     md = open(os.path.join(root, "report.md")).read()
-    assert "| RM + AMC | plain | 0.5 / 0.5" in md and "| AMC | residual | 0.5 / 0.5" in md
+    target = f"{rm_row['target'] / 1e6:.3f} M"
+    assert f"| RM + AMC | plain | {target} / " in md and f"| AMC | residual | {target} / " in md
 
 
 def test_evaluate_and_benchmark_read_the_pruned_models(run, tmp_path):
@@ -110,12 +113,15 @@ def test_a_rerun_resumes_the_finished_searches(run, caplog):
 
 @pytest.mark.parametrize("argv, message", [
     (["amc.flops_ratio=1.5"], r"amc.flops_ratio must be in \(0, 1\], got 1.5"),
-    (["amc.methods=[rm,slim]"], r"amc.methods: \['slim'\]; choose from rm, residual"),
+    (["amc.forms=[rm,slim]"], r"amc.forms: \['slim'\]; choose from residual, rm"),
+    (["amc.methods=[rm]"], r"amc.methods was renamed: pass amc.forms=\[residual,rm\]"),
+    (["amc.budget.kind=params"], r"amc.budget.kind='params': choose from macs"),
+    (["amc.bench.runtimes=[tflite]"], r"runtime must be one of eager, compile, onnxruntime, onnxruntime_int8"),
     (["amc.warmup=900"], r"amc.warmup must be an integer in \[0, amc.episodes=800\], got 900"),
     (["conversion=fused"], r"use conversion=keep_bn"),
     (["amc.flops_ratoi=0.5"], r"unknown key 'amc.flops_ratoi'. Did you mean 'amc.flops_ratio'"),
     (["model=rmnet26x3_32"], r"AMC on the residual form supports MobileNetV2 \(mobilenetv2_rm\) and ResNets, not "
-                             r"RMNet; prune it through RM alone \(amc.methods=\[rm\]\)"),
+                             r"RMNet; prune it through RM alone \(amc.forms=\[rm\]\)"),
 ])
 def test_bad_settings_are_one_line_before_any_work(monkeypatch, capsys, tmp_path, argv, message):
     monkeypatch.setattr(sys, "argv", ["amc.py", f"output_dir={tmp_path}", *argv])

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SMOKE = ["data=synthetic", "data.input_size=16", "data.train_size=64", "data.val_size=24", "batch_size=16",
          "epochs=1", "max_steps_per_epoch=2", "workers=0", "progress=false"]
 BENCH = [f"{section}.bench.{key}={value}" for section in ("prune", "amc", "resrep")
-         for key, value in (("batch_size", 2), ("iters", 1), ("warmup", 0), ("repeats", 1))]
+         for key, value in (("batch_size", 2), ("iters", 1), ("warmup", 0), ("repeats", 1),
+                                             ("runtimes", "[eager]"))]
 TINY_RESNET = ["model=resnet20", "model.kwargs.widths=[4,8,8]"]
 
 
@@ -46,7 +47,7 @@ def prune(tmp):
                    "prune.calib_batches=1", "prune.finetune_epochs=1", "prune.sr=1e-3", "prune.ratio=0.3"])
     report = _json(f"{tmp}/**/report.json")
     produced = [(report["sparse_checkpoint"], report["reference"]["top1"])]
-    for family in report["families"].values():
+    for family in report["forms"].values():
         produced += [(family["artifact"], family["top1_pruned"]),
                      (os.path.join(os.path.dirname(family["artifact"]), "finetuned.pt"), family["top1_finetuned"])]
     return produced

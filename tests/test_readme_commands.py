@@ -29,12 +29,13 @@ BENCH = ["batch_size=1", "warmup=0", "iters=1", "repeats=1", "memory=false", "st
 PRUNE = ["model.kwargs.widths=[8,8,16]", "data.input_size=16", "data.train_size=64", "data.val_size=16",
          "batch_size=16", "epochs=1", "max_steps_per_epoch=2", "progress=false", "prune.calib_batches=1",
          "prune.finetune_epochs=1", "prune.bench.batch_size=2", "prune.bench.iters=1", "prune.bench.warmup=0",
-         "prune.bench.repeats=1"]
+         "prune.bench.repeats=1", "prune.bench.runtimes=[eager]"]
 PRUNE_FILE = [a for a in PRUNE if not a.startswith("epochs=")]   # with prune.finetune=, epochs= is refused
 RESREP = ["model.kwargs.widths=[8,8,16]", "data.input_size=16", "data.train_size=64", "data.val_size=16",
           "batch_size=16", "epochs=1", "max_steps_per_epoch=2", "progress=false", "resrep.epochs=1",
           "resrep.start_epochs=0", "resrep.interval=1", "resrep.calib_batches=1", "resrep.bench.batch_size=2",
-          "resrep.bench.iters=1", "resrep.bench.warmup=0", "resrep.bench.repeats=1"]
+          "resrep.bench.iters=1", "resrep.bench.warmup=0", "resrep.bench.repeats=1",
+          "resrep.bench.runtimes=[eager]"]
 # README command (without its comment) -> how it runs: ("run", extra arguments), ("error", regex of the
 # one-line error it must end with (data this machine does not have), extra arguments), ("cfg",) (compose
 # and print the config only: full-size or multi-GPU jobs), ("check",) (the command line is checked
@@ -102,7 +103,7 @@ PLAN = {
     ".venv/bin/python amc.py amc.checkpoint=RUN/best.pt amc.flops_ratio=0.7": ("cfg",),
     ".venv/bin/python amc.py -m amc.flops_ratio=0.5,0.6,0.7,0.75": ("check",),
     ".venv/bin/python amc.py model=resnet20": ("cfg",),
-    ".venv/bin/python amc.py model=rmnet26x3_32 amc.methods=[rm]": ("cfg",),
+    ".venv/bin/python amc.py model=rmnet26x3_32 amc.forms=[rm]": ("cfg",),
     ".venv/bin/python resrep.py": ("run", RESREP),
     ".venv/bin/python resrep.py resrep.base=RUN/best.pt resrep.target=0.6 resrep.forms=[rm]": ("run", RESREP),
     ".venv/bin/python train.py experiment=paper_cifar model=resnet56 data=cifar10 run_name=resnet56_cifar10":
@@ -231,7 +232,7 @@ def test_readme_commands_run_cleanly(tmp_path, monkeypatch, one_thread):
         if command.endswith("prune.py"):   # the later prune commands name this run's files
             root = repo / "checkpoints" / "prune-resnet20-synthetic-sr0.0001"
             subs["RUN"] = str(root)
-            subs["PATH"] = str(root / "thr0.005" / "rmnet" / "pruned.pt")
+            subs["PATH"] = str(root / "thr0.005" / "rm" / "pruned.pt")
             shutil.copy(subs["PATH"], repo / "checkpoints" / "pruned.pt")
             subs["PATH"] = str(repo / "checkpoints" / "pruned.pt")
         if command == ".venv/bin/python resrep.py":   # the next resrep command starts from its base run

@@ -104,6 +104,18 @@ def test_fold_is_exact_and_narrower(kind):
         assert any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in result.model.modules())
 
 
+@pytest.mark.parametrize("kind", ["resnet20-rm", "resnet20-residual"])
+def test_fold_with_channel_round_keeps_multiples_and_stays_exact(kind):
+    model = model_of(kind)
+    add_compactors(model)
+    train_compactors(model)
+    x = torch.randn(2, 3, SIZE, SIZE, dtype=torch.float64)
+    plain, rounded = fold_compactors(model), fold_compactors(model, channel_round=8)
+    assert all(layer["kept"] % 8 == 0 or layer["kept"] == layer["channels"] for layer in rounded.layers)
+    assert 0 < rounded.removed < plain.removed
+    assert rel_err(rounded.model(x), model(x)) < TOL
+
+
 def test_fold_of_rows_under_the_threshold_is_reported():
     model = model_of("resnet20-residual")
     add_compactors(model)

@@ -12,6 +12,7 @@ from bench import benchmark as B
 from engine.config import CONF_DIR, check_overrides, check_values
 from engine.eval_checkpoint import run as evaluate_run
 from prune.resrep import pipeline
+from prune.row import FIELDS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 # 4 steps an epoch; the mask meets the target at the first update, and the lasso (with lr 0.05) brings
@@ -20,9 +21,8 @@ TINY = ["model=resnet18", "+model.kwargs.widths=[8,8,16,16]", "data.input_size=1
         "data.val_size=32", "batch_size=16", "workers=0", "progress=false", "epochs=1", "resrep.epochs=3",
         "resrep.lr=0.05", "optim.lr_batch=null", "resrep.interval=1", "resrep.start_epochs=0", "resrep.granularity=1000",
         "resrep.lasso=5.0", "resrep.compactor_momentum=0", "resrep.threshold=0.2", "resrep.calib_batches=1",
-        "resrep.bench.batch_size=2", "resrep.bench.iters=1", "resrep.bench.warmup=0", "resrep.bench.repeats=1"]
-ROW_KEYS = {"method", "form", "model", "data", "target", "params", "macs", "top1_before", "top1_pruned",
-            "top1_finetuned", "img_s", "artifact", "flag"}
+        "resrep.bench.batch_size=2", "resrep.bench.iters=1", "resrep.bench.warmup=0", "resrep.bench.repeats=1", "resrep.bench.runtimes=[eager]"]
+ROW_KEYS = set(FIELDS)
 
 
 def compose_resrep(overrides):
@@ -46,7 +46,8 @@ def test_report_and_rows(run):
     assert [r["form"] for r in report["rows"]] == ["residual", "rm"]
     for r in report["rows"]:
         assert set(r) == ROW_KEYS
-        assert (r["method"], r["model"], r["data"], r["target"]) == ("resrep", "resnet18", "synthetic", 0.4)
+        assert (r["method"], r["model"], r["data"], r["budget"]) == ("resrep", "resnet18", "synthetic",
+                                                                     "remove 40.0% of the residual model's MACs")
         form = report["forms"][r["form"]]
         assert (r["params"], r["macs"], r["top1_pruned"]) == (form["after"]["params"], form["after"]["macs"],
                                                                form["top1_pruned"])
@@ -146,7 +147,7 @@ def test_a_form_that_prunes_nothing_is_flagged_and_warned(run, tmp_path, caplog)
     assert not any("% removed" in r.message for r in caplog.records)
     assert "rm ResRep (**pruned nothing**)" in open(os.path.join(tmp_path, "resrep-resnet18-synthetic", "t0.5",
                                                                  "report.md")).read()
-    assert "remove 50.0% of the residual MACs: **pruned nothing**" in compare_table(report["rows"])
+    assert "remove 50.0% of the residual model's MACs: **pruned nothing**" in compare_table(report["rows"])
 
 
 def test_the_readme_recipe_takes_its_resnet56_base(tmp_path):

@@ -24,7 +24,7 @@ from models.mobilenet import InvertedResidual, MobileNetV2RM
 from models.resnet import ResNet
 
 from ..plain import parse_chain
-from ..residual import _structure
+from ..residual import structure
 from ..surgery import PruneError
 
 
@@ -115,7 +115,7 @@ def check_residual(model: nn.Module) -> None:
     """AMC's residual form knows the blocks of MobileNetV2 (mobilenetv2_rm) and of ResNets."""
     if not isinstance(model, (MobileNetV2RM, ResNet, tvm.ResNet)):
         raise PruneError(f"AMC on the residual form supports MobileNetV2 (mobilenetv2_rm) and ResNets, not "
-                         f"{type(model).__name__}; prune it through RM alone (amc.methods=[rm])")
+                         f"{type(model).__name__}; prune it through RM alone (amc.forms=[rm])")
 
 
 def residual_graph(model: nn.Module, input_size: int) -> Graph:
@@ -151,7 +151,7 @@ def _mobilenetv2_segments(model: MobileNetV2RM) -> list[Segment]:
 
 
 def _resnet_segments(model: nn.Module) -> list[Segment]:
-    blocks, _ = _structure(model)
+    blocks, _ = structure(model)
     segments = []
     for b in blocks:
         for (conv, bn), (reader, reader_bn) in zip(b.pairs, b.pairs[1:]):

@@ -11,14 +11,14 @@ and the AMC baseline on the residual model with the same budget, search length a
 Both methods search on the same data: held-out training images score each policy (never the
 validation set, which only the report's top-1 columns use), other training images give the feature
 maps of the least-squares refit. The training runs are shared by every budget and resume when run
-again, as do the searches (their state files). The FLOPs ratio applies to each model's own MACs (the BN-folded
-deploy form), as the authors' `amc_search.py --flops_ratio` does: the RM form of MobileNetV2 is
-MobileNetV1, which costs more than MobileNetV2, so RM + AMC at a ratio keeps more MACs than AMC at
-the same ratio; the report gives both in absolute numbers.
+again, as do the searches (their state files). The FLOPs ratio is a fraction of the residual
+model's MACs by default (`amc.budget.of=residual`: one absolute budget for both forms, the
+comparison users make); `amc.budget.of=own` applies it to each model's own MACs, as the authors'
+`amc_search.py --flops_ratio` does: the RM form of MobileNetV2 is MobileNetV1, which costs more than
+MobileNetV2, so there RM + AMC keeps more MACs than AMC.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -40,15 +40,19 @@ from engine.evaluate import evaluate
 from models import ModelSpec
 from models.complexity import count_macs
 
-from ..pipeline import (
+from .. import common
+from ..budget import Budget
+from ..budget import check_budget as check_cost_budget
+from ..common import (
     check_stored_model,
-    finetune,
-    save_model,
+    finish_form,
     shape_only_model,
     to_prunable_plain,
+    top1,
     train_cfg,
 )
-from ..report import device_line, missed, model_stats, warn_missed
+from ..report import check_bench, device_line, missed, model_stats, warn_missed
+from ..row import Row
 from .channels import apply_policy, collect_features
 from .ddpg import AgentSettings
 from .env import ChannelPruningEnv, check_budget
@@ -57,35 +61,29 @@ from .report import SCHEMA, draw_reward_curves, write_amc_report
 from .search import SearchSettings, search
 
 log = logging.getLogger("rmnet.amc")
-METHODS = ("rm", "residual")
 LABELS = {"rm": "RM + AMC", "residual": "AMC"}
 
 
 def run_root(cfg: DictConfig) -> str:
-    return cfg.amc.out_dir or os.path.join(cfg.output_dir, f"amc-{cfg.model.name}-{cfg.data.name}")
+    return common.run_root(cfg, "amc", f"amc-{cfg.model.name}-{cfg.data.name}")
 
 
 def check_settings(cfg: DictConfig) -> None:
     """The AMC settings, before any training starts."""
     a = cfg.amc
     check_budget(a.flops_ratio, a.lbound, a.rbound, a.channel_round, a.reward)
-    unknown = set(a.methods) - set(METHODS)
-    if unknown or not a.methods:
-        raise ValueError(f"amc.methods: {sorted(unknown) or 'empty'}; choose from {', '.join(METHODS)}")
+    forms = common.check_forms(cfg, "amc")
+    check_cost_budget(a.budget, "amc", ("macs",))
+    check_bench(a.bench)
     if cfg.conversion.fuse_bn:
         raise ValueError("AMC prunes Conv-BN units of the RM form and fine-tunes it with its BNs: use "
                          "conversion=keep_bn (the default of amc.py)")
-    for key in ("episodes", "holdout", "feature_batches", "points_per_image", "calib_batches"):
-        if not isinstance(a[key], int) or a[key] < 1:
-            raise ValueError(f"amc.{key} must be a positive integer, got {a[key]!r}")
+    common.check_counts(a, "amc", ("episodes", "holdout", "feature_batches", "points_per_image", "calib_batches"),
+                        ("finetune_epochs", "rm_finetune_epochs"))
     if not isinstance(a.warmup, int) or not 0 <= a.warmup <= a.episodes:
         raise ValueError(f"amc.warmup must be an integer in [0, amc.episodes={a.episodes}], got {a.warmup!r}")
-    for key in ("finetune_epochs", "rm_finetune_epochs"):
-        if not isinstance(a[key], int) or a[key] < 0:
-            raise ValueError(f"amc.{key} must be a non-negative integer, got {a[key]!r}")
-    if a.checkpoint and not os.path.isfile(a.checkpoint):
-        raise ValueError(f"amc.checkpoint={a.checkpoint}: no such file")
-    if "residual" in a.methods:   # a shape-only build says whether the residual baseline can run
+    common.check_files(a, "amc", ("checkpoint",))
+    if "residual" in forms:   # a shape-only build says whether the residual baseline can run
         check_residual(shape_only_model(cfg))
 
 
@@ -123,11 +121,15 @@ def graph_of(model: nn.Module, spec: ModelSpec) -> Graph:
 
 
 def amc_prune(cfg: DictConfig, model: nn.Module, spec: ModelSpec, out_dir: str, loaders: tuple[DataLoader, DataLoader],
-              device: torch.device, desc: str) -> tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]:
-    """Search a policy for `model` and prune it; returns (pruned model, the policy record, the
-    search's history). The search state in `out_dir/search.pt` makes a re-run resume."""
+              device: torch.device, desc: str, budget: Budget, residual_macs: int
+              ) -> tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]:
+    """Search a policy for `model` under `budget` (residual_macs: the residual model's, which
+    budget.of=residual takes the fraction of) and prune it; returns (pruned model, the policy record,
+    the search's history). The search state in `out_dir/search.pt` makes a re-run resume."""
     a = cfg.amc
     graph = graph_of(model, spec)
+    own = graph.macs(graph.full)
+    ratio = min(1.0, budget.target(residual_macs, own) / own)   # the environment's fraction of this form's MACs
     bar = dict(desc=f"{desc}: feature maps", unit="batch", disable=not cfg.progress)
     features = collect_features(model, graph, loaders[0], int(a.points_per_image), int(cfg.seed), device,
                                 progress=lambda it: tqdm(it, **bar))
@@ -138,10 +140,10 @@ def amc_prune(cfg: DictConfig, model: nn.Module, spec: ModelSpec, out_dir: str, 
         pruned, _ = apply_policy(model, graph, counts, refit)
         return evaluate(pruned.to(device), loaders[1], device, progress=False)["top1"]
 
-    env = ChannelPruningEnv(graph, score, float(a.flops_ratio), float(a.lbound), float(a.rbound),
+    env = ChannelPruningEnv(graph, score, ratio, float(a.lbound), float(a.rbound),
                             int(a.channel_round), a.reward)
     settings = search_settings(a, env.layers, int(cfg.seed))
-    identity = {"model": spec.to_dict(), "flops_ratio": float(a.flops_ratio), "channels": graph.full,
+    identity = {"model": spec.to_dict(), "flops_ratio": ratio, "channels": graph.full,
                 "holdout": int(a.holdout), "refit": bool(a.refit), "reward": a.reward,
                 "bounds": [float(a.lbound), float(a.rbound)], "channel_round": int(a.channel_round)}
     result = search(env, settings, os.path.join(out_dir, "search.pt"), identity, cfg.progress, desc)
@@ -150,7 +152,7 @@ def amc_prune(cfg: DictConfig, model: nn.Module, spec: ModelSpec, out_dir: str, 
     macs = count_macs(pruned.eval(), spec.input_size)
     if macs != graph.macs(counts):   # the search's cost model and the pruned model must agree
         raise RuntimeError(f"pruned model has {macs} MACs, the cost model said {graph.macs(counts)}")
-    policy = {"flops_ratio": float(a.flops_ratio), "target_macs": env.target, "macs": macs, "total_macs": env.total,
+    policy = {"flops_ratio": ratio, "target_macs": env.target, "macs": macs, "total_macs": env.total,
               "ratio": macs / env.total, "episode": result.best["episode"], "reward": result.best["reward"],
               "top1_holdout": result.best["top1"],
               "layers": [{"layer": s.producer, "reader": s.reader, "channels": s.channels, "kept": n}
@@ -158,10 +160,6 @@ def amc_prune(cfg: DictConfig, model: nn.Module, spec: ModelSpec, out_dir: str, 
     with open(os.path.join(out_dir, "policy.json"), "w") as f:
         json.dump(policy, f, indent=2)
     return pruned, policy, result.history
-
-
-def _top1(model: nn.Module, loader: Any, cfg: DictConfig, device: torch.device, desc: str) -> float:
-    return evaluate(copy.deepcopy(model).to(device), loader, device, progress=cfg.progress, desc=desc)["top1"]
 
 
 def start_model(cfg: DictConfig, residual: artifacts.Artifact, method: str) -> tuple[nn.Module, ModelSpec]:
@@ -189,45 +187,39 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     residual = artifacts.load(ckpt)
     check_stored_model(residual.spec, cfg, ckpt)
     size = residual.spec.input_size
-    out = os.path.join(run_root(cfg), f"r{a.flops_ratio:g}")
+    out = os.path.join(run_root(cfg), f"r{a.flops_ratio:g}" + ("-own" if a.budget.of == "own" else ""))
+    budget = Budget.from_cfg(a.budget, a.flops_ratio, size)
+    residual_graph_ = graph_of(residual.model, residual.spec)
+    residual_macs = residual_graph_.macs(residual_graph_.full)
     val, loaders = stages.build_val_loader(cfg), search_loaders(cfg)
     reference = {**model_stats(residual.model, size, a.bench),
-                 "top1": _top1(residual.model, val, cfg, device, "unpruned model")}
+                 "top1": top1(residual.model, val, cfg, "unpruned model")}
     report: dict[str, Any] = {
         "schema": SCHEMA, "model": cfg.model.name, "data": cfg.data.name, "flops_ratio": float(a.flops_ratio),
         "checkpoint": ckpt, "device": device_line(a.bench), "bench": OmegaConf.to_container(a.bench),
         "search": {k: a[k] for k in ("episodes", "warmup", "holdout", "lbound", "rbound", "channel_round", "reward",
                                      "refit")},
-        "reference": reference, "methods": {}, "rows": []}
+        "reference": reference, "budget": budget.report(), "methods": {}, "rows": []}
     histories = {}
-    for method in a.methods:
+    for method in a.forms:
         out_dir = os.path.join(out, method)
         os.makedirs(out_dir, exist_ok=True)
         model, spec = start_model(cfg, residual, method)
-        top1_before = reference["top1"] if model is residual.model else _top1(model, val, cfg, device, f"{method} unpruned")
+        top1_before = reference["top1"] if model is residual.model else top1(model, val, cfg, f"{method} unpruned")
         pruned, policy, histories[LABELS[method]] = amc_prune(cfg, model, spec, out_dir, loaders, device,
-                                                                   LABELS[method])
+                                                                   LABELS[method], budget, residual_macs)
         meta = {"method": method, "flops_ratio": float(a.flops_ratio), "policy": policy["layers"]}
-        artifact = os.path.join(out_dir, "pruned.pt")
-        save_model(pruned, spec, artifact, cfg.data, **meta)
-        top1_pruned = _top1(pruned, val, cfg, device, f"{method} pruned")
-        final, top1_tuned, final_path = pruned, None, artifact
-        if a.finetune_epochs > 0:
-            final = finetune(cfg, pruned, spec, out_dir, "amc")
-            final_path = os.path.join(out_dir, "finetuned.pt")
-            save_model(final, spec, final_path, cfg.data, **meta)
-            top1_tuned = _top1(final, val, cfg, device, f"{method} fine-tuned")
-        stats = model_stats(final, size, a.bench)
+        done = finish_form(cfg, "amc", pruned, spec, out_dir, val, size, method, **meta)
+        stats, top1_pruned, top1_tuned = done.stats, done.top1_pruned, done.top1_finetuned
         flag = missed(sum(layer["channels"] - layer["kept"] for layer in policy["layers"]), policy["macs"],
                       policy["target_macs"])
         warn_missed(log, LABELS[method], flag, "raise amc.flops_ratio's budget or lower amc.lbound")
         report["methods"][method] = {"label": LABELS[method], "form": spec.form, "policy": policy,
-                                     "pruned_artifact": artifact, "stats": stats}
-        report["rows"].append({"method": "amc", "form": method, "model": cfg.model.name, "data": cfg.data.name,
-                               "target": float(a.flops_ratio), "params": stats["params"], "macs": stats["macs"],
-                               "top1_before": top1_before, "top1_pruned": top1_pruned,
-                               "top1_finetuned": top1_tuned, "img_s": stats["img_s"], "artifact": final_path,
-                               "flag": flag})
+                                     "pruned_artifact": done.pruned_path, "stats": stats}
+        report["rows"].append(Row("amc", method, cfg.model.name, cfg.data.name, budget.text(),
+                                  policy["target_macs"], stats["params"], stats["macs"], top1_before, top1_pruned,
+                                  top1_tuned, stats["img_s"], done.path, flag,
+                                  speeds=stats["speeds"]).as_dict())
         log.info(f"{LABELS[method]}: {policy['macs']:,} of {policy['total_macs']:,} MACs ({policy['ratio']:.3f}, "
                  f"target {a.flops_ratio:g}), top-1 pruned {top1_pruned:.2f}"
                  + (f", fine-tuned {top1_tuned:.2f}" if top1_tuned is not None else ""))

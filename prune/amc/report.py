@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..report import write_report
+from ..report import mega, top1_text, write_report
 
 SCHEMA = "rmnet-amc/1"
 
@@ -33,14 +33,6 @@ def draw_reward_curves(histories: dict[str, list[dict[str, Any]]], warmup: int, 
     return path
 
 
-def _m(n: float) -> str:
-    return f"{n / 1e6:.3f} M"
-
-
-def _top1(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
 def to_markdown(report: dict[str, Any]) -> str:
     ref, s = report["reference"], report["search"]
     lines = [f"# RM + AMC: {report['model']} on {report['data']}, FLOPs ratio {report['flops_ratio']:g}", "",
@@ -48,18 +40,18 @@ def to_markdown(report: dict[str, Any]) -> str:
              f"{s['holdout']} held-out training images, keep ratios in [{s['lbound']}, {s['rbound']}], channels in "
              f"multiples of {s['channel_round']}, least-squares refit {'on' if s['refit'] else 'off'}. "
              f"Params, MACs and img/s of the deploy forms (BN folded), speed on {report['device']}, "
-             f"batch {report['bench']['batch_size']}. The ratio applies to each model's own MACs; top-1 on "
+             f"batch {report['bench']['batch_size']}. Budget: {report['rows'][0]['budget'] if report['rows'] else '-'}; top-1 on "
              f"the validation set.", "",
-             "| method | form | FLOPs ratio (target / reached) | params | MACs | top-1 before | top-1 pruned | "
+             "| method | form | MACs (target / reached) | params | MACs | top-1 before | top-1 pruned | "
              "top-1 fine-tuned | img/s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-             f"| unpruned {report['model']} | residual | 1 | {_m(ref['params'])} | {_m(ref['macs'])} | "
-             f"{_top1(ref['top1'])} | - | - | {ref['img_s']:.0f} |"]
+             f"| unpruned {report['model']} | residual | 1 | {mega(ref['params'])} | {mega(ref['macs'])} | "
+             f"{top1_text(ref['top1'])} | - | - | {ref['img_s']:.0f} |"]
     for row in report["rows"]:
         m = report["methods"][row["form"]]
         flag = f" (**{row['flag']}**)" if row.get("flag") else ""
-        lines.append(f"| {m['label']}{flag} | {m['form']} | {row['target']:g} / {m['policy']['ratio']:.3f} | "
-                     f"{_m(row['params'])} | {_m(row['macs'])} | {_top1(row['top1_before'])} | "
-                     f"{_top1(row['top1_pruned'])} | {_top1(row['top1_finetuned'])} | {row['img_s']:.0f} |")
+        lines.append(f"| {m['label']}{flag} | {m['form']} | {mega(row['target'])} / {mega(m['policy']['macs'])} | "
+                     f"{mega(row['params'])} | {mega(row['macs'])} | {top1_text(row['top1_before'])} | "
+                     f"{top1_text(row['top1_pruned'])} | {top1_text(row['top1_finetuned'])} | {row['img_s']:.0f} |")
     lines += ["", f"Reward curves: `{os.path.basename(report['reward_curves'])}`."]
     for row in report["rows"]:
         m = report["methods"][row["form"]]

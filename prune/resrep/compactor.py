@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..plain import parse_chain
-from ..residual import _structure
+from ..residual import structure
 from ..surgery import PruneError
 
 
@@ -108,7 +108,7 @@ def _chain_slots(model: nn.Sequential) -> list[Slot]:
 def _residual_slots(model: nn.Module) -> list[Slot]:
     # The ResNet walk (blocks and their conv/BN pairs) of slimming's residual pruner.
     slots = []
-    for block in _structure(model)[0]:
+    for block in structure(model)[0]:
         for (conv, bn), (reader, _) in zip(block.pairs, block.pairs[1:]):
             m = block.module
             if not (_grouped(getattr(m, conv)) and _grouped(getattr(m, reader))):

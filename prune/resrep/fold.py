@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from rm.layer import BNParams
 
+from ..masks import round_up
 from ..surgery import slice_bn, slice_conv, slice_linear, slice_prelu
 from .compactor import CompactedBN, compacted_slots
 from .layout import resolve
@@ -69,15 +70,17 @@ def _all(keep: torch.Tensor | None, n: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fold_compactors(model: nn.Module, threshold: float = 1e-5) -> FoldResult:
+def fold_compactors(model: nn.Module, threshold: float = 1e-5, channel_round: int = 1) -> FoldResult:
     """A narrower copy of `model` (a plain chain or ResNet with compactors) without them: every
-    compactor row with norm < `threshold` removes its channel. `model` is not modified."""
+    compactor row with norm < `threshold` removes its channel, except that each layer keeps a
+    multiple of `channel_round` channels (the largest rows kept back: exact, they are not cut).
+    Grouped convs keep their group rule. `model` is not modified."""
     if threshold < 0:
         raise ValueError(f"the fold threshold must be >= 0, got {threshold}")
     out = copy.deepcopy(model).eval()
     slots = compacted_slots(out)
     norms = [s.compactor.row_norms() for s in slots]
-    keeps = resolve(slots, [n >= threshold for n in norms], norms)
+    keeps = resolve(slots, [round_up(n >= threshold, n, channel_round) for n in norms], norms)
     result = FoldResult(out, threshold)
     cuts: dict[tuple[int, str], dict] = {}   # the convs and Linears to narrow: kept outputs and inputs
 

@@ -9,8 +9,8 @@ Both forms start from the same trained residual model. `residual` puts compactor
 ResNet's blocks (ResRep as published); `rm` converts the model with the conversion policy (BN
 kept), gives its identity BNs data statistics and verifies it (`prune.pipeline.to_prunable_plain`,
 as slimming does), then puts compactors on every layer, reserved channels included. Both prune to
-the same budget: (1 - resrep.target) x the residual model's MACs, so the two forms are compared at
-equal cost. Training is `engine.stages.train` with the `resrep` hook; the transient model with
+the same budget by default: (1 - resrep.target) x the residual model's MACs, so the two forms are
+compared at equal cost (`resrep.budget.of=own`: x each form's own MACs). Training is `engine.stages.train` with the `resrep` hook; the transient model with
 compactors is reloaded from the run's last.pt (the final weights: ResRep folds the end of training,
 not the best epoch, whose masked rows need not have decayed) and folded into a deploy artifact (rm)
 or a pruned ResNet (residual), both read by `artifacts.load`, evaluate.py and benchmark.py.
@@ -30,11 +30,13 @@ import artifacts
 import engine.distributed as D
 from engine import stages
 from engine.checkpoint import load_checkpoint
-from engine.evaluate import evaluate
 from rm import CheckpointError
 
-from ..pipeline import check_stored_model, save_model, to_prunable_plain, train_cfg
-from ..report import device_line, missed, model_stats, warn_missed, write_report
+from .. import common
+from ..budget import Budget
+from ..budget import check_budget as check_cost_budget
+from ..common import check_stored_model, finish_form, to_prunable_plain, top1, train_cfg
+from ..report import check_bench, device_line, missed, model_stats, warn_missed, write_report
 from .compactor import add_compactors
 from .fold import fold_compactors
 from .hook import ResRepHook  # also registers the `resrep` hook the training runs name
@@ -42,11 +44,10 @@ from .layout import Layout, resolve
 from .report import SCHEMA, row, to_markdown
 
 log = logging.getLogger("rmnet.resrep")
-FORMS = ("residual", "rm")
 
 
 def run_root(cfg: DictConfig) -> str:
-    return cfg.resrep.out_dir or os.path.join(cfg.output_dir, f"resrep-{cfg.model.name}-{cfg.data.name}")
+    return common.run_root(cfg, "resrep", f"resrep-{cfg.model.name}-{cfg.data.name}")
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -54,9 +55,9 @@ def check_settings(cfg: DictConfig) -> None:
     r = cfg.resrep
     if not 0 < r.target < 1:
         raise ValueError(f"resrep.target is the fraction of MACs to remove, in (0, 1); got {r.target}")
-    unknown = set(r.forms) - set(FORMS)
-    if unknown or not r.forms:
-        raise ValueError(f"resrep.forms: {sorted(unknown) or 'none given'}; choose from {', '.join(FORMS)}")
+    common.check_forms(cfg, "resrep")
+    check_cost_budget(r.budget, "resrep", ("macs",))
+    check_bench(r.bench)
     if r.threshold < 0:
         raise ValueError(f"resrep.threshold must be >= 0, got {r.threshold}")
     if "rm" in r.forms and cfg.conversion.fuse_bn:
@@ -67,10 +68,9 @@ def check_settings(cfg: DictConfig) -> None:
     if cfg.ema_decay > 0:
         raise ValueError("ResRep folds the trained weights, whose masked rows decay to zero; an EMA of them does "
                          "not: use ema_decay=0")
-    if r.base and not os.path.isfile(r.base):
-        raise ValueError(f"resrep.base={r.base}: no such file")
-    if not (isinstance(r.epochs, int) and r.epochs >= 1):
-        raise ValueError(f"resrep.epochs must be a positive integer, got {r.epochs!r}")
+    common.check_files(r, "resrep", ("base",))
+    common.check_channel_round(r, "resrep")
+    common.check_counts(r, "resrep", ("epochs",))
     if r.lr is not None and not r.lr > 0:
         raise ValueError(f"resrep.lr must be positive (or null: optim.lr), got {r.lr}")
     ResRepHook(1, **_hook_settings(r))   # the hook checks its own settings: now, not after the base training
@@ -104,12 +104,6 @@ def base_model(cfg: DictConfig) -> artifacts.Artifact:
     return artifacts.Artifact("train", model.eval(), spec, {}, path)
 
 
-def _top1(model: nn.Module, loader: Any, cfg: DictConfig, desc: str) -> float:
-    """Validation top-1 on the run's device (the model moves there)."""
-    device = D.setup(cfg.device, cfg.dist_timeout_min)
-    return evaluate(model.to(device), loader, device, progress=cfg.progress, desc=desc)["top1"]
-
-
 def check_reachable(model: nn.Module, size: int, target_macs: float, form: str, reference_macs: int) -> None:
     """The target must be met with one channel left in every compacted layer."""
     layout = Layout(model, size)
@@ -121,13 +115,14 @@ def check_reachable(model: nn.Module, size: int, target_macs: float, form: str, 
                          f"residual model's {reference_macs:,}); lower resrep.target")
 
 
-def prune_form(cfg: DictConfig, residual: artifacts.Artifact, form: str, target_macs: float, out: str,
+def prune_form(cfg: DictConfig, residual: artifacts.Artifact, form: str, budget: Budget, out: str,
                reference: dict[str, Any], val: Any) -> dict[str, Any]:
     """One form: compactors, ResRep training, fold, evaluation; returns its report entry."""
     r, size = cfg.resrep, residual.spec.input_size
     start = residual if form == "residual" else to_prunable_plain(cfg, residual, r.calib_batches)
     before = reference if form == "residual" else {**model_stats(start.model, size, r.bench),
-                                                   "top1": _top1(start.model, val, cfg, "RM plain")}
+                                                   "top1": top1(start.model, val, cfg, "RM plain")}
+    target_macs = budget.target(reference["macs"], before["macs"])
     model = copy.deepcopy(start.model)
     add_compactors(model)
     check_reachable(model, size, target_macs, form, reference["macs"])
@@ -139,18 +134,16 @@ def prune_form(cfg: DictConfig, residual: artifacts.Artifact, form: str, target_
     stages.train(train_cfg(cfg, "resrep", form_dir, "train", hooks, **{"final.enabled": False, **keys}), model,
                  start.spec)
     model.load_state_dict(load_checkpoint(os.path.join(form_dir, "train", "last.pt"))["model"])
-    top1_compactor = _top1(model, val, cfg, f"{form} with compactors")
-    result = fold_compactors(model.cpu(), float(r.threshold))
-    artifact = os.path.join(form_dir, "pruned.pt")
+    top1_compactor = top1(model, val, cfg, f"{form} with compactors")
+    result = fold_compactors(model.cpu(), float(r.threshold), int(r.channel_round))
     meta = {"method": "resrep", "form": form, "target": float(r.target), "threshold": result.threshold,
             **({"verify": start.meta["verify"]} if "verify" in start.meta else {})}
-    if D.is_main():
-        save_model(result.model, start.spec, artifact, cfg.data, **meta)
-    after = model_stats(result.model, size, r.bench)
+    done = finish_form(cfg, "resrep", result.model, start.spec, form_dir, val, size, form, **meta)
+    after, artifact = done.stats, done.pruned_path
     entry = {"before": before, "after": after, "target_macs": target_macs,
              "macs_removed": 1 - after["macs"] / reference["macs"],
              "macs_removed_of_form": 1 - after["macs"] / before["macs"], "target_met": after["macs"] <= target_macs,
-             "top1_compactor": top1_compactor, "top1_pruned": _top1(result.model, val, cfg, f"{form} pruned"),
+             "top1_compactor": top1_compactor, "top1_pruned": done.top1_pruned,
              "channels_removed": result.removed, "channels_total": result.total, "masked": result.masked,
              "masked_kept": result.masked_kept, "max_removed_norm": result.max_removed_norm,
              "threshold": result.threshold, "layers": result.layers, "artifact": artifact,
@@ -172,14 +165,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     size = residual.spec.input_size
     out = os.path.join(run_root(cfg), f"t{r.target:g}")
     val = stages.build_val_loader(cfg)
-    reference = {**model_stats(residual.model, size, r.bench), "top1": _top1(residual.model, val, cfg, "base model")}
-    target_macs = (1 - float(r.target)) * reference["macs"]
+    reference = {**model_stats(residual.model, size, r.bench), "top1": top1(residual.model, val, cfg, "base model")}
+    budget = Budget.from_cfg(r.budget, 1 - float(r.target), size)
+    target_macs = budget.target(reference["macs"], reference["macs"])   # the residual form's (both, by default)
     report = {"schema": SCHEMA, "model": cfg.model.name, "data": cfg.data.name, "target": float(r.target),
               "target_macs": target_macs, "base": residual.path, "device": device_line(r.bench),
               "bench": OmegaConf.to_container(r.bench), "settings": OmegaConf.to_container(r),
-              "reference": reference, "forms": {}}
+              "reference": reference, "budget": budget.report(), "forms": {}}
     for form in r.forms:
-        report["forms"][form] = prune_form(cfg, residual, form, target_macs, out, reference, val)
+        report["forms"][form] = prune_form(cfg, residual, form, budget, out, reference, val)
     report["rows"] = [row(report, form) for form in report["forms"]]
     if D.is_main():
         paths = write_report(report, out, to_markdown)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..report import _m, _top1
+from ..report import mega, top1_text
+from ..row import Row
 
 SCHEMA = "rmnet-resrep/1"
 
@@ -11,36 +12,40 @@ SCHEMA = "rmnet-resrep/1"
 def row(report: dict[str, Any], form: str) -> dict[str, Any]:
     """One pruned model in the keys the slimming, AMC and ResRep reports share."""
     r = report["forms"][form]
-    return {"method": "resrep", "form": form, "model": report["model"], "data": report["data"],
-            "target": report["target"], "params": r["after"]["params"], "macs": r["after"]["macs"],
-            "top1_before": r["before"].get("top1"), "top1_pruned": r["top1_pruned"], "top1_finetuned": None,
-            "img_s": r["after"]["img_s"], "artifact": r["artifact"], "flag": r["flag"]}
+    return Row("resrep", form, report["model"], report["data"], budget_text(report), r["target_macs"], r["after"]["params"], r["after"]["macs"], r["before"].get("top1"),
+               r["top1_pruned"], None, r["after"]["img_s"], r["artifact"], r["flag"],
+               speeds=r["after"].get("speeds", {})).as_dict()
+
+
+def budget_text(report: dict[str, Any]) -> str:
+    whose = "its own" if (report.get("budget") or {}).get("of") == "own" else "the residual model's"
+    return f"remove {report['target']:.1%} of {whose} MACs"
 
 
 def to_markdown(report: dict[str, Any]) -> str:
     ref = report["reference"]
     s = report["settings"]
     lines = [f"# ResRep on {report['model']} ({report['data']})", "",
-             f"Target: {100 * report['target']:.1f}% of the residual model's MACs removed "
-             f"({report['target_macs'] / 1e6:.3f} M MACs left) in both forms; lasso {s['lasso']}, penalty on "
+             f"Target: {budget_text(report)} ({report['target_macs'] / 1e6:.3f} M MACs left for the residual "
+             f"form); lasso {s['lasso']}, penalty on "
              f"{s['penalty_rows']} rows, mask every {s['interval']} steps from epoch {s['start_epochs']}, "
              f"{s['granularity']} channels at a time, fold threshold {s['threshold']}. Base model `{report['base']}`; "
              f"speed on {report['device']}, batch {report['bench']['batch_size']}. Params, MACs and img/s of the "
              "deploy forms (BN folded); MACs removed relative to the residual model.", "",
              "| model | params | MACs | MACs removed | img/s | top-1 with compactors | top-1 |",
              "| --- | --- | --- | --- | --- | --- | --- |",
-             f"| {report['model']} (residual, unpruned) | {_m(ref['params'])} | {_m(ref['macs'])} | - | "
-             f"{ref['img_s']:.0f} | - | {_top1(ref.get('top1'))} |"]
+             f"| {report['model']} (residual, unpruned) | {mega(ref['params'])} | {mega(ref['macs'])} | - | "
+             f"{ref['img_s']:.0f} | - | {top1_text(ref.get('top1'))} |"]
     for form, r in report["forms"].items():
         before, after = r["before"], r["after"]
         if form == "rm":
-            lines.append(f"| RM plain, unpruned | {_m(before['params'])} | {_m(before['macs'])} | "
+            lines.append(f"| RM plain, unpruned | {mega(before['params'])} | {mega(before['macs'])} | "
                          f"{100 * (1 - before['macs'] / ref['macs']):.1f}% | {before['img_s']:.0f} | - | "
-                         f"{_top1(before.get('top1'))} |")
+                         f"{top1_text(before.get('top1'))} |")
         flag = f" (**{r['flag']}**)" if r["flag"] else ""
-        lines.append(f"| {form} ResRep{flag} | {_m(after['params'])} | {_m(after['macs'])} | "
-                     f"{100 * r['macs_removed']:.1f}% | {after['img_s']:.0f} | {_top1(r['top1_compactor'])} | "
-                     f"{_top1(r['top1_pruned'])} |")
+        lines.append(f"| {form} ResRep{flag} | {mega(after['params'])} | {mega(after['macs'])} | "
+                     f"{100 * r['macs_removed']:.1f}% | {after['img_s']:.0f} | {top1_text(r['top1_compactor'])} | "
+                     f"{top1_text(r['top1_pruned'])} |")
     for form, r in report["forms"].items():
         met = "met" if r["target_met"] else "**not met**"
         lines += ["", f"## {form}: kept channels per layer", "",
