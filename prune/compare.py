@@ -21,6 +21,7 @@ import os
 import sys
 from typing import Any
 
+from .report import save_figure
 from .row import Row
 
 
@@ -83,11 +84,7 @@ def draw(rows: list[dict[str, Any]], runtime: str, path: str) -> str:
     ax_speed.set(xlabel=f"img/s ({runtime})", ylabel="top-1 (%)", title="top-1 vs measured speed")
     ax_macs.set(xlabel="MMACs", ylabel="top-1 (%)", title="top-1 vs MACs")
     ax_macs.legend(fontsize=7)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

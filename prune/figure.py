@@ -12,7 +12,7 @@ import os
 from collections import defaultdict
 from typing import Any
 
-from .report import SCHEMA, sr_text
+from .report import SCHEMA, save_figure, sr_text
 
 STYLE = {"rm": ("RMNet (pruned after RM)", "tab:red", "o"), "residual": ("ResNet", "tab:blue", "s")}
 
@@ -62,11 +62,7 @@ def draw(reports: list[dict[str, Any]], path: str) -> str:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(f"Pruning {first['model']} on {first['data']} ({len(reports)} runs)")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def draw_figure6(root: str, out_dir: str | None = None) -> list[str]:

@@ -147,3 +147,14 @@ def to_markdown(report: dict[str, Any]) -> str:
             groups = (f"{layer['groups']} -> {layer['groups_kept']}" if "groups" in layer else "-")
             lines.append(f"| {layer['layer']} | {layer['kept']} / {layer['channels']} | {groups} |")
     return "\n".join(lines) + "\n"
+
+
+def save_figure(fig, path: str) -> str:
+    """Lay out and write a matplotlib figure to `path` (its folder made if missing), close it, return path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

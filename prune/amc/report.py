@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..report import mega, top1_text, write_report
+from ..report import mega, save_figure, top1_text, write_report
 
 SCHEMA = "rmnet-amc/1"
 
@@ -26,11 +26,7 @@ def draw_reward_curves(histories: dict[str, list[dict[str, Any]]], warmup: int, 
     ax.set_xlabel("episode")
     ax.set_ylabel("reward (held-out training images)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def to_markdown(report: dict[str, Any]) -> str:
