@@ -520,7 +520,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     with _measuring(s):
         report = {"schema": SCHEMA, "environment": {**environment(s.device), **_versions()}, "settings": asdict(s),
                   "sources": [], "results": rows}
-        for source, label in tqdm(list(zip(sources, labels)), desc="benchmark", unit="model", file=sys.stdout):
+        for source, label in tqdm(list(zip(sources, labels)), desc="benchmark", unit="model", file=sys.stdout,
+                                  disable=None):
             model, spec, data = _load(source, label, s, report)
             rows += benchmark_model(model, spec, s, data, source=label, file=report["sources"][-1]["file"])
             del model

@@ -84,7 +84,9 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | No
     expected = len(sampler) if sampler is not None and hasattr(sampler, "__len__") else 0
     samples, clock = 0, ModelClock(device)
     start = time.perf_counter()
-    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not (progress and D.is_main())):
+    # disable=None: tqdm's own rule, no bar when the output is not a terminal (a redirected log would get a
+    # line per refresh); the same for every bar of the project
+    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None if progress and D.is_main() else True):
         if batch is None:
             continue
         images, targets = batch

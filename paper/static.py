@@ -112,7 +112,7 @@ def check_row(row: Row) -> RowResult:
 
 def check_rows(rows: Iterable[Row], progress: bool = True) -> list[RowResult]:
     rows = list(rows)
-    return [check_row(row) for row in tqdm(rows, desc="counting", unit="row", disable=not progress)]
+    return [check_row(row) for row in tqdm(rows, desc="counting", unit="row", disable=None if progress else True)]
 
 
 def failures(results: Iterable[RowResult]) -> list[RowResult]:

@@ -119,3 +119,15 @@ def test_ctrl_c_during_evaluation(ckpt, monkeypatch):
     monkeypatch.setattr("engine.eval_checkpoint.evaluate", _interrupt)
     code, _, err = run_script("evaluate", [f"checkpoint={ckpt}", "workers=0"])
     assert _one_line(code, err, status=130) == "interrupted"
+
+
+@pytest.mark.parametrize("script, argv", [
+    ("evaluate", ["checkpoint={ckpt}", "workers=0", "progress=true", "out={out}/e.json"]),
+    ("benchmark", ["checkpoints=[{ckpt}]", "batch_size=1", "warmup=0", "iters=1", "repeats=1", "memory=false",
+                   "out_dir={out}", "name=b"]),
+])
+def test_progress_bars_stay_out_of_a_redirected_output(ckpt, tmp_path, script, argv):
+    """A log written to a file gets no tqdm bars (each refresh would be a line of its own there)."""
+    code, out, err = run_script(script, [a.format(ckpt=ckpt, out=tmp_path) for a in argv])
+    assert code == 0, err[-2000:]
+    assert "%|" not in out + err, (out + err)[-2000:]

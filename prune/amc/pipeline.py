@@ -130,7 +130,7 @@ def amc_prune(cfg: DictConfig, model: nn.Module, spec: ModelSpec, out_dir: str, 
     graph = graph_of(model, spec)
     own = graph.macs(graph.full)
     ratio = min(1.0, budget.target(residual_macs, own) / own)   # the environment's fraction of this form's MACs
-    bar = dict(desc=f"{desc}: feature maps", unit="batch", disable=not cfg.progress)
+    bar = dict(desc=f"{desc}: feature maps", unit="batch", disable=None if cfg.progress else True)
     features = collect_features(model, graph, loaders[0], int(a.points_per_image), int(cfg.seed), device,
                                 progress=lambda it: tqdm(it, **bar))
     model = model.cpu()

@@ -86,7 +86,7 @@ def search(env: Environment, settings: SearchSettings, state_path: str | None = 
         best, history = saved["best"], saved["history"]
         log.info(f"the search in {state_path} is finished ({len(history)} episodes)" if len(history) >= settings.episodes
                  else f"resumed the search at episode {len(history) + 1} of {settings.episodes} from {state_path}")
-    bar = tqdm(total=settings.episodes, initial=len(history), desc=desc, unit="episode", disable=not progress)
+    bar = tqdm(total=settings.episodes, initial=len(history), desc=desc, unit="episode", disable=None if progress else True)
     for episode in range(len(history), settings.episodes):
         state, done, trajectory = env.reset(), False, []
         while not done:
