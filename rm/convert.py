@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import skip_init
 
-from .deploy import SqueezeExcite
+from .deploy import InputSizeCheck, SqueezeExcite
 from .layer import BNParams, ConvLayer, PreActivation, relu_slopes
 from .ops import ConversionError
 from .rules import SCHEMES, compose, split_output
@@ -33,7 +33,7 @@ _CONVERTERS: dict[type | str, Converter] = {}
 # the BatchNorms a keep-BN conversion left.)
 _PASSTHROUGH: dict[type, bool] = {
     nn.MaxPool2d: True, nn.AvgPool2d: True, nn.AdaptiveAvgPool2d: True, nn.AdaptiveMaxPool2d: True,
-    nn.Flatten: True, nn.Linear: False, nn.ReLU: True, SqueezeExcite: True,
+    nn.Flatten: True, nn.Linear: False, nn.ReLU: True, SqueezeExcite: True, InputSizeCheck: True,
 }
 _DROPPED = (nn.Identity, nn.Dropout)  # no-ops in eval mode
 

@@ -2,8 +2,9 @@
 
 The file holds only dicts, lists, strings, numbers and tensors, so `torch.load(weights_only=True)`
 reads it and `load_deploy` rebuilds the chain from torch.nn modules alone: no class of this project
-is needed to run a deployed model. The one exception is `SqueezeExcite`, defined here so that this
-file stays self-contained: a plain chain of an SE model needs a gate that only some channels pass.
+is needed to run a deployed model. The exceptions are `SqueezeExcite` and `InputSizeCheck`, defined here
+so that this file stays self-contained: a plain chain of an SE model needs a gate that only some channels
+pass, and a chain exact only at some input sizes records them and refuses the others.
 """
 from __future__ import annotations
 
@@ -43,6 +44,33 @@ class SqueezeExcite(nn.Module):
         return torch.cat([g * scale, x[:, self.gated:]], dim=1)
 
 
+class InputSizeCheck(nn.Module):
+    """First layer of a plain chain that equals its residual model only when the input's height and width
+    are multiples of `multiple` (ResNet-D average-pool shortcuts: timm's pool averages a partial border
+    window over fewer pixels, the merged strided conv always over all of them). Other sizes raise
+    instead of giving a silently wrong answer."""
+
+    def __init__(self, multiple: int):
+        super().__init__()
+        self.multiple = multiple
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if h % self.multiple or w % self.multiple:
+            raise ValueError(f"input size {h}x{w}: this plain model is exact only for input H and W multiples "
+                             f"of {self.multiple}; resize or pad the input")
+        return x
+
+    def extra_repr(self) -> str:
+        return f"multiple={self.multiple}"
+
+
+def allowed_size(plain: nn.Module, size: int) -> int:
+    """The smallest input size >= `size` that `plain` accepts (its `InputSizeCheck`, if any)."""
+    multiple = max((m.multiple for m in plain.modules() if isinstance(m, InputSizeCheck)), default=1)
+    return -(-size // multiple) * multiple
+
+
 _SPEC_FIELDS: dict[type, tuple[str, ...]] = {
     nn.Conv2d: ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups"),
     nn.BatchNorm2d: ("num_features", "eps", "momentum"),
@@ -55,6 +83,7 @@ _SPEC_FIELDS: dict[type, tuple[str, ...]] = {
     nn.Flatten: ("start_dim", "end_dim"),
     nn.Linear: ("in_features", "out_features"),
     SqueezeExcite: ("channels", "reduced", "gated"),
+    InputSizeCheck: ("multiple",),
 }
 _BY_NAME = {cls.__name__: cls for cls in _SPEC_FIELDS}
 

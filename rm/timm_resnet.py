@@ -7,7 +7,9 @@ branch's last conv: that conv keeps its output and the reserved channels apart, 
 first ones, and an extra 1x1 conv adds them (`rm_residual(gate=True)`). ECA's 1-D conv across
 channels becomes an `rm.SqueezeExcite` whose hidden layer holds the pooled vector twice, as
 relu(m) and relu(-m): their difference is m, so the gate computes exactly sigmoid(conv1d(m)).
-Refused, naming the block and the reason: activations other than ReLU, normalisations other than
+An average-pool shortcut is exact only where every pooled feature map has even size, so a model with one
+starts its plain chain with an `InputSizeCheck` for multiples of its total stride (sufficient, if not
+the loosest rule). Refused, naming the block and the reason: activations other than ReLU, normalisations other than
 BatchNorm, anti-aliasing layers between the branch's convs, other attention modules, and pooled
 heads other than average or max.
 """
@@ -18,7 +20,7 @@ import torch.nn as nn
 
 from .blocks import branch_layers
 from .convert import Context, Item, import_path, register_converter, unsupported, why_unsupported
-from .deploy import SqueezeExcite
+from .deploy import InputSizeCheck, SqueezeExcite
 from .layer import ConvLayer, relu_slopes
 from .ops import ConversionError
 from .rules import rm_residual
@@ -138,7 +140,14 @@ def _resnet(model: nn.Module, ctx: Context) -> list[Item]:
     head's dropout is functional and a no-op in eval."""
     names = ["conv1", "bn1", "act1", "maxpool", *(n for n, _ in model.named_children() if n.startswith("layer")),
              "global_pool", "fc"]
-    return ctx.convert_seq([getattr(model, n) for n in names], names)
+    items = ctx.convert_seq([getattr(model, n) for n in names], names)
+    if not any(type(m) is nn.AvgPool2d for n, m in model.named_modules() if ".downsample." in n):
+        return items
+    multiple = 1
+    for item in items:
+        stride = getattr(item, "stride", 1)
+        multiple *= max(stride) if isinstance(stride, tuple) else stride
+    return [InputSizeCheck(multiple), *items]
 
 
 @register_converter("timm.layers.adaptive_avgmax_pool.SelectAdaptivePool2d")

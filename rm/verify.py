@@ -7,6 +7,8 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
+from .deploy import allowed_size
+
 
 def output_error(ref: torch.Tensor, out: torch.Tensor) -> dict[str, float]:
     """Max absolute error of `out` against `ref`, and that error relative to max|ref|."""
@@ -21,8 +23,10 @@ def verify(model: nn.Module, plain: nn.Module, input_size: int = 224, batch: int
     """Max absolute and relative error of `plain` against `model` on random N(0, scale^2) input.
 
     Relative error is max|plain - model| / max|model|. Both models run in eval mode on copies, so
-    neither argument is modified.
+    neither argument is modified. A plain model exact only at some sizes (`rm.deploy.InputSizeCheck`)
+    is checked at the smallest size it accepts from `input_size` up.
     """
+    input_size = allowed_size(plain, input_size)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, input_size, input_size, generator=gen, dtype=torch.float64) * scale
     device = next(model.parameters()).device
