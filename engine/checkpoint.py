@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from artifacts import TRAIN_FORMAT, TRAIN_VERSION, CheckpointError
-from rm import atomic_save, load_file
+from rm import atomic_path, atomic_save, load_file
 
 
 def rng_state() -> dict[str, Any]:
@@ -55,19 +55,13 @@ def save_checkpoint(path: str, **entries: Any) -> None:
 def link_checkpoint(src: str, dst: str) -> None:
     """Make `dst` the file `src` is, atomically and without writing it again: a hard link (a later
     save replaces `src` by a new file and leaves `dst` as it is), or a copy where links fail."""
-    tmp = f"{dst}.tmp-{os.getpid()}"
-    try:
+    with atomic_path(dst) as tmp:
         try:
             os.link(src, tmp)
         except OSError:   # a file system without hard links
             shutil.copyfile(src, tmp)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -19,21 +21,29 @@ class CheckpointError(ValueError):
     """A file that cannot be used as a checkpoint or artifact; the message names it and the problem."""
 
 
-def atomic_save(obj: Any, path: str) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
+@contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """A fresh temporary path in `path`'s folder (which is made if missing) for the caller to write;
+    renamed over `path` when the block ends, removed when it fails: readers see the old file or the
+    whole new one, never a partial one."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{uuid.uuid4().hex}-{os.path.basename(path)}")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def load_file(path: str, map_location: str | torch.device = "cpu") -> Any:
