@@ -27,7 +27,7 @@ from . import distributed as D
 from .config import check_values, init_path, model_kwargs, per_process_batch
 from .evaluate import evaluate
 from .inputs import check_data
-from .trainer import Trainer, show_progress
+from .trainer import Trainer
 
 log = logging.getLogger("rmnet.train")
 
@@ -95,7 +95,7 @@ def finish(cfg: DictConfig, run_dir: str, val_loader: Any, device: torch.device)
         net = art.model.to(device)
         if cfg.channels_last:
             net = net.to(memory_format=torch.channels_last)
-        results[label] = evaluate(net, val_loader, device, cfg.amp, cfg.channels_last, progress=show_progress(cfg),
+        results[label] = evaluate(net, val_loader, device, cfg.amp, cfg.channels_last, progress=cfg.progress,
                                   desc=f"final {label}")
     summary = {"residual": results["residual"], "plain": results["plain"],
                "conversion_error": plain.meta.get("verify"), "checkpoint": best}

@@ -100,7 +100,7 @@ class Trainer:
         self.timed = False
         self.best_top1 = float("-inf")
         self.stop = StopSignal(announce=self.main)
-        self.progress = show_progress(cfg)
+        self.progress = bool(cfg.progress)
         # Non-finite losses are noticed without a host sync per step: the first bad step is kept on
         # the device and checked where the loop syncs anyway (log steps) and before every checkpoint.
         self.first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
@@ -292,7 +292,7 @@ class Trainer:
         loader.generator.manual_seed(cfg.seed + 1000 * self.epoch + self.rank)
         self.train_model.train()
         bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}",
-                   dynamic_ncols=True, disable=not (self.main and self.progress))
+                   dynamic_ncols=True, disable=None if self.main and self.progress else True)   # None: no bar off a terminal
         loss_sum = torch.zeros((), device=self.device)
         window = torch.zeros((), device=self.device)
         window_steps, steps_done, tick = 0, 0, time.perf_counter()
@@ -442,12 +442,6 @@ class Trainer:
                     os.remove(path)
             if not os.listdir(self.run_dir):   # a folder holding files of someone else's stays
                 os.rmdir(self.run_dir)
-
-
-def show_progress(cfg: DictConfig) -> bool:
-    """tqdm bars only when `progress` is on and stderr is a terminal: in a redirected log each refresh
-    would be a line of its own."""
-    return bool(cfg.progress) and sys.stderr.isatty()
 
 
 def _choose_run(cfg: DictConfig) -> tuple[str, str | None]:
