@@ -20,7 +20,6 @@ import os
 from dataclasses import replace
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import artifacts
@@ -121,8 +120,7 @@ def prune_form(cfg: DictConfig, residual: artifacts.Artifact, form: str, budget:
         crit = {"ratio": float(p.ratio)} if p.ratio is not None else {"threshold": float(p.threshold)}
         return cut(**crit), plain, None
     target = budget.target(residual_cost, budget.cost(model))
-    scores = torch.cat([s.flatten() for s in scores_of(model)]).tolist()
-    result, _ = search(lambda t: cut(threshold=t), budget.cost, scores, target)
+    result, _ = search(lambda t: cut(threshold=t), budget.cost, scores_of(model), target)
     return result, plain, target
 
 
