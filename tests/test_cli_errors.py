@@ -48,7 +48,7 @@ UNWRITABLE = {
                           "prune.pipeline.check_stored_model"),
     "prune prune.out_dir=": ("prune", ["prune.sparse_ckpt={ckpt}", *TINY, "prune.out_dir={out}/p"],
                              "prune.pipeline.check_stored_model"),
-    "amc output_dir=": ("amc", ["amc.checkpoint={ckpt}", "output_dir={out}/runs"], "prune.amc.pipeline.run"),
+    "amc output_dir=": ("amc", ["amc.checkpoint={ckpt}", "output_dir={out}/runs"], "prune.amc.pipeline.check_stored_model"),
 }
 
 
