@@ -26,7 +26,7 @@ from engine import stages
 from engine.faults import probe_run_dir
 
 from .budget import Budget
-from .common import Finished, finish_form, to_prunable_plain, top1
+from .common import Finished, check_stored_model, finish_form, to_prunable_plain, top1
 from .report import device_line, missed, model_stats, warn_missed, write_report
 from .row import Row
 
@@ -86,8 +86,16 @@ class Pruner(ABC):
         """The run's folder (probed for writing before any work)."""
 
     @abstractmethod
+    def checkpoint(self, cfg: DictConfig) -> str:
+        """The trained residual model's file: the one the settings name, else a training run's (a
+        re-run resumes or reuses it)."""
+
     def base_model(self, cfg: DictConfig) -> artifacts.Artifact:
-        """The trained residual model: trained (a re-run resumes) or loaded and checked against the run."""
+        """The trained residual model, checked against the run's model and data."""
+        path = self.checkpoint(cfg)
+        base = artifacts.load(path)
+        check_stored_model(base.spec, cfg, path)
+        return base
 
     @abstractmethod
     def out_dir(self, cfg: DictConfig, base: artifacts.Artifact) -> str:

@@ -1,4 +1,5 @@
-"""The pruning job (`prune.py`): sparse training -> RM conversion -> pruning -> fine-tuning -> report.
+"""The network-slimming pruner (`prune.py`; the job is `prune.job.run`): sparse training -> RM
+conversion -> pruning -> fine-tuning -> report.
 
     <output_dir>/prune-<model>-<data>-sr<sr>/sparse/            sparse-training run (shared by criteria)
     <output_dir>/prune-<model>-<data>-sr<sr>/<criterion>/       per threshold or ratio:
@@ -29,7 +30,7 @@ from engine.inputs import check_data, data_for
 
 from . import common
 from .budget import Budget, check_budget, search
-from .common import check_stored_model, finetune, save_model, shape_only_model, top1, train_cfg
+from .common import finetune, save_model, shape_only_model, top1, train_residual
 from .job import Form, Job, Pruner, Selection
 from .job import run as run_job
 from .plain import channel_scores, prune_plain
@@ -87,36 +88,24 @@ def check_settings(cfg: DictConfig) -> None:
                              f"alone: prune.forms=[rm]") from None
 
 
-def sparse_train(cfg: DictConfig) -> str:
-    """Train the residual model with shortcut BNs and the bn_l1 penalty; returns its best.pt.
-    Re-running resumes (or, when finished, reuses) the run."""
-    root = run_root(cfg)
-    tcfg = train_cfg(cfg, "prune", root, "sparse", {"bn_l1": {"sr": float(cfg.prune.sr)}},
-                     **{"final.enabled": False, "model.kwargs.shortcut_bn": True})
-    stages.train(tcfg, *stages.build(tcfg))
-    return os.path.join(root, "sparse", "best.pt")
-
-
 class Slimming(Pruner):
     """Network slimming: BN scales of a sparse-trained model rank the channels; a threshold or ratio
     selects them, or the budget (the highest threshold whose model fits it)."""
     method, section, schema = "slimming", "prune", SCHEMA
     hint = "raise prune.threshold (or set prune.ratio), or sparse-train with a larger prune.sr"
-    to_markdown = staticmethod(to_markdown)
+    to_markdown, check_settings, root = staticmethod(to_markdown), staticmethod(check_settings), staticmethod(run_root)
 
-    def check_settings(self, cfg: DictConfig) -> None:
-        check_settings(cfg)
-
-    def root(self, cfg: DictConfig) -> str:
-        return run_root(cfg)
+    def checkpoint(self, cfg: DictConfig) -> str:
+        """prune.sparse_ckpt, else sparse training: shortcut BNs and the bn_l1 penalty on BN scales."""
+        return cfg.prune.sparse_ckpt or train_residual(cfg, "prune", run_root(cfg), "sparse",
+                                                       {"bn_l1": {"sr": float(cfg.prune.sr)}},
+                                                       **{"model.kwargs.shortcut_bn": True})
 
     def base_model(self, cfg: DictConfig) -> artifacts.Artifact:
-        ckpt = cfg.prune.sparse_ckpt or sparse_train(cfg)
-        residual = artifacts.load(ckpt)
-        check_stored_model(residual.spec, cfg, ckpt)
+        residual = super().base_model(cfg)
         if trained_sr(residual) is None:
-            log.warning(f"warning: {ckpt} was not sparse-trained (no hooks.bn_l1): its BN scales need not rank "
-                        "channels; leave prune.sparse_ckpt=null to sparse-train first")
+            log.warning(f"warning: {residual.path} was not sparse-trained (no hooks.bn_l1): its BN scales need not "
+                        "rank channels; leave prune.sparse_ckpt=null to sparse-train first")
         return residual
 
     def out_dir(self, cfg: DictConfig, base: artifacts.Artifact) -> str:

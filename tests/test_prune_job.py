@@ -8,6 +8,7 @@ from hydra import compose, initialize_config_dir
 
 import artifacts
 from engine import stages
+from engine.checkpoint import save_checkpoint
 from engine.config import CONF_DIR
 from prune import job
 from prune.amc import pipeline as amc_pipeline
@@ -44,10 +45,13 @@ class Fixed(Pruner):
     def root(self, cfg):
         return os.path.join(cfg.output_dir, "fixed")
 
-    def base_model(self, cfg):
-        self.calls.append("base_model")
+    def checkpoint(self, cfg):
+        """A built model (distinct BN scales to rank) saved as a training checkpoint."""
+        self.calls.append("checkpoint")
         model, spec = stages.build(cfg)
-        return artifacts.Artifact("train", randomize_bn(model), spec, {}, "built")   # distinct BN scales to rank
+        path = os.path.join(self.root(cfg), "base.pt")
+        save_checkpoint(path, model=randomize_bn(model).state_dict(), model_spec=spec.to_dict())
+        return path
 
     def out_dir(self, cfg, base):
         return os.path.join(self.root(cfg), "half")
@@ -86,7 +90,7 @@ def fixed_run(tmp_path_factory):
 
 def test_every_form_is_started_selected_under_one_target_and_written(fixed_run):
     out, cfg, pruner, report = fixed_run
-    assert pruner.calls[:2] == ["check_settings", "base_model"]
+    assert pruner.calls[:2] == ["check_settings", "checkpoint"]
     starts = {call[0]: call for call in pruner.calls[2:]}
     assert list(starts) == ["rm", "residual"] == list(report["forms"])
     assert starts["rm"][1] == "plain" and starts["residual"][1] != "plain"   # rm: the RM plain model
@@ -134,13 +138,13 @@ def test_an_unwritable_output_is_refused_before_the_base_model(tmp_path):
 
 @pytest.mark.parametrize("script, module, pruner", [("prune", None, "Slimming"), ("amc", amc_pipeline, "AMC"),
                                                     ("resrep", resrep_pipeline, "ResRep")])
-def test_every_entry_point_runs_its_pruner_through_the_one_job(script, module, pruner, monkeypatch):
+def test_every_entry_point_runs_its_pruner_through_the_one_job(script, module, pruner, monkeypatch, tmp_path):
     from prune import pipeline
 
     seen = []
     monkeypatch.setattr(job, "run", lambda cfg, p: seen.append((cfg, p)) or {})
     monkeypatch.setattr("prune.figure.draw_figure6", lambda *_: None)
-    code, _, err = run_script(script, ["output_dir=/nonexistent"])
+    code, _, err = run_script(script, [f"output_dir={tmp_path}"])
     assert code == 0, err
     (_, p), = seen
     assert type(p) is getattr(module or pipeline, pruner) and isinstance(p, Pruner) and p.section == script

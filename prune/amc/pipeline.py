@@ -1,5 +1,5 @@
-"""The RM + AMC job (`amc.py`): train -> RM (BN kept) -> AMC search -> prune -> fine-tune -> report,
-and the AMC baseline on the residual model with the same budget, search length and fine-tuning.
+"""The RM + AMC pruner (`amc.py`; the job is `prune.job.run`): train -> RM (BN kept) -> AMC search ->
+prune -> fine-tune -> report, and the AMC baseline on the residual model with the same budget, search length and fine-tuning.
 
     <output_dir>/amc-<model>-<data>/train/                  the residual model's training run
     <output_dir>/amc-<model>-<data>/rm_finetune/            the RM form's fine-tuning (amc.rm_finetune_epochs)
@@ -43,7 +43,7 @@ from models.complexity import count_macs
 from .. import common
 from ..budget import Budget
 from ..budget import check_budget as check_cost_budget
-from ..common import check_stored_model, shape_only_model, train_cfg
+from ..common import shape_only_model, train_cfg, train_residual
 from ..job import Form, Job, Pruner, Selection
 from ..job import run as run_job
 from ..report import check_bench
@@ -81,14 +81,6 @@ def check_settings(cfg: DictConfig) -> None:
         raise ValueError("amc.py runs in one process (the search is sequential); start it with python, not torchrun")
     if "residual" in forms:   # a shape-only build says whether the residual baseline can run
         check_residual(shape_only_model(cfg))
-
-
-def train_residual(cfg: DictConfig) -> str:
-    """Train the residual model (a re-run resumes or reuses the run); returns its best.pt."""
-    root = run_root(cfg)
-    tcfg = train_cfg(cfg, "amc", root, "train", **{"final.enabled": False})
-    stages.train(tcfg, *stages.build(tcfg))
-    return os.path.join(root, "train", "best.pt")
 
 
 def search_loaders(cfg: DictConfig) -> tuple[DataLoader, DataLoader]:
@@ -162,19 +154,10 @@ class AMC(Pruner):
     the RM form may be fine-tuned once before its search (amc.rm_finetune_epochs)."""
     method, section, schema, forms_key = "amc", "amc", SCHEMA, "methods"
     hint = "raise amc.flops_ratio's budget or lower amc.lbound"
-    to_markdown = staticmethod(to_markdown)
+    to_markdown, check_settings, root = staticmethod(to_markdown), staticmethod(check_settings), staticmethod(run_root)
 
-    def check_settings(self, cfg: DictConfig) -> None:
-        check_settings(cfg)
-
-    def root(self, cfg: DictConfig) -> str:
-        return run_root(cfg)
-
-    def base_model(self, cfg: DictConfig) -> artifacts.Artifact:
-        ckpt = cfg.amc.checkpoint or train_residual(cfg)
-        residual = artifacts.load(ckpt)
-        check_stored_model(residual.spec, cfg, ckpt)
-        return residual
+    def checkpoint(self, cfg: DictConfig) -> str:
+        return cfg.amc.checkpoint or train_residual(cfg, "amc", run_root(cfg), "train")
 
     def out_dir(self, cfg: DictConfig, base: artifacts.Artifact) -> str:
         a = cfg.amc

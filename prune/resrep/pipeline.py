@@ -1,4 +1,4 @@
-"""The ResRep job (`resrep.py`): base model -> per form: compactors -> ResRep training -> fold ->
+"""The ResRep pruner (`resrep.py`; the job is `prune.job.run`): base model -> per form: compactors -> ResRep training -> fold ->
 evaluate -> benchmark -> report.
 
     <output_dir>/resrep-<model>-<data>/base/                 base training run (when resrep.base is null)
@@ -7,7 +7,7 @@ evaluate -> benchmark -> report.
 
 Both forms start from the same trained residual model. `residual` puts compactors inside the
 ResNet's blocks (ResRep as published); `rm` converts the model with the conversion policy (BN
-kept), gives its identity BNs data statistics and verifies it (`prune.pipeline.to_prunable_plain`,
+kept), gives its identity BNs data statistics and verifies it (`prune.common.to_prunable_plain`,
 as slimming does), then puts compactors on every layer, reserved channels included. Both prune to
 the same budget by default: (1 - resrep.target) x the residual model's MACs, so the two forms are
 compared at equal cost (`resrep.budget.of=own`: x each form's own MACs). Training is `engine.stages.train` with the `resrep` hook; the transient model with
@@ -34,7 +34,7 @@ from rm import CheckpointError
 from .. import common
 from ..budget import Budget
 from ..budget import check_budget as check_cost_budget
-from ..common import check_stored_model, top1, train_cfg
+from ..common import check_stored_model, top1, train_cfg, train_residual
 from ..job import Form, Job, Pruner, Selection
 from ..job import run as run_job
 from ..report import check_bench
@@ -83,21 +83,15 @@ def _hook_settings(r: Any) -> dict[str, Any]:
             "compactor_momentum": None if r.compactor_momentum is None else float(r.compactor_momentum)}
 
 
-def base_model(cfg: DictConfig) -> artifacts.Artifact:
-    """The trained residual model: resrep.base, or a run of `epochs` epochs (resumed, or reused when
-    finished, by a re-run)."""
-    path = cfg.resrep.base
-    if not path:
-        tcfg = train_cfg(cfg, "resrep", run_root(cfg), "base", **{"final.enabled": False})
-        stages.train(tcfg, *stages.build(tcfg))
-        path = os.path.join(run_root(cfg), "base", "best.pt")
-    else:   # a file that records its model must hold the run's, at its input size (a state dict is read as model=)
-        try:
-            stored = artifacts.load(path)
-        except CheckpointError:
-            stored = None
-        if stored is not None and stored.kind != "state_dict":
-            check_stored_model(stored.spec, cfg, path)
+def base_model(cfg: DictConfig, path: str) -> artifacts.Artifact:
+    """The trained residual model in `path`: a file that records its model must hold the run's, at its
+    input size; a bare state dict is read as model=."""
+    try:
+        stored = artifacts.load(path)
+    except CheckpointError:
+        stored = None
+    if stored is not None and stored.kind != "state_dict":
+        check_stored_model(stored.spec, cfg, path)
     bcfg = copy.deepcopy(cfg)
     with open_dict(bcfg):
         bcfg.model.init = path   # stages.build reads it as train.py's model.init does (checked against model, data)
@@ -121,16 +115,13 @@ class ResRep(Pruner):
     the MACs target, the exact fold."""
     method, section, schema = "resrep", "resrep", SCHEMA
     hint = "train longer (resrep.epochs), start masking earlier (resrep.start_epochs) or lower resrep.threshold"
-    to_markdown = staticmethod(to_markdown)
+    to_markdown, check_settings, root = staticmethod(to_markdown), staticmethod(check_settings), staticmethod(run_root)
 
-    def check_settings(self, cfg: DictConfig) -> None:
-        check_settings(cfg)
-
-    def root(self, cfg: DictConfig) -> str:
-        return run_root(cfg)
+    def checkpoint(self, cfg: DictConfig) -> str:
+        return cfg.resrep.base or train_residual(cfg, "resrep", run_root(cfg), "base")
 
     def base_model(self, cfg: DictConfig) -> artifacts.Artifact:
-        return base_model(cfg)
+        return base_model(cfg, self.checkpoint(cfg))
 
     def out_dir(self, cfg: DictConfig, base: artifacts.Artifact) -> str:
         return os.path.join(run_root(cfg), f"t{cfg.resrep.target:g}")
