@@ -16,14 +16,13 @@ import logging
 from omegaconf import DictConfig
 
 from engine.cli import run_app
-from engine.faults import probe_run_dir
+from prune import job
 from prune.amc import pipeline
 
 
 def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    probe_run_dir(pipeline.run_root(cfg), "amc.out_dir" if cfg.amc.out_dir else "output_dir", "the output folder")
-    pipeline.run(cfg)
+    job.run(cfg, pipeline.AMC())
 
 
 if __name__ == "__main__":

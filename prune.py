@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from engine.cli import run_app
 from engine.config import command_line_keys
-from prune import pipeline
+from prune import job, pipeline
 from prune.figure import draw_figure6
 
 
@@ -29,7 +29,7 @@ def main(cfg: DictConfig) -> None:
     elif cfg.prune.finetune:
         pipeline.finetune_file(cfg, cfg.prune.finetune, command_line_keys())
     else:
-        pipeline.run(cfg)
+        job.run(cfg, pipeline.Slimming())
         draw_figure6(cfg.output_dir)
 
 

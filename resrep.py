@@ -13,12 +13,13 @@ import logging
 from omegaconf import DictConfig
 
 from engine.cli import run_app
+from prune import job
 from prune.resrep import pipeline
 
 
 def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    pipeline.run(cfg)
+    job.run(cfg, pipeline.ResRep())
 
 
 if __name__ == "__main__":

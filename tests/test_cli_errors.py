@@ -45,10 +45,10 @@ UNWRITABLE = {
     "benchmark out_dir=": ("benchmark", ["models=[resnet18]", "stem=cifar", "out_dir={out}/bench"],
                            "bench.benchmark.benchmark_model"),
     "prune output_dir=": ("prune", ["prune.sparse_ckpt={ckpt}", *TINY, "output_dir={out}/runs"],
-                          "prune.pipeline.check_stored_model"),
+                          "prune.job.check_stored_model"),
     "prune prune.out_dir=": ("prune", ["prune.sparse_ckpt={ckpt}", *TINY, "prune.out_dir={out}/p"],
-                             "prune.pipeline.check_stored_model"),
-    "amc output_dir=": ("amc", ["amc.checkpoint={ckpt}", "output_dir={out}/runs"], "prune.amc.pipeline.run"),
+                             "prune.job.check_stored_model"),
+    "amc output_dir=": ("amc", ["amc.checkpoint={ckpt}", "output_dir={out}/runs"], "prune.job.check_stored_model"),
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..report import mega, save_figure, top1_text, write_report
+from ..report import mega, save_figure, top1_text
 
 SCHEMA = "rmnet-amc/1"
 
@@ -61,6 +61,3 @@ def to_markdown(report: dict[str, Any]) -> str:
                   for layer in p["layers"]]
     return "\n".join(lines) + "\n"
 
-
-def write_amc_report(report: dict[str, Any], out_dir: str) -> tuple[str, str]:
-    return write_report(report, out_dir, to_markdown)

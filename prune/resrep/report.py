@@ -1,32 +1,24 @@
-"""The ResRep report: report.json (with the comparison `rows` every pruner writes alike) and report.md."""
+"""The ResRep report.md (report.json and its comparison `rows` are prune.job's, as for every pruner)."""
 from __future__ import annotations
 
 from typing import Any
 
 from ..report import mega, top1_text
-from ..row import Row
 
 SCHEMA = "rmnet-resrep/1"
 
 
-def row(report: dict[str, Any], form: str) -> dict[str, Any]:
-    """One pruned model in the keys the slimming, AMC and ResRep reports share."""
-    r = report["forms"][form]
-    return Row("resrep", form, report["model"], report["data"], budget_text(report), r["target_macs"], r["after"]["params"], r["after"]["macs"], r["before"].get("top1"),
-               r["top1_pruned"], None, r["after"]["img_s"], r["artifact"], r["flag"],
-               speeds=r["after"].get("speeds", {})).as_dict()
-
-
-def budget_text(report: dict[str, Any]) -> str:
-    whose = "its own" if (report.get("budget") or {}).get("of") == "own" else "the residual model's"
-    return f"remove {report['target']:.1%} of {whose} MACs"
+def budget_text(target: float, of: str) -> str:
+    """The rows' budget: the share of MACs to remove and whose MACs (`resrep.budget.of`)."""
+    whose = "its own" if of == "own" else "the residual model's"
+    return f"remove {target:.1%} of {whose} MACs"
 
 
 def to_markdown(report: dict[str, Any]) -> str:
     ref = report["reference"]
     s = report["settings"]
     lines = [f"# ResRep on {report['model']} ({report['data']})", "",
-             f"Target: {budget_text(report)} ({report['target_macs'] / 1e6:.3f} M MACs left for the residual "
+             f"Target: {budget_text(report['target'], report['budget']['of'])} ({report['target_macs'] / 1e6:.3f} M MACs left for the residual "
              f"form); lasso {s['lasso']}, penalty on "
              f"{s['penalty_rows']} rows, mask every {s['interval']} steps from epoch {s['start_epochs']}, "
              f"{s['granularity']} channels at a time, fold threshold {s['threshold']}. Base model `{report['base']}`; "
