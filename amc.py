@@ -11,17 +11,16 @@ Examples:
   python amc.py -m amc.flops_ratio=0.5,0.6,0.7,0.75     # the table's budgets from one trained model
   python amc.py model=rmnet26x3_32 amc.forms=[rm]  # families without a residual baseline: RM + AMC alone
 """
-import logging
 
 from omegaconf import DictConfig
 
-from engine.cli import run_app
+from engine.cli import run_app, setup_logging
 from prune import job
 from prune.amc import pipeline
 
 
 def main(cfg: DictConfig) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    setup_logging()
     job.run(cfg, pipeline.AMC())
 
 

@@ -131,3 +131,18 @@ def test_progress_bars_stay_out_of_a_redirected_output(ckpt, tmp_path, script, a
     code, out, err = run_script(script, [a.format(ckpt=ckpt, out=tmp_path) for a in argv])
     assert code == 0, err[-2000:]
     assert "%|" not in out + err, (out + err)[-2000:]
+
+
+def test_pruning_jobs_log_their_own_lines_not_the_exporters(monkeypatch):
+    """prune.py/amc.py/resrep.py time ONNX Runtime for their reports; the exporter's and quantizer's
+    INFO chatter (hundreds of lines per model) must not bury the job's own lines."""
+    import logging
+
+    from engine.cli import setup_logging
+    root, ours = logging.getLogger(), logging.getLogger("rmnet")
+    monkeypatch.setattr(root, "level", root.level)
+    monkeypatch.setattr(ours, "level", ours.level)
+    setup_logging()
+    assert logging.getLogger("rmnet.prune").isEnabledFor(logging.INFO)
+    assert not logging.getLogger("onnxscript.optimizer").isEnabledFor(logging.INFO)
+    assert logging.getLogger("onnxruntime.quantization").isEnabledFor(logging.WARNING)
