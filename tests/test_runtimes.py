@@ -16,7 +16,7 @@ import artifacts
 import models
 import rm
 from bench import benchmark as B
-from bench.export import to_onnx
+from bench.export import ort_session, to_onnx
 from bench.quantize import layer_errors, quantize_int8
 from engine.evaluate import evaluate
 from engine.inputs import trained_loaders
@@ -158,3 +158,23 @@ def test_a_run_s_best_and_deploy_files_are_compared_each_with_itself(tmp_path, t
     # The plain model of deploy.pt is best.pt's converted: the same predictions in bf16 and fp32.
     top1 = {r["source"]: r["fidelity"]["top1_reference"] for r in report["results"] if r["form"] == "plain"}
     assert top1["deploy.pt"] == pytest.approx(top1["best.pt"])
+
+
+def test_onnx_export_splits_prelus_into_operators_ort_keeps_in_its_conv_layout(tmp_path):
+    """The RM form of MobileNetV2 has a PReLU after most convs (reserved linear bottlenecks may be
+    negative); ONNX Runtime runs a PRelu node outside its blocked conv layout. The export writes
+    relu(x) - a * relu(-x) instead: no PRelu node, the same outputs, slopes below 0 and above 1 too."""
+    plain = rm.convert(randomize_bn(models.create_model("mobilenetv2_rm", num_classes=10, stem="cifar",
+                                                        width_mult=0.25), seed=3))
+    prelus = [m for m in plain.modules() if isinstance(m, torch.nn.PReLU)]
+    assert prelus
+    with torch.no_grad():
+        for k, p in enumerate(prelus):
+            p.weight.copy_(torch.linspace(-0.5, 1.5, p.num_parameters) + 0.01 * k)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    path = to_onnx(plain, x, str(tmp_path / "plain.onnx"))
+    assert "PRelu" not in {node.op_type for node in onnx.load(path).graph.node}
+    out = ort_session(path).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        ref = plain(x)
+    assert np.allclose(out, ref.numpy(), rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
