@@ -125,10 +125,10 @@ def test_compare_times_every_model_again_in_one_interleaved_run(run_dir, capsys,
         return real(fns, *args)
 
     monkeypatch.setattr(prune.retime, "time_interleaved", spy)
-    plot = tmp_path / "pareto.png"
+    plot = tmp_path / "new" / "pareto.png"   # a folder that does not exist yet
     main([str(out), "--time", "eager", "onnxruntime", "--repeats", "2", "--plot", str(plot)])
     assert calls == [[(0, "eager"), (0, "onnxruntime"), (1, "eager"), (1, "onnxruntime")]]
-    with open(tmp_path / "timing.json") as f:
+    with open(tmp_path / "new" / "timing.json") as f:
         timing = json.load(f)
     assert len(timing["speeds"]) == 2 and all(s["onnxruntime"] > 0 for s in timing["speeds"])
     assert timing["artifacts"][0].endswith("finetuned.pt") and timing["settings"]["repeats"] == 2
