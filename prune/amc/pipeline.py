@@ -41,7 +41,7 @@ from models import ModelSpec
 from models.complexity import count_macs
 
 from .. import common
-from ..budget import Budget
+from ..budget import UNITS, Budget
 from ..budget import check_budget as check_cost_budget
 from ..common import (
     check_stored_model,
@@ -51,12 +51,13 @@ from ..common import (
     top1,
     train_cfg,
 )
+from ..cost import amount, kind_suffix
 from ..report import check_bench, device_line, missed, model_stats, warn_missed
 from ..row import Row
 from .channels import apply_policy, collect_features
 from .ddpg import AgentSettings
 from .env import ChannelPruningEnv, check_budget
-from .graph import Graph, check_residual, plain_graph, residual_graph
+from .graph import Graph, check_residual, graph_cost, plain_graph, residual_graph
 from .report import SCHEMA, draw_reward_curves, write_amc_report
 from .search import SearchSettings, search
 
@@ -73,7 +74,7 @@ def check_settings(cfg: DictConfig) -> None:
     a = cfg.amc
     check_budget(a.flops_ratio, a.lbound, a.rbound, a.channel_round, a.reward)
     forms = common.check_forms(cfg, "amc")
-    check_cost_budget(a.budget, "amc", ("macs",))
+    check_cost_budget(a.budget, "amc")
     check_bench(a.bench)
     if cfg.conversion.fuse_bn:
         raise ValueError("AMC prunes Conv-BN units of the RM form and fine-tunes it with its BNs: use "
@@ -121,15 +122,16 @@ def graph_of(model: nn.Module, spec: ModelSpec) -> Graph:
 
 
 def amc_prune(cfg: DictConfig, model: nn.Module, spec: ModelSpec, out_dir: str, loaders: tuple[DataLoader, DataLoader],
-              device: torch.device, desc: str, budget: Budget, residual_macs: int
+              device: torch.device, desc: str, budget: Budget, residual_cost: float
               ) -> tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]:
-    """Search a policy for `model` under `budget` (residual_macs: the residual model's, which
-    budget.of=residual takes the fraction of) and prune it; returns (pruned model, the policy record,
+    """Search a policy for `model` under `budget` (residual_cost: the residual model's, in budget.kind,
+    which budget.of=residual takes the fraction of) and prune it; returns (pruned model, the policy record,
     the search's history). The search state in `out_dir/search.pt` makes a re-run resume."""
     a = cfg.amc
     graph = graph_of(model, spec)
-    own = graph.macs(graph.full)
-    ratio = min(1.0, budget.target(residual_macs, own) / own)   # the environment's fraction of this form's MACs
+    cost = graph_cost(graph, model, budget)
+    own = cost(graph.full)
+    ratio = min(1.0, budget.target(residual_cost, own) / own)   # the environment's fraction of this form's cost
     bar = dict(desc=f"{desc}: feature maps", unit="batch", disable=None if cfg.progress else True)
     features = collect_features(model, graph, loaders[0], int(a.points_per_image), int(cfg.seed), device,
                                 progress=lambda it: tqdm(it, **bar))
@@ -141,7 +143,7 @@ def amc_prune(cfg: DictConfig, model: nn.Module, spec: ModelSpec, out_dir: str, 
         return evaluate(pruned.to(device), loaders[1], device, progress=False)["top1"]
 
     env = ChannelPruningEnv(graph, score, ratio, float(a.lbound), float(a.rbound),
-                            int(a.channel_round), a.reward)
+                            int(a.channel_round), a.reward, cost, UNITS[budget.kind])
     settings = search_settings(a, env.layers, int(cfg.seed))
     identity = {"model": spec.to_dict(), "flops_ratio": ratio, "channels": graph.full,
                 "holdout": int(a.holdout), "refit": bool(a.refit), "reward": a.reward,
@@ -152,8 +154,9 @@ def amc_prune(cfg: DictConfig, model: nn.Module, spec: ModelSpec, out_dir: str, 
     macs = count_macs(pruned.eval(), spec.input_size)
     if macs != graph.macs(counts):   # the search's cost model and the pruned model must agree
         raise RuntimeError(f"pruned model has {macs} MACs, the cost model said {graph.macs(counts)}")
-    policy = {"flops_ratio": ratio, "target_macs": env.target, "macs": macs, "total_macs": env.total,
-              "ratio": macs / env.total, "episode": result.best["episode"], "reward": result.best["reward"],
+    policy = {"flops_ratio": ratio, "unit": UNITS[budget.kind], f"target_{budget.kind}": env.target,
+              "cost": cost(counts), "total": env.total, "macs": macs, "total_macs": env.macs_total,
+              "ratio": cost(counts) / env.total, "episode": result.best["episode"], "reward": result.best["reward"],
               "top1_holdout": result.best["top1"],
               "layers": [{"layer": s.producer, "reader": s.reader, "channels": s.channels, "kept": n}
                          for s, n in zip(graph.segments, counts)]}
@@ -187,10 +190,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     residual = artifacts.load(ckpt)
     check_stored_model(residual.spec, cfg, ckpt)
     size = residual.spec.input_size
-    out = os.path.join(run_root(cfg), f"r{a.flops_ratio:g}" + ("-own" if a.budget.of == "own" else ""))
+    out = os.path.join(run_root(cfg), f"r{a.flops_ratio:g}" + ("-own" if a.budget.of == "own" else "")
+                       + kind_suffix(a.budget))
     budget = Budget.from_cfg(a.budget, a.flops_ratio, size)
     residual_graph_ = graph_of(residual.model, residual.spec)
-    residual_macs = residual_graph_.macs(residual_graph_.full)
+    residual_cost = graph_cost(residual_graph_, residual.model, budget)(residual_graph_.full)
     val, loaders = stages.build_val_loader(cfg), search_loaders(cfg)
     reference = {**model_stats(residual.model, size, a.bench),
                  "top1": top1(residual.model, val, cfg, "unpruned model")}
@@ -207,20 +211,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         model, spec = start_model(cfg, residual, method)
         top1_before = reference["top1"] if model is residual.model else top1(model, val, cfg, f"{method} unpruned")
         pruned, policy, histories[LABELS[method]] = amc_prune(cfg, model, spec, out_dir, loaders, device,
-                                                                   LABELS[method], budget, residual_macs)
+                                                                   LABELS[method], budget, residual_cost)
         meta = {"method": method, "flops_ratio": float(a.flops_ratio), "policy": policy["layers"]}
         done = finish_form(cfg, "amc", pruned, spec, out_dir, val, size, method, **meta)
         stats, top1_pruned, top1_tuned = done.stats, done.top1_pruned, done.top1_finetuned
-        flag = missed(sum(layer["channels"] - layer["kept"] for layer in policy["layers"]), policy["macs"],
-                      policy["target_macs"])
+        flag = missed(sum(layer["channels"] - layer["kept"] for layer in policy["layers"]), policy["cost"],
+                      policy[f"target_{budget.kind}"], budget.kind)
         warn_missed(log, LABELS[method], flag, "raise amc.flops_ratio's budget or lower amc.lbound")
         report["methods"][method] = {"label": LABELS[method], "form": spec.form, "policy": policy,
                                      "pruned_artifact": done.pruned_path, "stats": stats}
         report["rows"].append(Row("amc", method, cfg.model.name, cfg.data.name, budget.text(),
-                                  policy["target_macs"], stats["params"], stats["macs"], top1_before, top1_pruned,
-                                  top1_tuned, stats["img_s"], done.path, flag,
+                                  policy[f"target_{budget.kind}"], stats["params"], stats["macs"], top1_before,
+                                  top1_pruned, top1_tuned, stats["img_s"], done.path, flag, budget.kind,
                                   speeds=stats["speeds"]).as_dict())
-        log.info(f"{LABELS[method]}: {policy['macs']:,} of {policy['total_macs']:,} MACs ({policy['ratio']:.3f}, "
+        log.info(f"{LABELS[method]}: {amount(policy['cost'], budget.kind)} of {amount(policy['total'], budget.kind)} "
+                 f"({policy['ratio']:.3f}, "
                  f"target {a.flops_ratio:g}), top-1 pruned {top1_pruned:.2f}"
                  + (f", fine-tuned {top1_tuned:.2f}" if top1_tuned is not None else ""))
     report["reward_curves"] = draw_reward_curves(histories, int(a.warmup), os.path.join(out, "reward_curves.png"))

@@ -33,12 +33,13 @@ from engine.checkpoint import load_checkpoint
 from rm import CheckpointError
 
 from .. import common
-from ..budget import Budget
+from ..budget import UNITS, Budget
 from ..budget import check_budget as check_cost_budget
 from ..common import check_stored_model, finish_form, to_prunable_plain, top1, train_cfg
+from ..cost import amount, kind_suffix
 from ..report import check_bench, device_line, missed, model_stats, warn_missed, write_report
 from .compactor import add_compactors
-from .fold import fold_compactors
+from .fold import fold_compactors, folded_cost
 from .hook import ResRepHook  # also registers the `resrep` hook the training runs name
 from .layout import Layout, resolve
 from .report import SCHEMA, row, to_markdown
@@ -56,7 +57,7 @@ def check_settings(cfg: DictConfig) -> None:
     if not 0 < r.target < 1:
         raise ValueError(f"resrep.target is the fraction of MACs to remove, in (0, 1); got {r.target}")
     common.check_forms(cfg, "resrep")
-    check_cost_budget(r.budget, "resrep", ("macs",))
+    check_cost_budget(r.budget, "resrep")
     check_bench(r.bench)
     if r.threshold < 0:
         raise ValueError(f"resrep.threshold must be >= 0, got {r.threshold}")
@@ -79,7 +80,8 @@ def check_settings(cfg: DictConfig) -> None:
 def _hook_settings(r: Any) -> dict[str, Any]:
     return {"lasso": float(r.lasso), "penalty_rows": str(r.penalty_rows), "interval": int(r.interval),
             "start_epochs": float(r.start_epochs), "granularity": int(r.granularity),
-            "compactor_momentum": None if r.compactor_momentum is None else float(r.compactor_momentum)}
+            "compactor_momentum": None if r.compactor_momentum is None else float(r.compactor_momentum),
+            "kind": str(r.budget.kind), "runtime": str(r.budget.runtime), "batch_size": int(r.budget.batch_size)}
 
 
 def base_model(cfg: DictConfig) -> artifacts.Artifact:
@@ -104,15 +106,16 @@ def base_model(cfg: DictConfig) -> artifacts.Artifact:
     return artifacts.Artifact("train", model.eval(), spec, {}, path)
 
 
-def check_reachable(model: nn.Module, size: int, target_macs: float, form: str, reference_macs: int) -> None:
+def check_reachable(model: nn.Module, size: int, target: float, form: str, budget: Budget) -> None:
     """The target must be met with one channel left in every compacted layer."""
     layout = Layout(model, size)
     ones = [torch.ones(c, dtype=torch.double) for c in layout.channels()]
-    least = layout.macs(resolve(layout.slots, [torch.zeros(c, dtype=torch.bool) for c in layout.channels()], ones))
-    if least > target_macs:
+    zeros = [torch.zeros(c, dtype=torch.bool) for c in layout.channels()]
+    least = folded_cost(layout, model, budget)(resolve(layout.slots, zeros, ones))
+    if least > target:
         raise ValueError(f"the {form} form cannot reach resrep.target: with one channel in every prunable layer it "
-                         f"still has {least:,} MACs, above the target {target_macs:,.0f} (= (1 - target) x the "
-                         f"residual model's {reference_macs:,}); lower resrep.target")
+                         f"still costs {amount(least, budget.kind)}, above the target {amount(target, budget.kind)} (= (1 - "
+                         f"target) x {budget.text()}); lower resrep.target")
 
 
 def prune_form(cfg: DictConfig, residual: artifacts.Artifact, form: str, budget: Budget, out: str,
@@ -122,12 +125,12 @@ def prune_form(cfg: DictConfig, residual: artifacts.Artifact, form: str, budget:
     start = residual if form == "residual" else to_prunable_plain(cfg, residual, r.calib_batches)
     before = reference if form == "residual" else {**model_stats(start.model, size, r.bench),
                                                    "top1": top1(start.model, val, cfg, "RM plain")}
-    target_macs = budget.target(reference["macs"], before["macs"])
+    target = budget.target(budget.cost(residual.model), budget.cost(start.model))
     model = copy.deepcopy(start.model)
     add_compactors(model)
-    check_reachable(model, size, target_macs, form, reference["macs"])
+    check_reachable(model, size, target, form, budget)
     form_dir = os.path.join(out, form)
-    hooks = {"resrep": {"target_macs": float(target_macs), **_hook_settings(r)}}
+    hooks = {"resrep": {"target": float(target), **_hook_settings(r)}}
     keys: dict[str, Any] = {"epochs": int(r.epochs)}
     if r.lr is not None:
         keys["optim.lr"] = float(r.lr)
@@ -140,18 +143,19 @@ def prune_form(cfg: DictConfig, residual: artifacts.Artifact, form: str, budget:
             **({"verify": start.meta["verify"]} if "verify" in start.meta else {})}
     done = finish_form(cfg, "resrep", result.model, start.spec, form_dir, val, size, form, **meta)
     after, artifact = done.stats, done.pruned_path
-    entry = {"before": before, "after": after, "target_macs": target_macs,
-             "macs_removed": 1 - after["macs"] / reference["macs"],
-             "macs_removed_of_form": 1 - after["macs"] / before["macs"], "target_met": after["macs"] <= target_macs,
+    cost = budget.cost(result.model)
+    entry = {"before": before, "after": after, f"target_{budget.kind}": target, "cost": cost,
+             "unit": UNITS[budget.kind], "macs_removed": 1 - after["macs"] / reference["macs"],
+             "macs_removed_of_form": 1 - after["macs"] / before["macs"], "target_met": cost <= target,
              "top1_compactor": top1_compactor, "top1_pruned": done.top1_pruned,
              "channels_removed": result.removed, "channels_total": result.total, "masked": result.masked,
              "masked_kept": result.masked_kept, "max_removed_norm": result.max_removed_norm,
              "threshold": result.threshold, "layers": result.layers, "artifact": artifact,
              "train_dir": os.path.join(form_dir, "train")}
-    entry["flag"] = missed(result.removed, after["macs"], target_macs)
+    entry["flag"] = missed(result.removed, cost, target, budget.kind)
     log.info(f"{form}: {result.removed}/{result.total} channels removed, {after['macs']:,} MACs = "
-             f"{after['macs'] / reference['macs']:.1%} of the residual model's (target at most "
-             f"{1 - r.target:.1%}), top-1 {entry['top1_pruned']:.2f} (with compactors {top1_compactor:.2f})")
+             f"{after['macs'] / reference['macs']:.1%} of the residual model's; {amount(cost, budget.kind)} "
+             f"(target at most {amount(target, budget.kind)}), top-1 {entry['top1_pruned']:.2f} (with compactors {top1_compactor:.2f})")
     warn_missed(log, form, entry["flag"], "train longer (resrep.epochs), start masking earlier (resrep.start_epochs) "
                 "or lower resrep.threshold")
     return entry
@@ -163,13 +167,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     r = cfg.resrep
     residual = base_model(cfg)
     size = residual.spec.input_size
-    out = os.path.join(run_root(cfg), f"t{r.target:g}")
+    out = os.path.join(run_root(cfg), f"t{r.target:g}{kind_suffix(r.budget)}")
     val = stages.build_val_loader(cfg)
     reference = {**model_stats(residual.model, size, r.bench), "top1": top1(residual.model, val, cfg, "base model")}
     budget = Budget.from_cfg(r.budget, 1 - float(r.target), size)
-    target_macs = budget.target(reference["macs"], reference["macs"])   # the residual form's (both, by default)
+    reference_cost = budget.cost(residual.model)
     report = {"schema": SCHEMA, "model": cfg.model.name, "data": cfg.data.name, "target": float(r.target),
-              "target_macs": target_macs, "base": residual.path, "device": device_line(r.bench),
+              f"target_{budget.kind}": budget.target(reference_cost, reference_cost),   # the residual form's
+              "unit": UNITS[budget.kind], "base": residual.path, "device": device_line(r.bench),
               "bench": OmegaConf.to_container(r.bench), "settings": OmegaConf.to_container(r),
               "reference": reference, "budget": budget.report(), "forms": {}}
     for form in r.forms:
