@@ -25,13 +25,17 @@ import torch.nn as nn
 from bench.benchmark import fold_bn
 
 from .budget import UNITS, Budget
+from .report import mega
 
 Widths = tuple[int, int, int]   # inputs (features of a Linear), outputs, groups (a PReLU: c, c, 1)
 
 
-def amount(value: float, kind: str) -> str:
-    """A cost with its unit: '1,234,567 MACs', '12,345 params', '0.532 ms'."""
-    return f"{value:.3f} ms" if kind == "latency" else f"{value:,.0f} {UNITS[kind]}"
+def amount(value: float, kind: str, unit: bool = True) -> str:
+    """A cost as the reports write it: '1.235 M MACs', '0.012 M params', '0.532 ms' (`unit` False:
+    without the unit after the millions, for a table whose header says it)."""
+    if kind == "latency":
+        return f"{value:.3f} ms"
+    return mega(value) + (f" {UNITS[kind]}" if unit else "")
 
 
 def kind_suffix(b: Any) -> str:

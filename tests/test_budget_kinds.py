@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn as nn
 
 import models
 import prune.budget
@@ -47,13 +48,17 @@ def budget(kind, keep=1.0, timer=None, runtime="onnxruntime", batch_size=1):
 
 def amc_forms():
     """(name, model, graph): the RM form of MobileNetV2 (MobileNetV1) and MobileNetV2, the RM form of a
-    ResNet and the ResNet, and a PReLU chain with depthwise and grouped convs."""
+    ResNet and the ResNet, a PReLU chain with depthwise and grouped convs, and a chain whose Linear
+    reads a flattened 4x4 map (16 features per channel)."""
     v2 = randomize_bn(models.create_model("mobilenetv2_rm", num_classes=10, stem="cifar", width_mult=0.25))
     resnet = randomize_bn(models.create_model("resnet18", num_classes=10, stem="cifar", widths=[8, 8, 16, 16]))
     v1, plain_resnet, chain = rm.convert(v2, fuse_bn=False), rm.convert(resnet, fuse_bn=False), model_of("chain-rm").float()
+    flat = randomize_bn(nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 6, 3, 2, 1),
+                                      nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 16, 5))).eval()
     return [("mobilenetv1 (RM)", v1, plain_graph(v1, SIZE)), ("mobilenetv2", v2, residual_graph(v2, SIZE)),
             ("resnet18 (RM)", plain_resnet, plain_graph(plain_resnet, SIZE)),
-            ("resnet18", resnet, residual_graph(resnet, SIZE)), ("chain", chain, plain_graph(chain, SIZE))]
+            ("resnet18", resnet, residual_graph(resnet, SIZE)), ("chain", chain, plain_graph(chain, SIZE)),
+            ("flatten head", flat, plain_graph(flat, SIZE))]
 
 
 @pytest.mark.parametrize("kind", ["params", "latency"])
