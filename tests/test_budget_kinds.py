@@ -205,3 +205,45 @@ def test_resrep_hook_masks_until_each_kind_meets_its_target(kind, form, monkeypa
 def test_resrep_hook_refuses_an_unknown_kind():
     with pytest.raises(ValueError, match="kind='flops'"):
         ResRepHook(1e6, kind="flops")
+
+
+@pytest.fixture
+def fake_table(monkeypatch):
+    """The budget's latency table on the fake timer; returns the tables made."""
+    made = []
+
+    def table(runtime, batch_size):
+        made.append(LatencyTable(runtime, batch_size, timer=ShapeTimer()))
+        return made[-1]
+
+    monkeypatch.setattr(prune.budget, "latency_table", table)
+    return made
+
+
+def test_amc_runs_under_a_latency_budget(tmp_path, fake_table):
+    """amc.py end to end with amc.budget.kind=latency: the search's target and reached cost in ms of
+    the table (its runtime and batch from the budget), the row's target in ms, its own run folder."""
+    from prune.amc import pipeline
+    from tests.test_amc_pipeline import compose_amc
+    report = pipeline.run(compose_amc([f"output_dir={tmp_path}", "amc.forms=[rm]", "amc.budget.kind=latency",
+                                       "amc.budget.runtime=eager", "amc.budget.batch_size=2"]))
+    assert [(t.runtime, t.batch_size) for t in fake_table] == [("eager", 2)]
+    policy, row = report["methods"]["rm"]["policy"], report["rows"][0]
+    assert policy["unit"] == "ms" and 0.98 * policy["target_latency"] <= policy["cost"] <= policy["target_latency"]
+    assert row["budget_kind"] == "latency" and row["target"] == policy["target_latency"] and row["flag"] is None
+    root = tmp_path / "amc-mobilenetv2_rm-synthetic" / "r0.5-latency-eager-b2"
+    assert f"| {policy['target_latency']:.3f} ms / {policy['cost']:.3f} ms |" in (root / "report.md").read_text()
+
+
+def test_resrep_runs_under_a_params_budget(tmp_path):
+    """resrep.py end to end with resrep.budget.kind=params: the hook masks to the params target, the
+    folded model meets it, the row's target is in params."""
+    from prune.resrep import pipeline
+    from tests.test_resrep_pipeline import compose_resrep
+    report = pipeline.run(compose_resrep([f"output_dir={tmp_path}", "resrep.target=0.4", "resrep.forms=[rm]",
+                                          "resrep.budget.kind=params"]))
+    form, row = report["forms"]["rm"], report["rows"][0]
+    assert form["unit"] == "params" and 0.95 * form["target_params"] <= form["cost"] == form["after"]["params"] <= form["target_params"]
+    assert form["target_params"] == pytest.approx(0.6 * report["reference"]["params"])
+    assert row["budget_kind"] == "params" and row["target"] == form["target_params"] and row["flag"] is None
+    assert (tmp_path / "resrep-resnet18-synthetic" / "t0.4-params" / "report.md").is_file()
