@@ -202,9 +202,14 @@ def test_resrep_hook_masks_until_each_kind_meets_its_target(kind, form, monkeypa
     assert 0.98 * target <= reached <= target, reached / target
 
 
-def test_resrep_hook_refuses_an_unknown_kind():
+def test_resrep_hook_refuses_an_unknown_kind_and_latency_in_several_processes(monkeypatch):
     with pytest.raises(ValueError, match="kind='flops'"):
         ResRepHook(1e6, kind="flops")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    ResRepHook(1e6, kind="params")
+    with pytest.raises(ValueError, match="latency budget is measured in each process"):
+        ResRepHook(1e6, kind="latency")
 
 
 @pytest.fixture

@@ -17,7 +17,9 @@ The masks are the compactors' buffers, so a checkpoint holds them and a resumed 
 from __future__ import annotations
 
 import logging
+import os
 import types
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -59,6 +61,9 @@ class ResRepHook(Hook):
             raise ValueError(f"resrep target must be positive, got {target}")
         self.budget = types.SimpleNamespace(kind=kind, of="own", runtime=runtime, batch_size=batch_size)
         check_budget(self.budget, "hooks.resrep")
+        if kind == "latency" and D.launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
+            raise ValueError("a resrep latency budget is measured in each process, whose masks must agree: run "
+                             "it in one process, or use budget.kind=macs or params")
         if lasso < 0:
             raise ValueError(f"resrep lasso must be >= 0, got {lasso}")
         if penalty_rows not in PENALTY_ROWS:
@@ -72,6 +77,7 @@ class ResRepHook(Hook):
         self.interval, self.start_epochs, self.granularity = interval, float(start_epochs), granularity
         self.compactor_momentum = compactor_momentum
         self.layout: Layout | None = None
+        self.cost: Callable[[list[torch.Tensor]], float] | None = None   # built with the layout
 
     def param_groups(self, model: nn.Module) -> list[dict]:
         params = [c.weight for c in compactors(model)]
@@ -96,9 +102,6 @@ class ResRepHook(Hook):
     @torch.no_grad()
     def update(self, model: nn.Module, input_size: int, step: int) -> None:
         if self.layout is None:
-            if self.budget.kind == "latency" and D.world_size() > 1:
-                raise ValueError("a resrep latency budget is measured in each process, whose masks must agree: run "
-                                 "it in one process, or use budget.kind=macs or params")
             self.layout = Layout(model, input_size)
             self.cost = folded_cost(self.layout, model, Budget.from_cfg(self.budget, 1.0, input_size))
         found = [s.compactor for s in self.layout.slots]
