@@ -11,19 +11,17 @@ Examples:
   python amc.py -m amc.flops_ratio=0.5,0.6,0.7,0.75     # the table's budgets from one trained model
   python amc.py model=rmnet26x3_32 amc.forms=[rm]  # families without a residual baseline: RM + AMC alone
 """
-import logging
 
 from omegaconf import DictConfig
 
-from engine.cli import run_app
-from engine.faults import probe_run_dir
+from engine.cli import run_app, setup_logging
+from prune import job
 from prune.amc import pipeline
 
 
 def main(cfg: DictConfig) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    probe_run_dir(pipeline.run_root(cfg), "amc.out_dir" if cfg.amc.out_dir else "output_dir", "the output folder")
-    pipeline.run(cfg)
+    setup_logging()
+    job.run(cfg, pipeline.AMC())
 
 
 if __name__ == "__main__":

@@ -12,24 +12,23 @@ Examples:
   python prune.py -m prune.sr=1e-4,5e-4,1e-3 prune.threshold=5e-4,1e-3,5e-3   # Figure 6 sweep
   python -m prune.figure checkpoints               # (re)draw Figure 6 from the runs' reports
 """
-import logging
 
 from omegaconf import DictConfig
 
-from engine.cli import run_app
+from engine.cli import run_app, setup_logging
 from engine.config import command_line_keys
-from prune import pipeline
+from prune import job, pipeline
 from prune.figure import draw_figure6
 
 
 def main(cfg: DictConfig) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    setup_logging()
     if cfg.prune.eval:
         pipeline.evaluate_file(cfg, cfg.prune.eval)
     elif cfg.prune.finetune:
         pipeline.finetune_file(cfg, cfg.prune.finetune, command_line_keys())
     else:
-        pipeline.run(cfg)
+        job.run(cfg, pipeline.Slimming())
         draw_figure6(cfg.output_dir)
 
 

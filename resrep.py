@@ -8,17 +8,17 @@ Examples:
   python resrep.py experiment=resrep_resnet56_cifar10 resrep.base=checkpoints/resnet56_cifar10/best.pt
   torchrun --nproc_per_node=8 resrep.py experiment=resrep_resnet50_imagenet resrep.base=resnet50.pth
 """
-import logging
 
 from omegaconf import DictConfig
 
-from engine.cli import run_app
+from engine.cli import run_app, setup_logging
+from prune import job
 from prune.resrep import pipeline
 
 
 def main(cfg: DictConfig) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    pipeline.run(cfg)
+    setup_logging()
+    job.run(cfg, pipeline.ResRep())
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ conf/<name>.yaml, which is where the settings are documented (`--hydra-help` is 
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any, Callable
@@ -51,6 +52,15 @@ def help_text(config_name: str, doc: str) -> str:
         parts += ["", "and every setting of train.py (python train.py --help)."]
     parts += ["", "Bad input ends with one line `error: ...` and exit status 2. Hydra's own flags: --hydra-help."]
     return "\n".join(parts)
+
+
+def setup_logging() -> None:
+    """The pruning jobs' log: this project's messages (loggers under `rmnet`) at INFO, everything else
+    (the ONNX exporter and quantizer, called for the reports' speeds) at WARNING, so their
+    per-pass chatter does not bury the job's own lines."""
+    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("rmnet").setLevel(logging.INFO)
 
 
 def run_app(config_name: str, job: Callable[[DictConfig], Any], doc: str = "") -> None:

@@ -1,5 +1,6 @@
 """Network slimming through RM (paper §3.4, §4.4): pruning of plain chains and of ResNets, the
-pipeline of `prune.py`, reports and the Figure 6 plot. ResRep (`resrep.py`) is `prune.resrep`."""
+slimming pruner of `prune.py` (`prune.pipeline`), the one job every pruner runs through
+(`prune.job`), reports and the Figure 6 plot. ResRep (`resrep.py`) is `prune.resrep`."""
 from .masks import global_threshold
 from .plain import PruneResult, channel_scores, prune_plain
 from .residual import prune_residual, residual_scores

@@ -15,6 +15,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch
 import torch.nn as nn
 
 from bench.benchmark import fold_bn
@@ -60,9 +61,9 @@ class Budget:
         return cls(str(b.kind), str(b.of), float(keep), int(input_size), table)
 
     def cost(self, model: nn.Module) -> float:
+        if self.kind == "macs":   # shapes alone decide MACs (BN folding changes none): count on `meta`, no arithmetic
+            return count_macs(copy.deepcopy(model).to("meta").eval(), self.input_size)
         deploy = fold_bn(copy.deepcopy(model).float().cpu().eval())
-        if self.kind == "macs":
-            return count_macs(deploy, self.input_size)
         if self.kind == "params":
             return count_params(deploy)
         return float(self.table.model_ms(deploy, self.input_size))
@@ -87,13 +88,15 @@ class Budget:
         return out
 
 
-def search(prune: Callable[[float], Any], cost: Callable[[nn.Module], float], scores: list[float],
-           target: float) -> tuple[Any, float]:
-    """The pruning that keeps the most channels while costing at most `target`: `prune(threshold)`
-    keeps the channels scoring >= threshold (its `.model`), and cost falls as the threshold rises, so
-    a bisection over the distinct `scores` finds the lowest threshold within budget. Returns (result,
-    its cost); the highest threshold's when even that is over budget (the caller flags it)."""
-    grid = sorted(set(scores))
+def search(prune: Callable[[float | list[float]], Any], cost: Callable[[nn.Module], float],
+           scores: list[torch.Tensor], target: float) -> tuple[Any, float]:
+    """The pruning that keeps the most channels while costing at most `target`. `prune(threshold)`
+    keeps, in each scored layer, the channels scoring >= its threshold (one for all, or one per
+    entry of `scores`), rounded up to the pruner's channel_round; cost falls as thresholds rise.
+    First the lowest global threshold within budget (a bisection over the distinct scores), then
+    `fill` spends what is left. Returns (result, its cost); the highest threshold's when even that
+    is over budget (the caller flags it)."""
+    grid = sorted(set(torch.cat([s.flatten() for s in scores]).tolist()))
     lo, hi = 0, len(grid) - 1          # invariant: grid[hi] is within budget (or nothing is)
     best = prune(grid[hi])
     best_cost = cost(best.model)
@@ -107,4 +110,34 @@ def search(prune: Callable[[float], Any], cost: Callable[[nn.Module], float], sc
             hi, best, best_cost = mid, result, c
         else:
             lo = mid + 1
+    return fill(prune, cost, scores, target, [grid[hi]] * len(scores), (best, best_cost))
+
+
+def fill(prune: Callable[[list[float]], Any], cost: Callable[[nn.Module], float], scores: list[torch.Tensor],
+         target: float, thresholds: list[float], start: tuple[Any, float]) -> tuple[Any, float]:
+    """Spend the budget a global threshold leaves: with channel_round > 1 the next threshold down
+    adds a whole block of channels to some layer, which may overshoot by several percent while
+    a block elsewhere still fits. Greedily, best score first, lower one layer's threshold to its
+    best channel not yet kept (the pruners keep a layer's top scores, `result.layers[k]["kept"]` of
+    them) while the model stays within `target`; a layer that no longer fits never fits again
+    (adding channels elsewhere only widens its neighbours)."""
+    best, best_cost = start
+    ranked = [s.flatten().sort(descending=True).values for s in scores]
+    open_ = set(range(len(scores)))
+    while open_:
+        kept = [layer["kept"] for layer in best.layers]
+        below = {k: ranked[k][kept[k]:] for k in open_}
+        below = {k: b[b < thresholds[k]] for k, b in below.items()}   # strictly lower: each step moves
+        order = sorted((float(b[0]), k) for k, b in below.items() if b.numel())
+        open_ &= {k for _, k in order}
+        for score, k in reversed(order):
+            trial = [score if j == k else t for j, t in enumerate(thresholds)]
+            result = prune(trial)
+            c = cost(result.model)
+            if c <= target:
+                thresholds, best, best_cost = trial, result, c
+                break
+            open_.discard(k)
+        else:
+            break
     return best, best_cost

@@ -104,6 +104,15 @@ def train_cfg(cfg: DictConfig, section: str, out_dir: str, run_name: str, hooks:
     return tcfg
 
 
+def train_residual(cfg: DictConfig, section: str, root: str, run_name: str, hooks: dict[str, Any] | None = None,
+                   **keys: Any) -> str:
+    """Train a pruning job's residual model in <root>/<run_name> (train_cfg; a re-run resumes, or
+    reuses a finished run); returns its best.pt."""
+    tcfg = train_cfg(cfg, section, root, run_name, hooks, **{"final.enabled": False, **keys})
+    stages.train(tcfg, *stages.build(tcfg))
+    return os.path.join(root, run_name, "best.pt")
+
+
 def finetune(cfg: DictConfig, model: nn.Module, spec: ModelSpec, out_dir: str, section: str) -> nn.Module:
     """Fine-tune a pruned model with the trainer (no sparsity penalty, `<section>.finetune_epochs`
     epochs at `<section>.finetune_lr`); returns its best weights."""

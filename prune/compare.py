@@ -3,6 +3,7 @@ slimming, RM + AMC, ResRep) and the two forms (pruned residual, pruned after RM)
 
     python -m prune.compare checkpoints                       # Markdown on stdout, checkpoints/pareto.png
     python -m prune.compare checkpoints --out outputs/pruning.md --plot outputs/pareto.png --runtime onnxruntime
+    python -m prune.compare checkpoints --time onnxruntime onnxruntime_int8    # time every model again, interleaved
 
 The plot: top-1 (fine-tuned when the run fine-tuned) against img/s in `--runtime` (a runtime of the
 reports' bench.runtimes) and against MACs, one point per method x form x budget.
@@ -11,6 +12,10 @@ Each pruner's report.json carries a `rows` list of one `prune.row.Row` per prune
 says in words what the run asked for (slimming's criterion thr<threshold> | ratio<ratio>, AMC's and
 ResRep's cost budget), `target` the absolute cost it allows; the MACs column says what each model
 reached, and `flag` (shown in bold) a model that pruned nothing or costs more than its target.
+
+Each report timed its models while it ran, at that moment's load; `--time RUNTIME...` times every
+row's model file again in one interleaved run (`prune.retime`), so the speed axis compares like
+with like, and writes those numbers with their settings and load average beside the table.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import sys
 from typing import Any
 
 from .report import save_figure
+from .retime import retime
 from .row import Row
 
 
@@ -87,6 +93,27 @@ def draw(rows: list[dict[str, Any]], runtime: str, path: str) -> str:
     return save_figure(fig, path)
 
 
+def retimed(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    """Replace the rows' speeds by one interleaved run's (`prune.retime`), write that run's numbers
+    to timing.json beside the plot, and return the table's note on how they were measured."""
+    missing = [r["artifact"] for r in rows if not os.path.isfile(r["artifact"])]
+    if missing:
+        raise SystemExit(f"error: --time needs the rows' model files; missing: {', '.join(missing[:3])}")
+    timing = retime(rows, list(args.time), args.batch_size, repeats=args.repeats)
+    for row, speeds in zip(rows, timing["speeds"]):
+        row["speeds"] = {**row["speeds"], **speeds}
+        row["img_s"] = speeds.get("eager", row["img_s"])
+    path = os.path.join(os.path.dirname(os.path.abspath(args.plot or os.path.join(args.roots[0], "x"))),
+                        "timing.json")
+    with open(path, "w") as f:
+        json.dump({**timing, "artifacts": [r["artifact"] for r in rows]}, f, indent=2)
+    t = timing["settings"]
+    load = ", ".join(f"{a:.2f}" for a in (timing["load_before"] or [])[:1] + (timing["load_after"] or [])[:1])
+    return (f"\nimg/s of {', '.join(args.time)}: one interleaved run (`--time`), batch {t['batch_size']}, "
+            f"{t['threads']} thread(s), median of {t['repeats']} x {t['iters']} calls; load average {load} "
+            f"(before, after); numbers in `{path}`.\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("roots", nargs="+", help="folders searched recursively for report.json")
@@ -94,10 +121,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", help="the Pareto plot (PNG); default: pareto.png in the first folder")
     parser.add_argument("--runtime", help="the speed axis: a runtime of the reports' bench.runtimes (default: "
                         "onnxruntime where the reports timed it, else eager)")
+    parser.add_argument("--time", nargs="+", metavar="RUNTIME", help="time every row's model again in these "
+                        "runtimes (onnxruntime, onnxruntime_int8, eager, compile), interleaved in one run")
+    parser.add_argument("--batch-size", type=int, default=1, help="--time: images per call (default 1)")
+    parser.add_argument("--repeats", type=int, default=7, help="--time: timed blocks per model (median)")
     args = parser.parse_args(argv)
     rows = collect(args.roots)
     if not rows:
         raise SystemExit(f"error: no pruning reports with comparison rows under {', '.join(args.roots)}")
+    timing_note = ""
+    if args.time:
+        timing_note = retimed(rows, args)
     timed = {name for r in rows for name in r["speeds"]} | {"eager"}
     runtime = args.runtime or ("onnxruntime" if "onnxruntime" in timed else "eager")
     if runtime not in timed:
@@ -105,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
               file=sys.stderr)
         raise SystemExit(2)
     plot = draw(rows, runtime, args.plot or os.path.join(args.roots[0], "pareto.png"))
-    table = to_markdown(rows, runtime) + f"\nPlot: `{plot}`.\n"
+    table = to_markdown(rows, runtime) + timing_note + f"\nPlot: `{plot}`.\n"
     print(table, end="")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -1,6 +1,7 @@
 """Which channels to keep: thresholds, global ratios and the group structure of grouped convs.
 
-A channel is kept when its score (|BN scale|) is >= the threshold. A grouped conv then needs every
+A channel is kept when its score (|BN scale|) is >= the threshold (one for all layers, or one per
+scored layer). A grouped conv then needs every
 group it keeps to keep equally many inputs and outputs; it may drop a whole group when all of the
 group's outputs go, and then the group's inputs are unused and go too (exactly). So for a grouped
 conv the kept groups are those with a wanted output, and each kept group keeps its top-k outputs
@@ -8,6 +9,8 @@ and inputs by score, k the largest wanted count of any kept group (some channels
 threshold stay to keep the shape valid). Every layer keeps at least one channel.
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -19,6 +22,16 @@ def global_threshold(scores: list[torch.Tensor], ratio: float) -> float:
     flat = torch.cat([s.flatten() for s in scores]).sort().values
     k = int(round(ratio * flat.numel()))
     return 0.0 if k == 0 else float(flat[k])
+
+
+def per_layer(threshold: float | Sequence[float], n: int) -> list[float]:
+    """One threshold for each of `n` scored layers: a global one repeated, or the budget search's own
+    per layer (`budget.search` lowers single layers' thresholds to spend what rounding left over)."""
+    if isinstance(threshold, (int, float)):
+        return [float(threshold)] * n
+    if len(threshold) != n:
+        raise ValueError(f"{len(threshold)} thresholds for {n} scored layers")
+    return [float(t) for t in threshold]
 
 
 def keep_at_least_one(keep: torch.Tensor, score: torch.Tensor) -> torch.Tensor:

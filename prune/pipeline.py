@@ -1,4 +1,5 @@
-"""The pruning job (`prune.py`): sparse training -> RM conversion -> pruning -> fine-tuning -> report.
+"""The network-slimming pruner (`prune.py`; the job is `prune.job.run`): sparse training -> RM
+conversion -> pruning -> fine-tuning -> report.
 
     <output_dir>/prune-<model>-<data>-sr<sr>/sparse/            sparse-training run (shared by criteria)
     <output_dir>/prune-<model>-<data>-sr<sr>/<criterion>/       per threshold or ratio:
@@ -17,34 +18,23 @@ import copy
 import functools
 import logging
 import os
-from dataclasses import replace
 from typing import Any
 
-import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 import artifacts
 from engine import stages
 from engine.config import command_line_keys
-from engine.faults import probe_run_dir
 from engine.inputs import check_data, data_for
 
 from . import common
 from .budget import Budget, check_budget, search
-from .common import (
-    check_stored_model,
-    finetune,
-    finish_form,
-    save_model,
-    shape_only_model,
-    to_prunable_plain,
-    top1,
-    train_cfg,
-)
-from .plain import PruneResult, channel_scores, prune_plain
-from .report import SCHEMA, check_bench, device_line, missed, model_stats, warn_missed, write_report
+from .common import finetune, save_model, shape_only_model, top1, train_residual
+from .job import Form, Job, Pruner, Selection
+from .job import run as run_job
+from .plain import channel_scores, prune_plain
+from .report import SCHEMA, check_bench, device_line, model_stats, to_markdown
 from .residual import check_residual, prune_residual, residual_scores
-from .row import Row
 from .surgery import PruneError
 
 log = logging.getLogger("rmnet.prune")
@@ -97,100 +87,74 @@ def check_settings(cfg: DictConfig) -> None:
                              f"alone: prune.forms=[rm]") from None
 
 
-def sparse_train(cfg: DictConfig) -> str:
-    """Train the residual model with shortcut BNs and the bn_l1 penalty; returns its best.pt.
-    Re-running resumes (or, when finished, reuses) the run."""
-    root = run_root(cfg)
-    tcfg = train_cfg(cfg, "prune", root, "sparse", {"bn_l1": {"sr": float(cfg.prune.sr)}},
-                     **{"final.enabled": False, "model.kwargs.shortcut_bn": True})
-    stages.train(tcfg, *stages.build(tcfg))
-    return os.path.join(root, "sparse", "best.pt")
+class Slimming(Pruner):
+    """Network slimming: BN scales of a sparse-trained model rank the channels; a threshold or ratio
+    selects them, or the budget (the highest threshold whose model fits it)."""
+    method, section, schema = "slimming", "prune", SCHEMA
+    hint = "raise prune.threshold (or set prune.ratio), or sparse-train with a larger prune.sr"
+    to_markdown, check_settings, root = staticmethod(to_markdown), staticmethod(check_settings), staticmethod(run_root)
 
+    def checkpoint(self, cfg: DictConfig) -> str:
+        """prune.sparse_ckpt, else sparse training: shortcut BNs and the bn_l1 penalty on BN scales."""
+        return cfg.prune.sparse_ckpt or train_residual(cfg, "prune", run_root(cfg), "sparse",
+                                                       {"bn_l1": {"sr": float(cfg.prune.sr)}},
+                                                       **{"model.kwargs.shortcut_bn": True})
 
-def prune_form(cfg: DictConfig, residual: artifacts.Artifact, form: str, budget: Budget | None,
-               residual_cost: float | None) -> tuple[PruneResult, artifacts.Artifact | None, float | None]:
-    """Prune the sparse-trained `residual` in `form` by the threshold/ratio, or under `budget` (the
-    highest threshold whose model fits it); returns (result, the unpruned recalibrated plain model for
-    rm, else None, the absolute cost target or None)."""
-    p = cfg.prune
-    plain = None if form == "residual" else to_prunable_plain(cfg, residual, p.calib_batches)
-    model, scores_of, prune_fn = ((residual.model, residual_scores, prune_residual) if plain is None
-                                  else (plain.model, channel_scores, prune_plain))
-    cut = functools.partial(prune_fn, model, channel_round=int(p.channel_round))
-    if budget is None:
-        crit = {"ratio": float(p.ratio)} if p.ratio is not None else {"threshold": float(p.threshold)}
-        return cut(**crit), plain, None
-    target = budget.target(residual_cost, budget.cost(model))
-    scores = torch.cat([s.flatten() for s in scores_of(model)]).tolist()
-    result, _ = search(lambda t: cut(threshold=t), budget.cost, scores, target)
-    return result, plain, target
+    def base_model(self, cfg: DictConfig) -> artifacts.Artifact:
+        residual = super().base_model(cfg)
+        if trained_sr(residual) is None:
+            log.warning(f"warning: {residual.path} was not sparse-trained (no hooks.bn_l1): its BN scales need not "
+                        "rank channels; leave prune.sparse_ckpt=null to sparse-train first")
+        return residual
+
+    def out_dir(self, cfg: DictConfig, base: artifacts.Artifact) -> str:
+        return os.path.join(run_root(cfg, trained_sr(base)), criterion(cfg.prune))
+
+    def budget(self, cfg: DictConfig, input_size: int) -> Budget | None:
+        b = cfg.prune.budget
+        return Budget.from_cfg(b, b.keep, input_size) if b.keep is not None else None
+
+    def select(self, job: Job, form: str, start: artifacts.Artifact, form_dir: str,
+               target: float | None) -> Selection:
+        """Threshold/ratio, or under the budget the lowest threshold whose model costs at most `target`."""
+        p = job.cfg.prune
+        scores_of, prune_fn = (residual_scores, prune_residual) if form == "residual" else (channel_scores, prune_plain)
+        cut = functools.partial(prune_fn, start.model, channel_round=int(p.channel_round))
+        if job.budget is None:
+            result = cut(**({"ratio": float(p.ratio)} if p.ratio is not None else {"threshold": float(p.threshold)}))
+        else:
+            result, _ = search(lambda t: cut(threshold=t), job.budget.cost, scores_of(start.model), target)
+        return Selection(result.model, result.removed, {"sr": trained_sr(job.base), "threshold": result.threshold},
+                         {"result": result})
+
+    def header(self, job: Job) -> dict[str, Any]:
+        p, ckpt, sr = job.cfg.prune, job.base.path, trained_sr(job.base)
+        return {"sr": sr, "threshold": None if p.threshold is None else float(p.threshold),
+                "ratio": None if p.ratio is None else float(p.ratio), "criterion": criterion(p),
+                "sparse_checkpoint": ckpt, "sparse_trained": sr is not None, "channel_round": int(p.channel_round),
+                "budget_text": self.budget_text(job)}
+
+    def budget_text(self, job: Job) -> str:
+        return job.budget.text() if job.budget is not None else criterion(job.cfg.prune)
+
+    def entry(self, job: Job, form: Form) -> dict[str, Any]:
+        result, before, after = form.selection.extra["result"], form.before, form.done.stats
+        entry = {"threshold": result.threshold, "before": before, "after": after,
+                 "pruned_param_ratio": 1 - after["params"] / before["params"],
+                 "params_vs_reference": after["params"] / job.reference["params"],
+                 "speedup": after["img_s"] / job.reference["img_s"], "top1_pruned": form.done.top1_pruned,
+                 "top1_finetuned": form.done.top1_finetuned, "channels_removed": result.removed,
+                 "channels_total": result.total, "approximate_channels": result.approximate,
+                 "layers": result.layers, "artifact": form.done.pruned_path, "flag": form.flag,
+                 "target": form.target, "cost": form.cost}
+        log.info(f"{form.name}: {result.removed}/{result.total} channels removed, params {after['params']:,} "
+                 f"({100 * entry['pruned_param_ratio']:.1f}% pruned), top-1 pruned {form.done.top1_pruned:.2f}")
+        return entry
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """The whole job for one sr and one threshold/ratio; returns the report."""
-    check_settings(cfg)
-    probe_run_dir(run_root(cfg), "prune.out_dir" if cfg.prune.out_dir else "output_dir", "the output folder")
-    p = cfg.prune
-    ckpt = p.sparse_ckpt or sparse_train(cfg)
-    residual = artifacts.load(ckpt)
-    check_stored_model(residual.spec, cfg, ckpt)
-    size, sr = residual.spec.input_size, trained_sr(residual)
-    out = os.path.join(run_root(cfg, sr), criterion(p))
-    val = stages.build_val_loader(cfg)
-    reference = {**model_stats(residual.model, size, p.bench), "top1": top1(residual.model, val, cfg, "sparse model")}
-    budget = Budget.from_cfg(p.budget, p.budget.keep, size) if p.budget.keep is not None else None
-    residual_cost = budget.cost(residual.model) if budget is not None else None
-    if sr is None:
-        log.warning(f"warning: {ckpt} was not sparse-trained (no hooks.bn_l1): its BN scales need not rank channels; "
-                    "leave prune.sparse_ckpt=null to sparse-train first")
-    report = {"schema": SCHEMA, "model": cfg.model.name, "data": cfg.data.name, "sr": sr,
-              "threshold": None if p.threshold is None else float(p.threshold),
-              "ratio": None if p.ratio is None else float(p.ratio), "criterion": criterion(p),
-              "sparse_checkpoint": ckpt, "sparse_trained": sr is not None, "device": device_line(p.bench),
-              "bench": OmegaConf.to_container(p.bench), "reference": reference, "forms": {},
-              "channel_round": int(p.channel_round), "budget": budget.report(residual.model) if budget is not None else None,
-              "budget_text": budget.text() if budget is not None else criterion(p)}
-    for form in p.forms:
-        result, plain, target = prune_form(cfg, residual, form, budget, residual_cost)
-        spec = plain.spec if plain is not None else replace(residual.spec, pruned=True)
-        form_dir = os.path.join(out, form)
-        meta = {"form": form, "sr": sr, "threshold": result.threshold}
-        if plain is not None:   # the error of the RM conversion the pruned chain starts from
-            meta["verify"] = plain.meta["verify"]
-        before = model_stats(plain.model, size, p.bench) if plain is not None else reference
-        if plain is not None:
-            before["top1"] = top1(plain.model, val, cfg, "RM plain")
-        cost = budget.cost(result.model) if budget is not None else None
-        flag = missed(result.removed, cost, target, budget.kind if budget is not None else "macs")
-        warn_missed(log, form, flag, "raise prune.threshold (or set prune.ratio), or sparse-train with a larger prune.sr")
-        done = finish_form(cfg, "prune", result.model, spec, form_dir, val, size, form, **meta)
-        after, top1_pruned = done.stats, done.top1_pruned
-        report["forms"][form] = {
-            "threshold": result.threshold, "before": before, "after": after,
-            "pruned_param_ratio": 1 - after["params"] / before["params"],
-            "params_vs_reference": after["params"] / reference["params"],
-            "speedup": after["img_s"] / reference["img_s"], "top1_pruned": top1_pruned,
-            "top1_finetuned": done.top1_finetuned,
-            "channels_removed": result.removed, "channels_total": result.total,
-            "approximate_channels": result.approximate, "layers": result.layers, "artifact": done.pruned_path, "flag": flag,
-            "target": target, "cost": cost}
-        log.info(f"{form}: {result.removed}/{result.total} channels removed, params {after['params']:,} "
-                 f"({100 * report['forms'][form]['pruned_param_ratio']:.1f}% pruned), top-1 pruned "
-                 f"{top1_pruned:.2f}")
-    report["rows"] = [comparison_row(report, form) for form in report["forms"]]
-    paths = write_report(report, out)
-    log.info(f"wrote {paths[0]} and {paths[1]}")
-    return report
-
-
-def comparison_row(report: dict[str, Any], form: str) -> dict[str, Any]:
-    """One pruned model as a comparison row (prune.compare merges them)."""
-    f = report["forms"][form]
-    budget = report["budget"]
-    return Row("slimming", form, report["model"], report["data"], report["budget_text"], f["target"],
-               f["after"]["params"], f["after"]["macs"], f["before"].get("top1"), f["top1_pruned"],
-               f["top1_finetuned"], f["after"]["img_s"], f["artifact"], f["flag"],
-               budget_kind=budget["kind"] if budget else "criterion", speeds=f["after"].get("speeds", {})).as_dict()
+    """The whole job for one sr and one threshold/ratio/budget; returns the report."""
+    return run_job(cfg, Slimming())
 
 
 def form_of(art: artifacts.Artifact) -> str:

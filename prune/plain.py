@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from .masks import global_threshold, keep_at_least_one, resolve_grouped, round_up
+from .masks import global_threshold, keep_at_least_one, per_layer, resolve_grouped, round_up
 from .surgery import (
     PruneError,
     act_constant,
@@ -41,7 +41,7 @@ class _Unit:
 @dataclass
 class PruneResult:
     model: nn.Module
-    threshold: float
+    threshold: float | list[float]   # one, or one per scored layer (the budget search's)
     layers: list[dict] = field(default_factory=list)  # per conv: name, channels before/after, groups
     removed: int = 0  # channels removed
     total: int = 0  # prunable channels before pruning
@@ -98,14 +98,14 @@ def channel_scores(model: nn.Sequential) -> list[torch.Tensor]:
     return [model[u.bn].weight.detach().abs().double().cpu() for u in units]
 
 
-def _masks(model: nn.Sequential, units: list[_Unit], head: int | None, threshold: float,
+def _masks(model: nn.Sequential, units: list[_Unit], head: int | None, threshold: float | list[float],
            channel_round: int = 1) -> list[torch.Tensor]:
     scores = channel_scores(model)
     convs = [model[u.conv] for u in units]
     # Output channels are free unless they are the network output or sit between two grouped convs.
     free = [k + 1 < len(units) and not (convs[k].groups > 1 and convs[k + 1].groups > 1) for k in range(len(units))]
     free[-1] = head is not None
-    keep = [(s >= threshold) | (not f) for s, f in zip(scores, free)]
+    keep = [(s >= t) | (not f) for s, t, f in zip(scores, per_layer(threshold, len(scores)), free)]
     for k, conv in enumerate(convs):
         if conv.groups > 1:
             ones = torch.ones(conv.in_channels, dtype=torch.bool)
@@ -120,7 +120,7 @@ def _masks(model: nn.Sequential, units: list[_Unit], head: int | None, threshold
             for m, s, f, u in zip(keep, scores, free, ungrouped)]
 
 
-def prune_plain(model: nn.Sequential, threshold: float | None = None, ratio: float | None = None,
+def prune_plain(model: nn.Sequential, threshold: float | list[float] | None = None, ratio: float | None = None,
                 channel_round: int = 1) -> PruneResult:
     """Return a smaller copy of `model` without the channels whose |BN scale| < threshold (or the
     `ratio` fraction of all channels with the smallest scales), each layer keeping a multiple of

@@ -75,15 +75,14 @@ def device_line(bench: Any) -> str:
     return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def write_report(report: dict[str, Any], out_dir: str,
-                 markdown: Callable[[dict[str, Any]], str] | None = None) -> tuple[str, str]:
-    """report.json and report.md (`markdown`: the report's renderer, slimming's by default)."""
+def write_report(report: dict[str, Any], out_dir: str, markdown: Callable[[dict[str, Any]], str]) -> tuple[str, str]:
+    """report.json and report.md (`markdown`: the pruner's renderer)."""
     os.makedirs(out_dir, exist_ok=True)
     json_path, md_path = os.path.join(out_dir, "report.json"), os.path.join(out_dir, "report.md")
     with open(json_path, "w") as f:
         json.dump(report, f, indent=2)
     with open(md_path, "w") as f:
-        f.write((markdown or to_markdown)(report))
+        f.write(markdown(report))
     return json_path, md_path
 
 

@@ -19,7 +19,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from models.resnet import ResNet
 
-from .masks import global_threshold, keep_at_least_one, resolve_grouped, round_up
+from .masks import global_threshold, keep_at_least_one, per_layer, resolve_grouped, round_up
 from .plain import PruneResult
 from .surgery import PruneError, act_constant, conv_constant_response, slice_bn, slice_conv, slice_linear
 
@@ -90,10 +90,11 @@ def residual_scores(model: nn.Module) -> list[torch.Tensor]:
     return scores
 
 
-def prune_residual(model: nn.Module, threshold: float | None = None, ratio: float | None = None,
+def prune_residual(model: nn.Module, threshold: float | list[float] | None = None, ratio: float | None = None,
                    channel_round: int = 1) -> PruneResult:
     """Return a smaller copy of a ResNet without the channels whose score is under the threshold
-    (or the `ratio` fraction of lowest-scoring channels, see `residual_scores`), each stream and
+    (or the `ratio` fraction of lowest-scoring channels, see `residual_scores`; or a threshold per
+    entry of `residual_scores`), each stream and
     ungrouped block-internal width a multiple of `channel_round` (masks.round_up)."""
     if (threshold is None) == (ratio is None):
         raise ValueError("give exactly one of threshold= or ratio=")
@@ -104,11 +105,12 @@ def prune_residual(model: nn.Module, threshold: float | None = None, ratio: floa
     out = copy.deepcopy(model)
     blocks, streams = structure(out)
     s_scores = [torch.stack([_score(bn) for bn in group]).max(0).values for group in streams]
-    s_keep = [round_up(s >= threshold, s, channel_round) for s in s_scores]
+    thresholds = iter(per_layer(threshold, len(s_scores) + sum(len(b.pairs) - 1 for b in blocks)))
+    s_keep = [round_up(s >= next(thresholds), s, channel_round) for s in s_scores]
     for b in blocks:
         convs = [getattr(b.module, c) for c, _ in b.pairs]
         scores = [_score(getattr(b.module, bn)) for _, bn in b.pairs[:-1]]
-        keep = [s >= threshold for s in scores]
+        keep = [s >= next(thresholds) for s in scores]
         for k, conv in enumerate(convs):
             if conv.groups > 1:  # only the block-internal sides of a grouped conv may change
                 in_free, out_free = k > 0, k < len(convs) - 1

@@ -27,12 +27,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 class ShapeTimer:
     """Fake ms that grow with a layer's input and settings: convs, Linears and PReLUs (the layers a
     pruner resizes) by their input size times the sum of their settings' numbers; every other layer
-    1e-4 ms, or, with `every`, by its input size too. Never runs a layer."""
+    1e-4 ms, or, with `every`, by its input size too; the whole model 1 ms. Never runs a layer."""
 
     def __init__(self, every: bool = False):
         self.every = every
 
     def __call__(self, run, layer):
+        if layer.kind == "model":   # the whole model, timed once against the table's sum (the report's check)
+            return 1.0
         kind, settings, shapes = json.loads(layer.key)[:3]
         resized = kind.split("+")[0] in ("Conv2d", "Linear", "PReLU")
         if not (resized or self.every):
@@ -225,17 +227,20 @@ def fake_table(monkeypatch):
     return made
 
 
-def test_amc_runs_under_a_latency_budget(tmp_path, fake_table):
+def test_amc_runs_under_a_latency_budget(tmp_path, fake_table, caplog):
     """amc.py end to end with amc.budget.kind=latency: the search's target and reached cost in ms of
-    the table (its runtime and batch from the budget), the row's target in ms, its own run folder."""
+    the table (its runtime and batch from the budget), the row's target in ms, its own run folder, and
+    a log line in ms whose target says whose latency it is a fraction of."""
     from prune.amc import pipeline
     from tests.test_amc_pipeline import compose_amc
-    report = pipeline.run(compose_amc([f"output_dir={tmp_path}", "amc.forms=[rm]", "amc.budget.kind=latency",
-                                       "amc.budget.runtime=eager", "amc.budget.batch_size=2"]))
+    with caplog.at_level("INFO", logger="rmnet.amc"):
+        report = pipeline.run(compose_amc([f"output_dir={tmp_path}", "amc.forms=[rm]", "amc.budget.kind=latency",
+                                           "amc.budget.runtime=eager", "amc.budget.batch_size=2"]))
     assert [(t.runtime, t.batch_size) for t in fake_table] == [("eager", 2)]
     policy, row = report["methods"]["rm"]["policy"], report["rows"][0]
     assert policy["unit"] == "ms" and 0.98 * policy["target_latency"] <= policy["cost"] <= policy["target_latency"]
     assert row["budget_kind"] == "latency" and row["target"] == policy["target_latency"] and row["flag"] is None
+    assert f" ms (target {row['target']:.3f} ms: keep 0.5 of the residual model's latency), top-1" in caplog.text
     root = tmp_path / "amc-mobilenetv2_rm-synthetic" / "r0.5-latency-eager-b2"
     assert f"| {policy['target_latency']:.3f} ms / {policy['cost']:.3f} ms |" in (root / "report.md").read_text()
 

@@ -45,10 +45,10 @@ UNWRITABLE = {
     "benchmark out_dir=": ("benchmark", ["models=[resnet18]", "stem=cifar", "out_dir={out}/bench"],
                            "bench.benchmark.benchmark_model"),
     "prune output_dir=": ("prune", ["prune.sparse_ckpt={ckpt}", *TINY, "output_dir={out}/runs"],
-                          "prune.pipeline.check_stored_model"),
+                          "prune.job.check_stored_model"),
     "prune prune.out_dir=": ("prune", ["prune.sparse_ckpt={ckpt}", *TINY, "prune.out_dir={out}/p"],
-                             "prune.pipeline.check_stored_model"),
-    "amc output_dir=": ("amc", ["amc.checkpoint={ckpt}", "output_dir={out}/runs"], "prune.amc.pipeline.run"),
+                             "prune.job.check_stored_model"),
+    "amc output_dir=": ("amc", ["amc.checkpoint={ckpt}", "output_dir={out}/runs"], "prune.job.check_stored_model"),
 }
 
 
@@ -131,3 +131,18 @@ def test_progress_bars_stay_out_of_a_redirected_output(ckpt, tmp_path, script, a
     code, out, err = run_script(script, [a.format(ckpt=ckpt, out=tmp_path) for a in argv])
     assert code == 0, err[-2000:]
     assert "%|" not in out + err, (out + err)[-2000:]
+
+
+def test_pruning_jobs_log_their_own_lines_not_the_exporters(monkeypatch):
+    """prune.py/amc.py/resrep.py time ONNX Runtime for their reports; the exporter's and quantizer's
+    INFO chatter (hundreds of lines per model) must not bury the job's own lines."""
+    import logging
+
+    from engine.cli import setup_logging
+    root, ours = logging.getLogger(), logging.getLogger("rmnet")
+    monkeypatch.setattr(root, "level", root.level)
+    monkeypatch.setattr(ours, "level", ours.level)
+    setup_logging()
+    assert logging.getLogger("rmnet.prune").isEnabledFor(logging.INFO)
+    assert not logging.getLogger("onnxscript.optimizer").isEnabledFor(logging.INFO)
+    assert logging.getLogger("onnxruntime.quantization").isEnabledFor(logging.WARNING)

@@ -111,6 +111,32 @@ def test_comparison_table_lists_every_pruned_model(run_dir, capsys):
         "error: no report timed runtime 'onnxruntime_int8'; pass --runtime with one of eager\n")
 
 
+def test_compare_times_every_model_again_in_one_interleaved_run(run_dir, capsys, monkeypatch, tmp_path):
+    """--time: the reports' own speeds were taken at different moments; every model file is timed
+    again, all (model, runtime) pairs in ONE interleaved call, and those numbers drive the table."""
+    import prune.retime
+    from prune.compare import main
+
+    out, _, _ = run_dir
+    real, calls = prune.retime.time_interleaved, []
+
+    def spy(fns, *args):
+        calls.append(sorted(fns))
+        return real(fns, *args)
+
+    monkeypatch.setattr(prune.retime, "time_interleaved", spy)
+    plot = tmp_path / "pareto.png"
+    main([str(out), "--time", "eager", "onnxruntime", "--repeats", "2", "--plot", str(plot)])
+    assert calls == [[(0, "eager"), (0, "onnxruntime"), (1, "eager"), (1, "onnxruntime")]]
+    with open(tmp_path / "timing.json") as f:
+        timing = json.load(f)
+    assert len(timing["speeds"]) == 2 and all(s["onnxruntime"] > 0 for s in timing["speeds"])
+    assert timing["artifacts"][0].endswith("finetuned.pt") and timing["settings"]["repeats"] == 2
+    table = capsys.readouterr().out
+    assert "one interleaved run (`--time`), batch 1" in table
+    assert f"| {timing['speeds'][0]['onnxruntime']:.0f} |" in table
+
+
 def test_model_stats_time_the_deploy_runtimes():
     """bench.runtimes: img/s in ONNX Runtime too (the default), not only eager PyTorch."""
     from omegaconf import OmegaConf

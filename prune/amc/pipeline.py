@@ -1,9 +1,10 @@
-"""The RM + AMC job (`amc.py`): train -> RM (BN kept) -> AMC search -> prune -> fine-tune -> report,
-and the AMC baseline on the residual model with the same budget, search length and fine-tuning.
+"""The RM + AMC pruner (`amc.py`; the job is `prune.job.run`): train -> RM (BN kept) -> AMC search ->
+prune -> fine-tune -> report, and the AMC baseline on the residual model with the same budget, search length and fine-tuning.
 
     <output_dir>/amc-<model>-<data>/train/                  the residual model's training run
     <output_dir>/amc-<model>-<data>/rm_finetune/            the RM form's fine-tuning (amc.rm_finetune_epochs)
-    <output_dir>/amc-<model>-<data>/r<flops_ratio>/         per budget:
+    <output_dir>/amc-<model>-<data>/r<flops_ratio>/         per budget (-own, and -<kind>[-<runtime>-b<batch>]
+                                                            for a params or latency budget: prune.cost.kind_suffix):
         rm/{search.pt, policy.json, pruned.pt, finetune/, finetuned.pt}
         residual/{search.pt, policy.json, pruned.pt, finetune/, finetuned.pt}
         report.json  report.md  reward_curves.png
@@ -11,9 +12,10 @@ and the AMC baseline on the residual model with the same budget, search length a
 Both methods search on the same data: held-out training images score each policy (never the
 validation set, which only the report's top-1 columns use), other training images give the feature
 maps of the least-squares refit. The training runs are shared by every budget and resume when run
-again, as do the searches (their state files). The FLOPs ratio is a fraction of the residual
-model's MACs by default (`amc.budget.of=residual`: one absolute budget for both forms, the
-comparison users make); `amc.budget.of=own` applies it to each model's own MACs, as the authors'
+again, as do the searches (their state files). The FLOPs ratio is a fraction of a cost
+(`amc.budget.kind`: MACs, params or latency), the residual model's by default
+(`amc.budget.of=residual`: one absolute budget for both forms, the comparison users make);
+`amc.budget.of=own` applies it to each model's own cost, as the authors'
 `amc_search.py --flops_ratio` does: the RM form of MobileNetV2 is MobileNetV1, which costs more than
 MobileNetV2, so there RM + AMC keeps more MACs than AMC.
 """
@@ -43,22 +45,16 @@ from models.complexity import count_macs
 from .. import common
 from ..budget import UNITS, Budget
 from ..budget import check_budget as check_cost_budget
-from ..common import (
-    check_stored_model,
-    finish_form,
-    shape_only_model,
-    to_prunable_plain,
-    top1,
-    train_cfg,
-)
+from ..common import shape_only_model, train_cfg, train_residual
 from ..cost import amount, kind_suffix
-from ..report import check_bench, device_line, missed, model_stats, warn_missed
-from ..row import Row
+from ..job import Form, Job, Pruner, Selection
+from ..job import run as run_job
+from ..report import check_bench
 from .channels import apply_policy, collect_features
 from .ddpg import AgentSettings
 from .env import ChannelPruningEnv, check_budget
 from .graph import Graph, check_residual, graph_cost, plain_graph, residual_graph
-from .report import SCHEMA, draw_reward_curves, write_amc_report
+from .report import SCHEMA, draw_reward_curves, to_markdown
 from .search import SearchSettings, search
 
 log = logging.getLogger("rmnet.amc")
@@ -84,16 +80,10 @@ def check_settings(cfg: DictConfig) -> None:
     if not isinstance(a.warmup, int) or not 0 <= a.warmup <= a.episodes:
         raise ValueError(f"amc.warmup must be an integer in [0, amc.episodes={a.episodes}], got {a.warmup!r}")
     common.check_files(a, "amc", ("checkpoint",))
+    if D.launched_by_torchrun():
+        raise ValueError("amc.py runs in one process (the search is sequential); start it with python, not torchrun")
     if "residual" in forms:   # a shape-only build says whether the residual baseline can run
         check_residual(shape_only_model(cfg))
-
-
-def train_residual(cfg: DictConfig) -> str:
-    """Train the residual model (a re-run resumes or reuses the run); returns its best.pt."""
-    root = run_root(cfg)
-    tcfg = train_cfg(cfg, "amc", root, "train", **{"final.enabled": False})
-    stages.train(tcfg, *stages.build(tcfg))
-    return os.path.join(root, "train", "best.pt")
 
 
 def search_loaders(cfg: DictConfig) -> tuple[DataLoader, DataLoader]:
@@ -122,16 +112,16 @@ def graph_of(model: nn.Module, spec: ModelSpec) -> Graph:
 
 
 def amc_prune(cfg: DictConfig, model: nn.Module, spec: ModelSpec, out_dir: str, loaders: tuple[DataLoader, DataLoader],
-              device: torch.device, desc: str, budget: Budget, residual_cost: float
+              device: torch.device, desc: str, budget: Budget, target: float
               ) -> tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]:
-    """Search a policy for `model` under `budget` (residual_cost: the residual model's, in budget.kind,
-    which budget.of=residual takes the fraction of) and prune it; returns (pruned model, the policy record,
-    the search's history). The search state in `out_dir/search.pt` makes a re-run resume."""
+    """Search a policy for `model` under `target` (the budget's absolute cost in budget.kind, prune.job)
+    and prune it; returns (pruned model, the policy record, the search's history). The search state in
+    `out_dir/search.pt` makes a re-run resume."""
     a = cfg.amc
     graph = graph_of(model, spec)
     cost = graph_cost(graph, model, budget)
     own = cost(graph.full)
-    ratio = min(1.0, budget.target(residual_cost, own) / own)   # the environment's fraction of this form's cost
+    ratio = min(1.0, target / own)   # the environment's fraction of this form's cost
     bar = dict(desc=f"{desc}: feature maps", unit="batch", disable=None if cfg.progress else True)
     features = collect_features(model, graph, loaders[0], int(a.points_per_image), int(cfg.seed), device,
                                 progress=lambda it: tqdm(it, **bar))
@@ -165,70 +155,76 @@ def amc_prune(cfg: DictConfig, model: nn.Module, spec: ModelSpec, out_dir: str, 
     return pruned, policy, result.history
 
 
-def start_model(cfg: DictConfig, residual: artifacts.Artifact, method: str) -> tuple[nn.Module, ModelSpec]:
-    """What `method` prunes: the RM form with BN kept (identity BNs recalibrated, verified, optionally
-    fine-tuned), or the residual model itself."""
-    if method == "residual":
-        return residual.model, dataclasses.replace(residual.spec, pruned=True)
-    plain = to_prunable_plain(cfg, residual, cfg.amc.calib_batches)
-    if cfg.amc.rm_finetune_epochs == 0:
-        return plain.model, plain.spec
-    root = run_root(cfg)
-    tcfg = train_cfg(cfg, "amc", root, "rm_finetune",
-                     **{"epochs": int(cfg.amc.rm_finetune_epochs), "final.enabled": False})
-    stages.train(tcfg, plain.model, plain.spec)
-    return artifacts.load(os.path.join(root, "rm_finetune", "best.pt")).model, plain.spec
+class AMC(Pruner):
+    """AMC's DDPG agent searches per-layer keep ratios under the budget on held-out training images;
+    the RM form may be fine-tuned once before its search (amc.rm_finetune_epochs)."""
+    method, section, schema, forms_key = "amc", "amc", SCHEMA, "methods"
+    hint = "raise amc.flops_ratio's budget or lower amc.lbound"
+    to_markdown, check_settings, root = staticmethod(to_markdown), staticmethod(check_settings), staticmethod(run_root)
+
+    def checkpoint(self, cfg: DictConfig) -> str:
+        return cfg.amc.checkpoint or train_residual(cfg, "amc", run_root(cfg), "train")
+
+    def out_dir(self, cfg: DictConfig, base: artifacts.Artifact) -> str:
+        a = cfg.amc
+        return os.path.join(run_root(cfg), f"r{a.flops_ratio:g}" + ("-own" if a.budget.of == "own" else "")
+                            + kind_suffix(a.budget))
+
+    def budget(self, cfg: DictConfig, input_size: int) -> Budget:
+        return Budget.from_cfg(cfg.amc.budget, cfg.amc.flops_ratio, input_size)
+
+    def label(self, form: str) -> str:
+        return LABELS[form]
+
+    def prepare(self, job: Job) -> tuple[tuple[DataLoader, DataLoader], torch.device]:
+        return search_loaders(job.cfg), D.setup(job.cfg.device)
+
+    def start(self, job: Job, form: str) -> artifacts.Artifact:
+        """The RM form with BN kept (identity BNs recalibrated, verified), fine-tuned when
+        amc.rm_finetune_epochs is set; or the residual model itself."""
+        cfg = job.cfg
+        plain = super().start(job, form)
+        if form == "residual" or cfg.amc.rm_finetune_epochs == 0:
+            return plain
+        root = run_root(cfg)
+        tcfg = train_cfg(cfg, "amc", root, "rm_finetune",
+                         **{"epochs": int(cfg.amc.rm_finetune_epochs), "final.enabled": False})
+        stages.train(tcfg, plain.model, plain.spec)
+        tuned = artifacts.load(os.path.join(root, "rm_finetune", "best.pt")).model
+        return dataclasses.replace(plain, model=tuned)
+
+    def select(self, job: Job, form: str, start: artifacts.Artifact, form_dir: str, target: float) -> Selection:
+        loaders, device = job.state
+        pruned, policy, history = amc_prune(job.cfg, start.model, start.spec, form_dir, loaders, device, LABELS[form],
+                                            job.budget, target)
+        removed = sum(layer["channels"] - layer["kept"] for layer in policy["layers"])
+        meta = {"method": form, "flops_ratio": float(job.cfg.amc.flops_ratio), "policy": policy["layers"]}
+        return Selection(pruned, removed, meta, {"policy": policy, "history": history})
+
+    def header(self, job: Job) -> dict[str, Any]:
+        a = job.cfg.amc
+        return {"flops_ratio": float(a.flops_ratio), "checkpoint": job.base.path,
+                "search": {k: a[k] for k in ("episodes", "warmup", "holdout", "lbound", "rbound", "channel_round",
+                                             "reward", "refit")}}
+
+    def budget_text(self, job: Job) -> str:
+        return job.budget.text()
+
+    def entry(self, job: Job, form: Form) -> dict[str, Any]:
+        policy, done = form.selection.extra["policy"], form.done
+        kind = job.budget.kind   # no ratio to the form's own cost: the target is a fraction of whose amc.budget.of says
+        log.info(f"{LABELS[form.name]}: {amount(form.cost, kind)} (target {amount(form.target, kind)}: "
+                 f"{job.budget.text()}), top-1 pruned {done.top1_pruned:.2f}"
+                 + (f", fine-tuned {done.top1_finetuned:.2f}" if done.top1_finetuned is not None else ""))
+        return {"label": LABELS[form.name], "form": form.start.spec.form, "policy": policy,
+                "pruned_artifact": done.pruned_path, "stats": done.stats}
+
+    def finish_report(self, job: Job, report: dict[str, Any], forms: dict[str, Form]) -> None:
+        histories = {LABELS[name]: form.selection.extra["history"] for name, form in forms.items()}
+        report["reward_curves"] = draw_reward_curves(histories, int(job.cfg.amc.warmup),
+                                                     os.path.join(job.out, "reward_curves.png"))
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The whole job for one FLOPs ratio; returns the report."""
-    check_settings(cfg)
-    if D.launched_by_torchrun():
-        raise ValueError("amc.py runs in one process (the search is sequential); start it with python, not torchrun")
-    a, device = cfg.amc, D.setup(cfg.device)
-    ckpt = a.checkpoint or train_residual(cfg)
-    residual = artifacts.load(ckpt)
-    check_stored_model(residual.spec, cfg, ckpt)
-    size = residual.spec.input_size
-    out = os.path.join(run_root(cfg), f"r{a.flops_ratio:g}" + ("-own" if a.budget.of == "own" else "")
-                       + kind_suffix(a.budget))
-    budget = Budget.from_cfg(a.budget, a.flops_ratio, size)
-    residual_graph_ = graph_of(residual.model, residual.spec)
-    residual_cost = graph_cost(residual_graph_, residual.model, budget)(residual_graph_.full)
-    val, loaders = stages.build_val_loader(cfg), search_loaders(cfg)
-    reference = {**model_stats(residual.model, size, a.bench),
-                 "top1": top1(residual.model, val, cfg, "unpruned model")}
-    report: dict[str, Any] = {
-        "schema": SCHEMA, "model": cfg.model.name, "data": cfg.data.name, "flops_ratio": float(a.flops_ratio),
-        "checkpoint": ckpt, "device": device_line(a.bench), "bench": OmegaConf.to_container(a.bench),
-        "search": {k: a[k] for k in ("episodes", "warmup", "holdout", "lbound", "rbound", "channel_round", "reward",
-                                     "refit")},
-        "reference": reference, "budget": budget.report(), "methods": {}, "rows": []}
-    histories = {}
-    for method in a.forms:
-        out_dir = os.path.join(out, method)
-        os.makedirs(out_dir, exist_ok=True)
-        model, spec = start_model(cfg, residual, method)
-        top1_before = reference["top1"] if model is residual.model else top1(model, val, cfg, f"{method} unpruned")
-        pruned, policy, histories[LABELS[method]] = amc_prune(cfg, model, spec, out_dir, loaders, device,
-                                                                   LABELS[method], budget, residual_cost)
-        meta = {"method": method, "flops_ratio": float(a.flops_ratio), "policy": policy["layers"]}
-        done = finish_form(cfg, "amc", pruned, spec, out_dir, val, size, method, **meta)
-        stats, top1_pruned, top1_tuned = done.stats, done.top1_pruned, done.top1_finetuned
-        flag = missed(sum(layer["channels"] - layer["kept"] for layer in policy["layers"]), policy["cost"],
-                      policy[f"target_{budget.kind}"], budget.kind)
-        warn_missed(log, LABELS[method], flag, "raise amc.flops_ratio's budget or lower amc.lbound")
-        report["methods"][method] = {"label": LABELS[method], "form": spec.form, "policy": policy,
-                                     "pruned_artifact": done.pruned_path, "stats": stats}
-        report["rows"].append(Row("amc", method, cfg.model.name, cfg.data.name, budget.text(),
-                                  policy[f"target_{budget.kind}"], stats["params"], stats["macs"], top1_before,
-                                  top1_pruned, top1_tuned, stats["img_s"], done.path, flag, budget.kind,
-                                  speeds=stats["speeds"]).as_dict())
-        log.info(f"{LABELS[method]}: {amount(policy['cost'], budget.kind)} of {amount(policy['total'], budget.kind)} "
-                 f"({policy['ratio']:.3f}, "
-                 f"target {a.flops_ratio:g}), top-1 pruned {top1_pruned:.2f}"
-                 + (f", fine-tuned {top1_tuned:.2f}" if top1_tuned is not None else ""))
-    report["reward_curves"] = draw_reward_curves(histories, int(a.warmup), os.path.join(out, "reward_curves.png"))
-    paths = write_amc_report(report, out)
-    log.info(f"wrote {paths[0]} and {paths[1]}")
-    return report
+    return run_job(cfg, AMC())

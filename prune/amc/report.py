@@ -7,7 +7,7 @@ from typing import Any
 
 from ..budget import UNITS
 from ..cost import amount
-from ..report import mega, save_figure, top1_text, write_report
+from ..report import mega, save_figure, top1_text
 
 SCHEMA = "rmnet-amc/1"
 
@@ -65,6 +65,3 @@ def to_markdown(report: dict[str, Any]) -> str:
                   for layer in p["layers"]]
     return "\n".join(lines) + "\n"
 
-
-def write_amc_report(report: dict[str, Any], out_dir: str) -> tuple[str, str]:
-    return write_report(report, out_dir, to_markdown)

@@ -1,4 +1,4 @@
-"""The ResRep report: report.json (with the comparison `rows` every pruner writes alike) and report.md."""
+"""The ResRep report.md (report.json and its comparison `rows` are prune.job's, as for every pruner)."""
 from __future__ import annotations
 
 from typing import Any
@@ -6,34 +6,23 @@ from typing import Any
 from ..budget import UNITS
 from ..cost import amount
 from ..report import mega, top1_text
-from ..row import Row
 
 SCHEMA = "rmnet-resrep/1"
 
 
-def row(report: dict[str, Any], form: str) -> dict[str, Any]:
-    """One pruned model in the keys the slimming, AMC and ResRep reports share."""
-    r, kind = report["forms"][form], _kind(report)
-    return Row("resrep", form, report["model"], report["data"], budget_text(report), r[f"target_{kind}"], r["after"]["params"], r["after"]["macs"], r["before"].get("top1"),
-               r["top1_pruned"], None, r["after"]["img_s"], r["artifact"], r["flag"], kind,
-               speeds=r["after"].get("speeds", {})).as_dict()
-
-
-def _kind(report: dict[str, Any]) -> str:
-    return (report.get("budget") or {}).get("kind", "macs")
-
-
-def budget_text(report: dict[str, Any]) -> str:
-    whose = "its own" if (report.get("budget") or {}).get("of") == "own" else "the residual model's"
-    return f"remove {report['target']:.1%} of {whose} {'latency' if _kind(report) == 'latency' else UNITS[_kind(report)]}"
+def budget_text(target: float, of: str, kind: str) -> str:
+    """The rows' budget: the share of the cost (`resrep.budget.kind`) to remove and whose (`resrep.budget.of`)."""
+    whose = "its own" if of == "own" else "the residual model's"
+    return f"remove {target:.1%} of {whose} {'latency' if kind == 'latency' else UNITS[kind]}"
 
 
 def to_markdown(report: dict[str, Any]) -> str:
     ref = report["reference"]
     s = report["settings"]
+    kind = report["budget"]["kind"]
     lines = [f"# ResRep on {report['model']} ({report['data']})", "",
-             f"Target: {budget_text(report)} ({amount(report[f'target_{_kind(report)}'], _kind(report))} left for the residual "
-             f"form); lasso {s['lasso']}, penalty on "
+             f"Target: {budget_text(report['target'], report['budget']['of'], kind)} ({amount(report[f'target_{kind}'], kind)} "
+             f"left for the residual form); lasso {s['lasso']}, penalty on "
              f"{s['penalty_rows']} rows, mask every {s['interval']} steps from epoch {s['start_epochs']}, "
              f"{s['granularity']} channels at a time, fold threshold {s['threshold']}. Base model `{report['base']}`; "
              f"speed on {report['device']}, batch {report['bench']['batch_size']}. Params, MACs and img/s of the "

@@ -1,0 +1,62 @@
+"""Time the pruned models of many reports again, all in one run and interleaved (`python -m
+prune.compare DIR --time`): each report timed its models while it ran, at whatever load the machine
+had then, so speeds of different reports (and of two forms of one report) are not comparable. Here
+every (model, runtime) pair is prepared first, then `bench.benchmark.time_interleaved` runs their
+timed blocks in turn, so a busy spell slows all of them alike and their ratios hold; the load
+average before and after is recorded with the numbers.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+import artifacts
+from bench.benchmark import fold_bn, physical_cores, time_interleaved
+from bench.runtimes import RUNTIMES, Context, check_runtimes
+
+
+def load_average() -> list[float] | None:
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def retime(rows: list[dict[str, Any]], runtimes: list[str], batch_size: int = 1, warmup: int = 20,
+           iters: int = 50, repeats: int = 7, threads: int | None = None) -> dict[str, Any]:
+    """img/s of every row's model file (`artifact`) in every runtime, interleaved in one run on the
+    CPU; returns {"speeds": [{runtime: img/s} per row], "settings": ..., "load_before", "load_after"}.
+    INT8 calibrates on seeded N(0, 1) batches (the scale of normalised images): speed does not depend
+    on the calibration data."""
+    check_runtimes(runtimes, "cpu", ["fp32"])
+    threads = threads or max(physical_cores() - 1, 1)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    try:
+        with tempfile.TemporaryDirectory() as work, torch.inference_mode():
+            calls = {}
+            for i, row in enumerate(tqdm(rows, desc="prepare", unit="model", disable=None)):
+                art = artifacts.load(row["artifact"])
+                size = art.spec.input_size
+                x = torch.randn(batch_size, 3, size, size, generator=gen)
+                calibration = [torch.randn(8, 3, size, size, generator=gen) for _ in range(4)]
+                ctx = Context(os.path.join(work, str(i)), x, calibration=calibration)
+                os.makedirs(ctx.work_dir)
+                deploy = fold_bn(art.model.float().eval())
+                for runtime in runtimes:
+                    run = RUNTIMES[runtime].prepare(deploy, "pruned", ctx)
+                    calls[(i, runtime)] = lambda run=run, x=x: run(x)
+            before = load_average()
+            seconds = time_interleaved(calls, torch.device("cpu"), warmup, iters, repeats)
+            after = load_average()
+    finally:
+        torch.set_num_threads(saved)
+    speeds: list[dict[str, float]] = [{} for _ in rows]
+    for (i, runtime), times in seconds.items():
+        speeds[i][runtime] = statistics.median(batch_size * iters / t for t in times)
+    return {"speeds": speeds, "load_before": before, "load_after": after,
+            "settings": {"runtimes": runtimes, "batch_size": batch_size, "warmup": warmup, "iters": iters,
+                         "repeats": repeats, "threads": threads}}
