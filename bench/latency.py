@@ -80,6 +80,7 @@ class _Op(nn.Module):
 @dataclass
 class Layer:
     key: str                  # the signature, the cache key
+    name: str                 # the module path (a call of a module) or the fx node's name
     kind: str                 # operator name, "+relu" when fused
     shape: tuple[int, ...]    # the (first) input's shape
     make: Callable[[], _Op]   # builds the layer module (lazily: a fake timer never needs it)
@@ -117,8 +118,7 @@ def _layer(node: torch.fx.Node, modules: dict[str, nn.Module], relu: bool, runti
     args, kwargs = (torch.fx.node.map_arg(a, slots.__getitem__) for a in (node.args, node.kwargs))
     kind = name + ("+relu" if relu else "")
     shapes = [_shape(n) for n in slots]
-    key = json.dumps([kind, settings, shapes, repr((args, sorted(kwargs.items()))), runtime, batch, threads],
-                     default=str)
+    key = _key(kind, settings, shapes, args, kwargs, runtime, batch, threads)
 
     def make() -> _Op:
         gen = torch.Generator().manual_seed(0)
@@ -126,7 +126,33 @@ def _layer(node: torch.fx.Node, modules: dict[str, nn.Module], relu: bool, runti
         op = copy.deepcopy(fn) if isinstance(fn, nn.Module) else fn
         return _Op(op, args, kwargs, consts, relu).eval()
 
-    return Layer(key, kind, shapes[0], make)
+    return Layer(key, node.target if node.op == "call_module" else node.name, kind, shapes[0], make)
+
+
+def _key(kind: str, settings: str, shapes: list, args: Any, kwargs: dict, runtime: str, batch: int,
+         threads: int) -> str:
+    return json.dumps([kind, settings, shapes, repr((args, sorted(kwargs.items()))), runtime, batch, threads],
+                      default=str)
+
+
+def module_layer(module: nn.Module, shape: tuple[int, ...], relu: bool, runtime: str = "onnxruntime",
+                 threads: int = 1) -> Layer:
+    """The layer of a deployed model that calls `module` (a conv or Linear; on any device, meta
+    included: its weights are never read) on an input of `shape` (batch first), with its ReLU fused
+    when `relu`: the same signature as that layer found in a model by `layers`, so a table prices it
+    from the same entry. Timing builds it with fresh weights on the CPU."""
+    kind = type(module).__name__ + ("+relu" if relu else "")
+    args = (_Slot(0),)
+    key = _key(kind, module.extra_repr(), [tuple(shape)], args, {}, runtime, shape[0], threads)
+
+    def make() -> _Op:
+        op = copy.deepcopy(module).to_empty(device="cpu")
+        with torch.random.fork_rng(devices=[]):   # seeded weights, the caller's random state untouched
+            torch.manual_seed(0)
+            op.reset_parameters()
+        return _Op(op, args, {}, [], relu).eval()
+
+    return Layer(key, "", kind, tuple(shape), make)
 
 
 def layers(model: nn.Module, input_size: int, batch: int = 1, runtime: str = "onnxruntime",
@@ -176,6 +202,12 @@ class LatencyTable:
         self.measure([layer])
         return self.entries[layer.key]["ms"]
 
+    def module_ms(self, module: nn.Module, shape: tuple[int, ...], relu: bool = False) -> float:
+        """The table's ms for a conv or Linear of `module`'s settings on an input of `shape` (its
+        batch replaced by the table's), with its ReLU fused when `relu`: a pruner prices a width
+        without building the model (`module_layer`)."""
+        return self.layer_ms(module_layer(module, (self.batch_size, *shape[1:]), relu, self.runtime, self.threads))
+
     def measure(self, found: list[Layer], whole: Layer | None = None) -> float | None:
         """Time the signatures of `found` not in the table yet, and `whole` (a model, not stored)
         if given, returning its ms. Without a timer they are timed interleaved (`time_interleaved`:
@@ -204,7 +236,7 @@ class LatencyTable:
         """The table's sum against the whole deployed model (BN folded) measured as one graph in the
         same runtime, with its unmeasured layers: ratio = sum / whole."""
         found = layers(model, input_size, self.batch_size, self.runtime, self.threads)
-        whole = Layer("model", "model", (self.batch_size, 3, input_size, input_size),
+        whole = Layer("model", "model", "model", (self.batch_size, 3, input_size, input_size),
                       lambda: _Op(fold_bn(copy.deepcopy(model).float().cpu().eval()), (_Slot(0),), {}, [], False))
         whole_ms = self.measure(found, whole)
         total = sum(self.entries[layer.key]["ms"] for layer in found)

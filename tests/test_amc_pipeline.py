@@ -115,7 +115,7 @@ def test_a_rerun_resumes_the_finished_searches(run, caplog):
     (["amc.flops_ratio=1.5"], r"amc.flops_ratio must be in \(0, 1\], got 1.5"),
     (["amc.forms=[rm,slim]"], r"amc.forms: \['slim'\]; choose from residual, rm"),
     (["amc.methods=[rm]"], r"amc.methods was renamed: pass amc.forms=\[residual,rm\]"),
-    (["amc.budget.kind=params"], r"amc.budget.kind='params': choose from macs"),
+    (["amc.budget.kind=flops"], r"amc.budget.kind='flops': choose from macs, params, latency"),
     (["amc.bench.runtimes=[tflite]"], r"runtime must be one of eager, compile, onnxruntime, onnxruntime_int8"),
     (["amc.warmup=900"], r"amc.warmup must be an integer in \[0, amc.episodes=800\], got 900"),
     (["conversion=fused"], r"use conversion=keep_bn"),

@@ -71,6 +71,27 @@ def test_each_signature_measured_once_across_calls_and_models():
     assert not set(timer.keys[:measured]) & set(timer.keys[-len(other.entries):])
 
 
+def test_a_layer_priced_by_its_shape_is_the_models_entry():
+    """`module_ms` prices a conv(+ReLU), Linear or PReLU by its settings and input shape from the
+    entry a model's layer of that shape made (a meta module: no weights needed), and a new shape is
+    measured once, built with weights on the CPU."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 3, stride=2), nn.PReLU(6),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 2)).eval()
+    timer = FakeTimer()
+    table = LatencyTable(batch_size=2, timer=timer)
+    table.model_ms(model, 16)
+    found = {layer.name: layer for layer in layers(model, 16, batch=2)}
+    measured = len(timer.keys)
+    for name, relu in (("0", True), ("2", False), ("3", False), ("6", False)):
+        module = model.get_submodule(name).to("meta")
+        assert table.module_ms(module, (1, *found[name].shape[1:]), relu) == MS.get(found[name].kind, 0.125)
+    assert len(timer.keys) == measured
+    built = []
+    table.timer = lambda run, layer: (built.append(layer.make()), 2.0)[1]
+    assert table.module_ms(nn.Conv2d(8, 5, 3, padding=1, device="meta"), (1, 8, 16, 16), relu=True) == 2.0
+    assert built[0].op.weight.device.type == "cpu" and built[0].relu and built[0].op.weight.abs().sum() > 0
+
+
 def test_cache_round_trip(tmp_path):
     cache = str(tmp_path / "table.json")
     model = _resnet()

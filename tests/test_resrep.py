@@ -232,7 +232,8 @@ def test_next_masks_when_the_target_is_met_takes_the_shortest_prefix():
         return layout.macs(resolve(layout.slots, [~m for m in masks], norms))
 
     target = 0.8 * macs([torch.zeros(c, dtype=torch.bool) for c in layout.channels()])
-    masks = next_masks(layout, norms, [torch.ones(c, dtype=torch.bool) for c in layout.channels()], target, 1)
+    masks = next_masks(layout, norms, [torch.ones(c, dtype=torch.bool) for c in layout.channels()], target, 1,
+                       layout.macs)
     assert macs(masks) <= target
     strongest = max(range(len(masks)), key=lambda i: float(norms[i][masks[i]].max()) if masks[i].any() else 0)
     fewer = [m.clone() for m in masks]
@@ -257,7 +258,7 @@ def test_masks_resume_with_the_run(tmp_path):
     import artifacts
     from engine.stages import train
 
-    cfg = tiny_config(tmp_path, "run_name=r", "epochs=1", "max_steps_per_epoch=3", "+hooks.resrep.target_macs=1e5",
+    cfg = tiny_config(tmp_path, "run_name=r", "epochs=1", "max_steps_per_epoch=3", "+hooks.resrep.target=1e5",
                       "+hooks.resrep.interval=1", "+hooks.resrep.start_epochs=0", "final.enabled=false")
     base = randomize_bn(models.create_model("resnet18", num_classes=10, stem="cifar", widths=[8, 8, 16, 16]))
     spec = ModelSpec("resnet18", 10, "cifar", {"widths": [8, 8, 16, 16]},

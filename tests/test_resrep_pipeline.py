@@ -95,7 +95,9 @@ def test_a_rerun_reuses_the_finished_runs(run):
 
 
 def test_bad_settings_are_one_line_errors(tmp_path):
-    cases = [(["resrep.target=1.2"], r"resrep.target is the fraction of MACs to remove, in \(0, 1\)"),
+    cases = [(["resrep.target=1.2"], r"resrep.target is the fraction of the cost \(resrep.budget.kind='macs'\) to "
+                                     r"remove, in \(0, 1\)"),
+             (["resrep.target=0", "resrep.budget.kind=params"], r"fraction of the cost \(resrep.budget.kind='params'\)"),
              (["resrep.forms=[vgg]"], r"resrep.forms: \['vgg'\]; choose from residual, rm"),
              (["conversion=fused"], "use conversion=keep_bn"),
              (["resrep.base=/nonexistent.pt"], "resrep.base=/nonexistent.pt: no such file"),

@@ -7,13 +7,15 @@ already removed, the MACs of the segments still to come (both over the model's t
 previous action. The static part is min-max normalised over the segments, as in AMC's code.
 
 The budget rule. Widths are whole channels (multiples of `channel_round`, or the full width), so the
-environment computes with counts and the model's exact cost (`Graph.macs`). An action is turned into
-a count and then limited from above so that the target stays reachable with every later segment at
-`lbound` (AMC's rule), and from below so that it stays reachable with every later segment at
-`rbound` (ours: without it an episode may end far under the target, and a policy that leaves
-budget unused is not the one asked for). The upper limit wins, so no policy exceeds the target; the
-last segment then lands within one step of its own width below it (within 2% on the models of the
-authors' table: tests/test_amc.py).
+environment computes with counts and the model's cost of them (`cost`: the MACs of `Graph.macs` by
+default, or params or latency, `graph.graph_cost`); the state keeps AMC's MACs whatever the budget's
+kind. An action is turned into a count and then limited from above so that the target stays
+reachable with every later segment at `lbound` (AMC's rule), and from below so that it stays
+reachable with every later segment at `rbound` (ours: without it an episode may end far under the
+target, and a policy that leaves budget unused is not the one asked for). Each limit tries every
+width the segment may take (a measured latency need not grow with the width). The upper limit wins,
+so no policy exceeds the target; the last segment then lands within one step of its own width below
+it (within 2% on the models of the authors' table: tests/test_amc.py).
 """
 from __future__ import annotations
 
@@ -59,25 +61,29 @@ def check_budget(flops_ratio: float, lbound: float, rbound: float, channel_round
 
 
 class ChannelPruningEnv:
-    """`evaluate(counts) -> top-1 (%)` scores a policy (prune, evaluate on held-out images)."""
+    """`evaluate(counts) -> top-1 (%)` scores a policy (prune, evaluate on held-out images); the
+    budget is `flops_ratio` of `cost` (counts -> cost, in `unit`; MACs by default)."""
 
     def __init__(self, graph: Graph, evaluate: Callable[[list[int]], float], flops_ratio: float,
-                 lbound: float = 0.2, rbound: float = 1.0, channel_round: int = 8, reward: str = "acc"):
+                 lbound: float = 0.2, rbound: float = 1.0, channel_round: int = 8, reward: str = "acc",
+                 cost: Callable[[list[int]], float] | None = None, unit: str = "MACs"):
         check_budget(flops_ratio, lbound, rbound, channel_round, reward)
         self.graph, self.evaluate, self.reward = graph, evaluate, reward
+        self.cost = cost or graph.macs
         self.bounds = (lbound, rbound)
-        self.total = graph.macs(graph.full)
+        self.macs_total = graph.macs(graph.full)
+        self.total = self.cost(graph.full)
         self.target = flops_ratio * self.total
         self.choices = [widths(c, lbound, rbound, channel_round) for c in graph.full]
-        lowest = graph.macs([c[0] for c in self.choices])
+        lowest = self.cost([c[0] for c in self.choices])
         if lowest > self.target:
             raise ValueError(f"amc.flops_ratio={flops_ratio} is unreachable: with every layer at amc.lbound={lbound} "
                              f"(amc.channel_round={channel_round}) the model keeps {lowest / self.total:.3f} of its "
-                             f"MACs; raise flops_ratio or lower lbound")
+                             f"{unit}; raise flops_ratio or lower lbound")
         static = torch.tensor(graph.layer_state, dtype=torch.float64)
         span = static.max(0).values - static.min(0).values
         self.static = torch.where(span > 0, (static - static.min(0).values) / span.clamp(min=1e-12), static)
-        self.rest = [sum(graph.segment_macs(j) for j in range(k + 1, len(graph.segments))) / self.total
+        self.rest = [sum(graph.segment_macs(j) for j in range(k + 1, len(graph.segments))) / self.macs_total
                      for k in range(len(graph.segments))]
         self.reset()
 
@@ -96,22 +102,17 @@ class ChannelPruningEnv:
     def _state(self, k: int, previous: float) -> torch.Tensor:
         full = self.graph.full
         current = self.graph.macs(self.counts + full[len(self.counts):])
-        dynamic = torch.tensor([(self.total - current) / self.total, self.rest[k], previous], dtype=torch.float64)
+        dynamic = torch.tensor([(self.macs_total - current) / self.macs_total, self.rest[k], previous],
+                               dtype=torch.float64)
         return torch.cat([self.static[k], dynamic]).float()
-
-    def _line(self, rest: list[int]) -> tuple[int, int]:
-        """(base, slope): with the chosen counts, then n, then `rest`, the model costs base + slope * n
-        MACs (each term is at most linear in one segment's count)."""
-        base = self.graph.macs(self.counts + [0] + rest)
-        return base, self.graph.macs(self.counts + [1] + rest) - base
 
     def limits(self, k: int) -> tuple[int, int]:
         """(lowest, highest) count segment k may take given the counts already chosen (module docstring)."""
         choices = self.choices[k]
-        base, slope = self._line([c[0] for c in self.choices[k + 1:]])
-        high = max((n for n in choices if base + slope * n <= self.target), default=choices[0])
-        base, slope = self._line([c[-1] for c in self.choices[k + 1:]])
-        low = min((n for n in choices if base + slope * n >= self.target), default=choices[-1])
+        rest = [c[0] for c in self.choices[k + 1:]]
+        high = max((n for n in choices if self.cost(self.counts + [n] + rest) <= self.target), default=choices[0])
+        rest = [c[-1] for c in self.choices[k + 1:]]
+        low = min((n for n in choices if self.cost(self.counts + [n] + rest) >= self.target), default=choices[-1])
         return min(low, high), high
 
     def step(self, action: float) -> tuple[torch.Tensor, float | None, bool, dict[str, Any]]:
@@ -129,7 +130,7 @@ class ChannelPruningEnv:
         info: dict[str, Any] = {"action": taken}
         if len(self.counts) < self.layers:
             return self._state(k + 1, taken), None, False, info
-        macs = self.graph.macs(self.counts)
+        macs, cost = self.graph.macs(self.counts), self.cost(self.counts)
         top1 = self.evaluate(list(self.counts))
-        info.update(policy=list(self.counts), macs=macs, top1=top1, ratio=macs / self.total)
+        info.update(policy=list(self.counts), macs=macs, cost=cost, top1=top1, ratio=cost / self.total)
         return self._state(k, taken), reward_of(self.reward, top1, macs), True, info

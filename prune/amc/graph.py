@@ -9,11 +9,14 @@ reference code). Channels that a residual addition ties, that feed or leave a gr
 The cost model is exact: every conv and Linear costs coef * n_a * n_b MACs, n_a and n_b the widths
 of the segments it reads and writes (1 for a fixed side, whose width is folded into coef), so
 `Graph.macs(counts)` equals `models.complexity.count_macs` of the BN-folded pruned model (tests).
+`graph_cost` prices counts in a budget's kind (MACs, params, latency: `prune.cost`) from the widths
+each conv and Linear takes (`Graph.widths`).
 """
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +26,8 @@ import torchvision.models as tvm
 from models.mobilenet import InvertedResidual, MobileNetV2RM
 from models.resnet import ResNet
 
+from ..budget import Budget
+from ..cost import Widths, width_cost
 from ..plain import parse_chain
 from ..residual import structure
 from ..surgery import PruneError
@@ -43,7 +48,9 @@ class Segment:
 class Term:
     coef: int
     a: int | None                 # segment indices whose widths multiply coef (None: fixed side)
-    b: int | None = None
+    b: int | None
+    layer: str                    # the conv's or Linear's module path
+    full: Widths                  # its inputs (features of a Linear), outputs and groups
 
 
 @dataclass
@@ -61,10 +68,34 @@ class Graph:
     def full(self) -> list[int]:
         return [s.channels for s in self.segments]
 
+    def widths(self, counts: list[int]) -> dict[str, Widths]:
+        """The widths of every conv, Linear and PReLU that a segment resizes, when segment k keeps counts[k]."""
+        out = {}
+        for t in self.terms:
+            if t.a is None and t.b is None:
+                continue
+            cin, cout, groups = t.full
+            if groups > 1:            # a depthwise buffer: one channel per group
+                out[t.layer] = (counts[t.a],) * 3
+                continue
+            if t.a is not None:       # a Linear reads cin // channels features of each channel
+                cin = cin // self.segments[t.a].channels * counts[t.a]
+            out[t.layer] = (cin, cout if t.b is None else counts[t.b], groups)
+        for k, seg in enumerate(self.segments):   # per-channel PReLUs after the producer and the buffers
+            for prelu in [seg.prelu, *(p for _, _, p in seg.buffers)]:
+                if prelu is not None:
+                    out[prelu] = (counts[k], counts[k], 1)
+        return out
+
     def segment_macs(self, k: int) -> int:
         """MACs (at full width) of the layers whose cost scales with segment k's width."""
         return sum(t.coef * math.prod(self.full[s] for s in (t.a, t.b) if s is not None)
                    for t in self.terms if k in (t.a, t.b))
+
+
+def graph_cost(graph: Graph, model: nn.Module, budget: Budget) -> Callable[[list[int]], float]:
+    """The cost of counts in `budget.kind`, for `model` (the full-width model `graph` describes)."""
+    return width_cost(budget, model, graph.widths, graph.full, graph.macs)
 
 
 def is_depthwise(conv: nn.Conv2d) -> bool:
@@ -181,14 +212,15 @@ def _graph(model: nn.Module, segments: list[Segment], io: dict[str, tuple[int | 
         a, b = io.get(name, (None, None))
         if isinstance(m, nn.Linear):   # reads `per` features of each input channel (1 after pooling)
             per = m.in_features if a is None else m.in_features // segments[a].channels
-            terms.append(Term(per * m.out_features, a))
+            terms.append(Term(per * m.out_features, a, None, name, (m.in_features, m.out_features, 1)))
             continue
         spatial = math.prod(shapes[name][2:]) * math.prod(m.kernel_size)
+        full = (m.in_channels, m.out_channels, m.groups)
         if is_depthwise(m) and a is not None:
-            terms.append(Term(spatial, a))
+            terms.append(Term(spatial, a, None, name, full))
         else:
             terms.append(Term(spatial * (m.in_channels // m.groups if a is None else 1) *
-                              (m.out_channels if b is None else 1), a, b))
+                              (m.out_channels if b is None else 1), a, b, name, full))
     graph = Graph(segments, terms)
     for k, seg in enumerate(segments):
         conv, reader = model.get_submodule(seg.producer), model.get_submodule(seg.reader)

@@ -3,7 +3,8 @@ prune -> fine-tune -> report, and the AMC baseline on the residual model with th
 
     <output_dir>/amc-<model>-<data>/train/                  the residual model's training run
     <output_dir>/amc-<model>-<data>/rm_finetune/            the RM form's fine-tuning (amc.rm_finetune_epochs)
-    <output_dir>/amc-<model>-<data>/r<flops_ratio>/         per budget:
+    <output_dir>/amc-<model>-<data>/r<flops_ratio>/         per budget (-own, and -<kind>[-<runtime>-b<batch>]
+                                                            for a params or latency budget: prune.cost.kind_suffix):
         rm/{search.pt, policy.json, pruned.pt, finetune/, finetuned.pt}
         residual/{search.pt, policy.json, pruned.pt, finetune/, finetuned.pt}
         report.json  report.md  reward_curves.png
@@ -11,9 +12,10 @@ prune -> fine-tune -> report, and the AMC baseline on the residual model with th
 Both methods search on the same data: held-out training images score each policy (never the
 validation set, which only the report's top-1 columns use), other training images give the feature
 maps of the least-squares refit. The training runs are shared by every budget and resume when run
-again, as do the searches (their state files). The FLOPs ratio is a fraction of the residual
-model's MACs by default (`amc.budget.of=residual`: one absolute budget for both forms, the
-comparison users make); `amc.budget.of=own` applies it to each model's own MACs, as the authors'
+again, as do the searches (their state files). The FLOPs ratio is a fraction of a cost
+(`amc.budget.kind`: MACs, params or latency), the residual model's by default
+(`amc.budget.of=residual`: one absolute budget for both forms, the comparison users make);
+`amc.budget.of=own` applies it to each model's own cost, as the authors'
 `amc_search.py --flops_ratio` does: the RM form of MobileNetV2 is MobileNetV1, which costs more than
 MobileNetV2, so there RM + AMC keeps more MACs than AMC.
 """
@@ -41,16 +43,17 @@ from models import ModelSpec
 from models.complexity import count_macs
 
 from .. import common
-from ..budget import Budget
+from ..budget import UNITS, Budget
 from ..budget import check_budget as check_cost_budget
 from ..common import shape_only_model, train_cfg, train_residual
+from ..cost import amount, kind_suffix
 from ..job import Form, Job, Pruner, Selection
 from ..job import run as run_job
 from ..report import check_bench
 from .channels import apply_policy, collect_features
 from .ddpg import AgentSettings
 from .env import ChannelPruningEnv, check_budget
-from .graph import Graph, check_residual, plain_graph, residual_graph
+from .graph import Graph, check_residual, graph_cost, plain_graph, residual_graph
 from .report import SCHEMA, draw_reward_curves, to_markdown
 from .search import SearchSettings, search
 
@@ -67,7 +70,7 @@ def check_settings(cfg: DictConfig) -> None:
     a = cfg.amc
     check_budget(a.flops_ratio, a.lbound, a.rbound, a.channel_round, a.reward)
     forms = common.check_forms(cfg, "amc")
-    check_cost_budget(a.budget, "amc", ("macs",))
+    check_cost_budget(a.budget, "amc")
     check_bench(a.bench)
     if cfg.conversion.fuse_bn:
         raise ValueError("AMC prunes Conv-BN units of the RM form and fine-tunes it with its BNs: use "
@@ -109,14 +112,16 @@ def graph_of(model: nn.Module, spec: ModelSpec) -> Graph:
 
 
 def amc_prune(cfg: DictConfig, model: nn.Module, spec: ModelSpec, out_dir: str, loaders: tuple[DataLoader, DataLoader],
-              device: torch.device, desc: str, target: float) -> tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]:
-    """Search a policy for `model` under `target` MACs (the budget's, prune.job) and prune it; returns
-    (pruned model, the policy record, the search's history). The search state in `out_dir/search.pt`
-    makes a re-run resume."""
+              device: torch.device, desc: str, budget: Budget, target: float
+              ) -> tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]:
+    """Search a policy for `model` under `target` (the budget's absolute cost in budget.kind, prune.job)
+    and prune it; returns (pruned model, the policy record, the search's history). The search state in
+    `out_dir/search.pt` makes a re-run resume."""
     a = cfg.amc
     graph = graph_of(model, spec)
-    own = graph.macs(graph.full)
-    ratio = min(1.0, target / own)   # the environment's fraction of this form's MACs
+    cost = graph_cost(graph, model, budget)
+    own = cost(graph.full)
+    ratio = min(1.0, target / own)   # the environment's fraction of this form's cost
     bar = dict(desc=f"{desc}: feature maps", unit="batch", disable=None if cfg.progress else True)
     features = collect_features(model, graph, loaders[0], int(a.points_per_image), int(cfg.seed), device,
                                 progress=lambda it: tqdm(it, **bar))
@@ -128,7 +133,7 @@ def amc_prune(cfg: DictConfig, model: nn.Module, spec: ModelSpec, out_dir: str, 
         return evaluate(pruned.to(device), loaders[1], device, progress=False)["top1"]
 
     env = ChannelPruningEnv(graph, score, ratio, float(a.lbound), float(a.rbound),
-                            int(a.channel_round), a.reward)
+                            int(a.channel_round), a.reward, cost, UNITS[budget.kind])
     settings = search_settings(a, env.layers, int(cfg.seed))
     identity = {"model": spec.to_dict(), "flops_ratio": ratio, "channels": graph.full,
                 "holdout": int(a.holdout), "refit": bool(a.refit), "reward": a.reward,
@@ -139,8 +144,9 @@ def amc_prune(cfg: DictConfig, model: nn.Module, spec: ModelSpec, out_dir: str, 
     macs = count_macs(pruned.eval(), spec.input_size)
     if macs != graph.macs(counts):   # the search's cost model and the pruned model must agree
         raise RuntimeError(f"pruned model has {macs} MACs, the cost model said {graph.macs(counts)}")
-    policy = {"flops_ratio": ratio, "target_macs": env.target, "macs": macs, "total_macs": env.total,
-              "ratio": macs / env.total, "episode": result.best["episode"], "reward": result.best["reward"],
+    policy = {"flops_ratio": ratio, "unit": UNITS[budget.kind], f"target_{budget.kind}": env.target,
+              "cost": cost(counts), "total": env.total, "macs": macs, "total_macs": env.macs_total,
+              "ratio": cost(counts) / env.total, "episode": result.best["episode"], "reward": result.best["reward"],
               "top1_holdout": result.best["top1"],
               "layers": [{"layer": s.producer, "reader": s.reader, "channels": s.channels, "kept": n}
                          for s, n in zip(graph.segments, counts)]}
@@ -161,7 +167,8 @@ class AMC(Pruner):
 
     def out_dir(self, cfg: DictConfig, base: artifacts.Artifact) -> str:
         a = cfg.amc
-        return os.path.join(run_root(cfg), f"r{a.flops_ratio:g}" + ("-own" if a.budget.of == "own" else ""))
+        return os.path.join(run_root(cfg), f"r{a.flops_ratio:g}" + ("-own" if a.budget.of == "own" else "")
+                            + kind_suffix(a.budget))
 
     def budget(self, cfg: DictConfig, input_size: int) -> Budget:
         return Budget.from_cfg(cfg.amc.budget, cfg.amc.flops_ratio, input_size)
@@ -189,7 +196,7 @@ class AMC(Pruner):
     def select(self, job: Job, form: str, start: artifacts.Artifact, form_dir: str, target: float) -> Selection:
         loaders, device = job.state
         pruned, policy, history = amc_prune(job.cfg, start.model, start.spec, form_dir, loaders, device, LABELS[form],
-                                            target)
+                                            job.budget, target)
         removed = sum(layer["channels"] - layer["kept"] for layer in policy["layers"])
         meta = {"method": form, "flops_ratio": float(job.cfg.amc.flops_ratio), "policy": policy["layers"]}
         return Selection(pruned, removed, meta, {"policy": policy, "history": history})
@@ -205,8 +212,9 @@ class AMC(Pruner):
 
     def entry(self, job: Job, form: Form) -> dict[str, Any]:
         policy, done = form.selection.extra["policy"], form.done
-        log.info(f"{LABELS[form.name]}: {policy['macs']:,} of {policy['total_macs']:,} MACs ({policy['ratio']:.3f}, "
-                 f"target {job.cfg.amc.flops_ratio:g}), top-1 pruned {done.top1_pruned:.2f}"
+        kind = job.budget.kind   # no ratio to the form's own cost: the target is a fraction of whose amc.budget.of says
+        log.info(f"{LABELS[form.name]}: {amount(form.cost, kind)} (target {amount(form.target, kind)}: "
+                 f"{job.budget.text()}), top-1 pruned {done.top1_pruned:.2f}"
                  + (f", fine-tuned {done.top1_finetuned:.2f}" if done.top1_finetuned is not None else ""))
         return {"label": LABELS[form.name], "form": form.start.spec.form, "policy": policy,
                 "pruned_artifact": done.pruned_path, "stats": done.stats}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..budget import UNITS
+from ..cost import amount
 from ..report import mega, save_figure, top1_text
 
 SCHEMA = "rmnet-amc/1"
@@ -38,14 +40,16 @@ def to_markdown(report: dict[str, Any]) -> str:
              f"Params, MACs and img/s of the deploy forms (BN folded), speed on {report['device']}, "
              f"batch {report['bench']['batch_size']}. Budget: {report['rows'][0]['budget'] if report['rows'] else '-'}; top-1 on "
              f"the validation set.", "",
-             "| method | form | MACs (target / reached) | params | MACs | top-1 before | top-1 pruned | "
+             f"| method | form | {UNITS[report['budget']['kind']]} (target / reached) | params | MACs | top-1 before | top-1 pruned | "
              "top-1 fine-tuned | img/s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
              f"| unpruned {report['model']} | residual | 1 | {mega(ref['params'])} | {mega(ref['macs'])} | "
              f"{top1_text(ref['top1'])} | - | - | {ref['img_s']:.0f} |"]
     for row in report["rows"]:
         m = report["methods"][row["form"]]
         flag = f" (**{row['flag']}**)" if row.get("flag") else ""
-        lines.append(f"| {m['label']}{flag} | {m['form']} | {mega(row['target'])} / {mega(m['policy']['macs'])} | "
+        kind, p = row.get("budget_kind", "macs"), m["policy"]
+        lines.append(f"| {m['label']}{flag} | {m['form']} | {amount(row['target'], kind, False)} / "
+                     f"{amount(p.get('cost', p['macs']), kind, False)} | "
                      f"{mega(row['params'])} | {mega(row['macs'])} | {top1_text(row['top1_before'])} | "
                      f"{top1_text(row['top1_pruned'])} | {top1_text(row['top1_finetuned'])} | {row['img_s']:.0f} |")
     lines += ["", f"Reward curves: `{os.path.basename(report['reward_curves'])}`."]

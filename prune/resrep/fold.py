@@ -12,10 +12,13 @@ exactly zero, which activations and pooling keep, so the readers' input slices g
 result is the compactor model's function to rounding. Rows of a group that a grouped conv drops go
 too, exactly: nothing reads them. Rows under the threshold that are not zero are an approximation;
 `FoldResult.max_removed_norm` says how large the largest was.
+
+`folded_cost` prices kept channels in a budget's kind (MACs, params or latency) on the folded model.
 """
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -23,10 +26,12 @@ import torch.nn as nn
 
 from rm.layer import BNParams
 
+from ..budget import Budget
+from ..cost import width_cost
 from ..masks import round_up
 from ..surgery import slice_bn, slice_conv, slice_linear, slice_prelu
 from .compactor import CompactedBN, compacted_slots
-from .layout import resolve
+from .layout import Layout, resolve
 
 
 @dataclass
@@ -117,3 +122,9 @@ def fold_compactors(model: nn.Module, threshold: float = 1e-5, channel_round: in
         layer["groups_kept"] = slot.producer.groups
     out.eval()
     return result
+
+
+def folded_cost(layout: Layout, model: nn.Module, budget: Budget) -> Callable[[list[torch.Tensor]], float]:
+    """The cost in `budget.kind` of the folded `model` (with compactors, `layout`'s) when each slot
+    keeps `keeps[i]` (already `resolve`d); `model`'s full width is its fold keeping every channel."""
+    return width_cost(budget, fold_compactors(model, threshold=0.0).model, layout.widths, layout.full(), layout.macs)

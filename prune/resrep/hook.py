@@ -8,20 +8,30 @@
   every row, as the paper's update rule and the authors' code do (the issue asks for masked rows only,
   the default).
 * Mask schedule (`after_step`): from `start_epochs` on, every `interval` optimizer steps
-  (`schedule.next_masks`), towards `target_macs`, the MACs of the folded model.
+  (`schedule.next_masks`), towards `target`, the cost of the folded model in `kind`: macs, params or
+  latency (ms in `runtime` at `batch_size`, the per-layer table of `bench.latency`: `fold.folded_cost`).
+  A latency is measured in each process, so it is refused in a distributed run, whose processes must
+  agree on the masks.
 The masks are the compactors' buffers, so a checkpoint holds them and a resumed run goes on with them.
 """
 from __future__ import annotations
 
 import logging
+import os
+import types
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+import engine.distributed as D
 from engine.hooks import Hook, register_hook
 
+from ..budget import Budget, check_budget
+from ..cost import amount
 from .compactor import Compactor, compactors
+from .fold import folded_cost
 from .layout import Layout, resolve
 from .schedule import next_masks
 
@@ -44,10 +54,16 @@ def reset_gradient(compactor: Compactor, lasso: float, all_rows: bool = False) -
 
 @register_hook("resrep")
 class ResRepHook(Hook):
-    def __init__(self, target_macs: float, lasso: float = 1e-4, penalty_rows: str = "masked", interval: int = 200,
-                 start_epochs: float = 5.0, granularity: int = 4, compactor_momentum: float | None = 0.99):
-        if not target_macs > 0:
-            raise ValueError(f"resrep target_macs must be positive, got {target_macs}")
+    def __init__(self, target: float, lasso: float = 1e-4, penalty_rows: str = "masked", interval: int = 200,
+                 start_epochs: float = 5.0, granularity: int = 4, compactor_momentum: float | None = 0.99,
+                 kind: str = "macs", runtime: str = "onnxruntime", batch_size: int = 1):
+        if not target > 0:
+            raise ValueError(f"resrep target must be positive, got {target}")
+        self.budget = types.SimpleNamespace(kind=kind, of="own", runtime=runtime, batch_size=batch_size)
+        check_budget(self.budget, "hooks.resrep")
+        if kind == "latency" and D.launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
+            raise ValueError("a resrep latency budget is measured in each process, whose masks must agree: run "
+                             "it in one process, or use budget.kind=macs or params")
         if lasso < 0:
             raise ValueError(f"resrep lasso must be >= 0, got {lasso}")
         if penalty_rows not in PENALTY_ROWS:
@@ -57,10 +73,11 @@ class ResRepHook(Hook):
                              f"{granularity}")
         if start_epochs < 0:
             raise ValueError(f"resrep start_epochs must be >= 0, got {start_epochs}")
-        self.target_macs, self.lasso, self.all_rows = float(target_macs), float(lasso), penalty_rows == "all"
+        self.target, self.lasso, self.all_rows = float(target), float(lasso), penalty_rows == "all"
         self.interval, self.start_epochs, self.granularity = interval, float(start_epochs), granularity
         self.compactor_momentum = compactor_momentum
         self.layout: Layout | None = None
+        self.cost: Callable[[list[torch.Tensor]], float] | None = None   # built with the layout
 
     def param_groups(self, model: nn.Module) -> list[dict]:
         params = [c.weight for c in compactors(model)]
@@ -86,14 +103,15 @@ class ResRepHook(Hook):
     def update(self, model: nn.Module, input_size: int, step: int) -> None:
         if self.layout is None:
             self.layout = Layout(model, input_size)
+            self.cost = folded_cost(self.layout, model, Budget.from_cfg(self.budget, 1.0, input_size))
         found = [s.compactor for s in self.layout.slots]
         norms = [c.row_norms() for c in found]
         before = [c.masked() for c in found]
-        masks = next_masks(self.layout, norms, before, self.target_macs, self.granularity)
+        masks = next_masks(self.layout, norms, before, self.target, self.granularity, self.cost)
         for c, m in zip(found, masks):
             c.mask.copy_((~m).to(c.mask))
         if any(not torch.equal(a, b) for a, b in zip(before, masks)):
-            macs = self.layout.macs(resolve(self.layout.slots, [~m for m in masks], norms))
+            cost = self.cost(resolve(self.layout.slots, [~m for m in masks], norms))
             log.info(f"resrep step {step}: {sum(int(m.sum()) for m in masks)} of {sum(len(n) for n in norms)} "
-                     f"channels masked; the pruned model would have {macs / 1e6:.3f} M MACs (target "
-                     f"{self.target_macs / 1e6:.3f} M)")
+                     f"channels masked; the pruned model would cost {amount(cost, self.budget.kind)} (target "
+                     f"{amount(self.target, self.budget.kind)})")

@@ -6,7 +6,8 @@ keeps its top-k rows by norm (k the most any group wants), and a group none of w
 wanted goes with its inputs. Every layer keeps a channel. `Layout.macs` is then the multiply-adds
 of the folded model (conv + Linear, bias adds not counted: `models.complexity.count_macs`), from the
 kept counts alone, so the mask schedule can try thousands of masks; the tests hold it equal to
-`count_macs` of the folded model.
+`count_macs` of the folded model. `Layout.widths` gives the widths every resized conv and Linear
+takes, from which `fold.folded_cost` prices the kept channels in a budget's kind (`prune.cost`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..cost import Widths
 from ..masks import keep_at_least_one, resolve_grouped
 from .compactor import Slot, compacted_slots
 
@@ -44,6 +46,8 @@ def resolve(slots: list[Slot], keeps: list[torch.Tensor], scores: list[torch.Ten
 @dataclass
 class _Term:
     """One conv or Linear: MACs = sum over groups of size * kept outputs * kept inputs of the group."""
+    name: str          # its module path
+    linear: bool
     size: int          # output pixels x kernel area (conv), features per input channel (Linear)
     groups: int
     out_full: int
@@ -60,29 +64,54 @@ class Layout:
         produces = {id(s.producer): i for i, s in enumerate(self.slots)}
         reads = {id(s.reading): i for i, s in enumerate(self.slots)}
         pixels = _output_pixels(model, input_size)
+        names = {id(m): n for n, m in model.named_modules()}
+        self.prelus = {names[id(p)]: i for i, s in enumerate(self.slots)   # per-channel PReLUs sliced with a slot
+                       if s.act is not None and (p := getattr(s.parent, s.act)).num_parameters > 1}
         self.terms = []
-        for m in model.modules():
+        for name, m in model.named_modules():
             if isinstance(m, nn.Conv2d):
-                self.terms.append(_Term(pixels[m] * m.kernel_size[0] * m.kernel_size[1], m.groups, m.out_channels,
-                                        m.in_channels, produces.get(id(m)), reads.get(id(m))))
+                self.terms.append(_Term(name, False, pixels[m] * m.kernel_size[0] * m.kernel_size[1], m.groups,
+                                        m.out_channels, m.in_channels, produces.get(id(m)), reads.get(id(m))))
             elif isinstance(m, nn.Linear):
                 slot = reads.get(id(m))
                 per = m.in_features // self.slots[slot].producer.out_channels if slot is not None else m.in_features
-                self.terms.append(_Term(per, 1, m.out_features, m.in_features // per, None, slot))
+                self.terms.append(_Term(name, True, per, 1, m.out_features, m.in_features // per, None, slot))
 
     def channels(self) -> list[int]:
         return [s.producer.out_channels for s in self.slots]
+
+    def full(self) -> list[torch.Tensor]:
+        """Every channel kept."""
+        return [torch.ones(c, dtype=torch.bool) for c in self.channels()]
 
     def macs(self, keeps: list[torch.Tensor]) -> int:
         """MACs of the folded model when slot i keeps `keeps[i]` (already `resolve`d)."""
         total = 0
         for t in self.terms:
-            out_g = (keeps[t.out_slot].view(t.groups, -1).sum(1) if t.out_slot is not None
-                     else torch.full((t.groups,), t.out_full // t.groups))
-            in_g = (keeps[t.in_slot].view(t.groups, -1).sum(1) if t.in_slot is not None
-                    else torch.full((t.groups,), t.in_full // t.groups))
+            out_g, in_g = _kept_per_group(t, keeps)
             total += t.size * int((out_g * in_g).sum())
         return total
+
+    def widths(self, keeps: list[torch.Tensor]) -> dict[str, Widths]:
+        """The widths of every conv, Linear and PReLU a slot resizes (a group whose outputs all go goes)."""
+        out = {}
+        for t in self.terms:
+            if t.out_slot is None and t.in_slot is None:
+                continue
+            out_g, in_g = _kept_per_group(t, keeps)
+            out[t.name] = (int(in_g.sum()) * (t.size if t.linear else 1), int(out_g.sum()), int((out_g > 0).sum()))
+        for name, i in self.prelus.items():
+            out[name] = (int(keeps[i].sum()), int(keeps[i].sum()), 1)
+        return out
+
+
+def _kept_per_group(t: _Term, keeps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kept outputs and kept inputs of each group of the layer of `t`."""
+    out_g = (keeps[t.out_slot].view(t.groups, -1).sum(1) if t.out_slot is not None
+             else torch.full((t.groups,), t.out_full // t.groups))
+    in_g = (keeps[t.in_slot].view(t.groups, -1).sum(1) if t.in_slot is not None
+            else torch.full((t.groups,), t.in_full // t.groups))
+    return out_g, in_g
 
 
 @torch.no_grad()

@@ -3,7 +3,8 @@ evaluate -> benchmark -> report.
 
     <output_dir>/resrep-<model>-<data>/base/                 base training run (when resrep.base is null)
     <output_dir>/resrep-<model>-<data>/t<target>/<form>/     train/ (the run with compactors), pruned.pt
-    <output_dir>/resrep-<model>-<data>/t<target>/            report.json, report.md
+    <output_dir>/resrep-<model>-<data>/t<target>/            report.json, report.md (t<target>-<kind>...: a
+                                                             params or latency budget, prune.cost.kind_suffix)
 
 Both forms start from the same trained residual model. `residual` puts compactors inside the
 ResNet's blocks (ResRep as published); `rm` converts the model with the conversion policy (BN
@@ -32,14 +33,15 @@ from engine.checkpoint import load_checkpoint
 from rm import CheckpointError
 
 from .. import common
-from ..budget import Budget
+from ..budget import UNITS, Budget
 from ..budget import check_budget as check_cost_budget
 from ..common import check_stored_model, top1, train_cfg, train_residual
+from ..cost import amount, kind_suffix
 from ..job import Form, Job, Pruner, Selection
 from ..job import run as run_job
 from ..report import check_bench
 from .compactor import add_compactors
-from .fold import fold_compactors
+from .fold import fold_compactors, folded_cost
 from .hook import ResRepHook  # also registers the `resrep` hook the training runs name
 from .layout import Layout, resolve
 from .report import SCHEMA, budget_text, to_markdown
@@ -55,9 +57,10 @@ def check_settings(cfg: DictConfig) -> None:
     """The ResRep settings, before any training starts."""
     r = cfg.resrep
     if not 0 < r.target < 1:
-        raise ValueError(f"resrep.target is the fraction of MACs to remove, in (0, 1); got {r.target}")
+        raise ValueError(f"resrep.target is the fraction of the cost (resrep.budget.kind={r.budget.kind!r}) to remove, "
+                         f"in (0, 1); got {r.target}")
     common.check_forms(cfg, "resrep")
-    check_cost_budget(r.budget, "resrep", ("macs",))
+    check_cost_budget(r.budget, "resrep")
     check_bench(r.bench)
     if r.threshold < 0:
         raise ValueError(f"resrep.threshold must be >= 0, got {r.threshold}")
@@ -80,7 +83,8 @@ def check_settings(cfg: DictConfig) -> None:
 def _hook_settings(r: Any) -> dict[str, Any]:
     return {"lasso": float(r.lasso), "penalty_rows": str(r.penalty_rows), "interval": int(r.interval),
             "start_epochs": float(r.start_epochs), "granularity": int(r.granularity),
-            "compactor_momentum": None if r.compactor_momentum is None else float(r.compactor_momentum)}
+            "compactor_momentum": None if r.compactor_momentum is None else float(r.compactor_momentum),
+            "kind": str(r.budget.kind), "runtime": str(r.budget.runtime), "batch_size": int(r.budget.batch_size)}
 
 
 def base_model(cfg: DictConfig, path: str) -> artifacts.Artifact:
@@ -99,20 +103,21 @@ def base_model(cfg: DictConfig, path: str) -> artifacts.Artifact:
     return artifacts.Artifact("train", model.eval(), spec, {}, path)
 
 
-def check_reachable(model: nn.Module, size: int, target_macs: float, form: str, reference_macs: int) -> None:
+def check_reachable(model: nn.Module, size: int, target: float, form: str, budget: Budget) -> None:
     """The target must be met with one channel left in every compacted layer."""
     layout = Layout(model, size)
     ones = [torch.ones(c, dtype=torch.double) for c in layout.channels()]
-    least = layout.macs(resolve(layout.slots, [torch.zeros(c, dtype=torch.bool) for c in layout.channels()], ones))
-    if least > target_macs:
+    zeros = [torch.zeros(c, dtype=torch.bool) for c in layout.channels()]
+    least = folded_cost(layout, model, budget)(resolve(layout.slots, zeros, ones))
+    if least > target:
         raise ValueError(f"the {form} form cannot reach resrep.target: with one channel in every prunable layer it "
-                         f"still has {least:,} MACs, above the target {target_macs:,.0f} (= (1 - target) x the "
-                         f"residual model's {reference_macs:,}); lower resrep.target")
+                         f"still costs {amount(least, budget.kind)}, above the target {amount(target, budget.kind)} "
+                         f"(= {budget.text()}); lower resrep.target")
 
 
 class ResRep(Pruner):
     """ResRep: compactors after the BNs, training with the `resrep` hook until the folded model meets
-    the MACs target, the exact fold."""
+    the target in the budget's kind (MACs, params or latency), the exact fold."""
     method, section, schema = "resrep", "resrep", SCHEMA
     hint = "train longer (resrep.epochs), start masking earlier (resrep.start_epochs) or lower resrep.threshold"
     to_markdown, check_settings, root = staticmethod(to_markdown), staticmethod(check_settings), staticmethod(run_root)
@@ -124,18 +129,18 @@ class ResRep(Pruner):
         return base_model(cfg, self.checkpoint(cfg))
 
     def out_dir(self, cfg: DictConfig, base: artifacts.Artifact) -> str:
-        return os.path.join(run_root(cfg), f"t{cfg.resrep.target:g}")
+        return os.path.join(run_root(cfg), f"t{cfg.resrep.target:g}{kind_suffix(cfg.resrep.budget)}")
 
     def budget(self, cfg: DictConfig, input_size: int) -> Budget:
         return Budget.from_cfg(cfg.resrep.budget, 1 - float(cfg.resrep.target), input_size)
 
     def select(self, job: Job, form: str, start: artifacts.Artifact, form_dir: str, target: float) -> Selection:
-        """Compactors, ResRep training to `target` MACs, the fold of the final weights."""
+        """Compactors, ResRep training to `target` (in the budget's kind), the fold of the final weights."""
         cfg, r = job.cfg, job.cfg.resrep
         model = copy.deepcopy(start.model)
         add_compactors(model)
-        check_reachable(model, job.size, target, form, job.reference["macs"])
-        hooks = {"resrep": {"target_macs": float(target), **_hook_settings(r)}}
+        check_reachable(model, job.size, target, form, job.budget)
+        hooks = {"resrep": {"target": float(target), **_hook_settings(r)}}
         keys: dict[str, Any] = {"epochs": int(r.epochs)}
         if r.lr is not None:
             keys["optim.lr"] = float(r.lr)
@@ -148,23 +153,25 @@ class ResRep(Pruner):
         return Selection(result.model, result.removed, meta, {"result": result, "top1_compactor": top1_compactor})
 
     def header(self, job: Job) -> dict[str, Any]:
-        r = job.cfg.resrep
-        return {"target": float(r.target), "target_macs": job.budget.target(job.reference["macs"], job.reference["macs"]),
-                "base": job.base.path, "settings": OmegaConf.to_container(r)}
+        r, budget = job.cfg.resrep, job.budget
+        residual = budget.cost(job.base.model)
+        return {"target": float(r.target), f"target_{budget.kind}": budget.target(residual, residual),   # the residual form's
+                "unit": UNITS[budget.kind], "base": job.base.path, "settings": OmegaConf.to_container(r)}
 
     def budget_text(self, job: Job) -> str:
-        return budget_text(float(job.cfg.resrep.target), job.budget.of)
+        return budget_text(float(job.cfg.resrep.target), job.budget.of, job.budget.kind)
 
     def entry(self, job: Job, form: Form) -> dict[str, Any]:
         result, top1_compactor = form.selection.extra["result"], form.selection.extra["top1_compactor"]
-        before, after, ref_macs = form.before, form.done.stats, job.reference["macs"]
+        before, after, ref_macs, kind = form.before, form.done.stats, job.reference["macs"], job.budget.kind
         log.info(f"{form.name}: {result.removed}/{result.total} channels removed, {after['macs']:,} MACs = "
-                 f"{after['macs'] / ref_macs:.1%} of the residual model's (target at most "
-                 f"{1 - job.cfg.resrep.target:.1%}), top-1 {form.done.top1_pruned:.2f} (with compactors "
+                 f"{after['macs'] / ref_macs:.1%} of the residual model's; {amount(form.cost, kind)} (target at most "
+                 f"{amount(form.target, kind)}), top-1 {form.done.top1_pruned:.2f} (with compactors "
                  f"{top1_compactor:.2f})")
-        return {"before": before, "after": after, "target_macs": form.target,
-                "macs_removed": 1 - after["macs"] / ref_macs, "macs_removed_of_form": 1 - after["macs"] / before["macs"],
-                "target_met": after["macs"] <= form.target, "top1_compactor": top1_compactor,
+        return {"before": before, "after": after, f"target_{kind}": form.target, "cost": form.cost,
+                "unit": UNITS[kind], "macs_removed": 1 - after["macs"] / ref_macs,
+                "macs_removed_of_form": 1 - after["macs"] / before["macs"],
+                "target_met": form.cost <= form.target, "top1_compactor": top1_compactor,
                 "top1_pruned": form.done.top1_pruned, "channels_removed": result.removed,
                 "channels_total": result.total, "masked": result.masked, "masked_kept": result.masked_kept,
                 "max_removed_norm": result.max_removed_norm, "threshold": result.threshold, "layers": result.layers,

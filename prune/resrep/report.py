@@ -3,23 +3,26 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..budget import UNITS
+from ..cost import amount
 from ..report import mega, top1_text
 
 SCHEMA = "rmnet-resrep/1"
 
 
-def budget_text(target: float, of: str) -> str:
-    """The rows' budget: the share of MACs to remove and whose MACs (`resrep.budget.of`)."""
+def budget_text(target: float, of: str, kind: str) -> str:
+    """The rows' budget: the share of the cost (`resrep.budget.kind`) to remove and whose (`resrep.budget.of`)."""
     whose = "its own" if of == "own" else "the residual model's"
-    return f"remove {target:.1%} of {whose} MACs"
+    return f"remove {target:.1%} of {whose} {'latency' if kind == 'latency' else UNITS[kind]}"
 
 
 def to_markdown(report: dict[str, Any]) -> str:
     ref = report["reference"]
     s = report["settings"]
+    kind = report["budget"]["kind"]
     lines = [f"# ResRep on {report['model']} ({report['data']})", "",
-             f"Target: {budget_text(report['target'], report['budget']['of'])} ({report['target_macs'] / 1e6:.3f} M MACs left for the residual "
-             f"form); lasso {s['lasso']}, penalty on "
+             f"Target: {budget_text(report['target'], report['budget']['of'], kind)} ({amount(report[f'target_{kind}'], kind)} "
+             f"left for the residual form); lasso {s['lasso']}, penalty on "
              f"{s['penalty_rows']} rows, mask every {s['interval']} steps from epoch {s['start_epochs']}, "
              f"{s['granularity']} channels at a time, fold threshold {s['threshold']}. Base model `{report['base']}`; "
              f"speed on {report['device']}, batch {report['bench']['batch_size']}. Params, MACs and img/s of the "

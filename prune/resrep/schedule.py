@@ -1,14 +1,16 @@
 """The mask schedule (ResRep §3.4; the authors' `resrep_mask_model`).
 
 Every channel of every compacted layer is ranked by the norm of its compactor row, across layers.
-The mask is the shortest prefix of that ranking whose removal makes the folded model meet the MACs
-target; while the current mask does not yet meet it, the mask may grow by at most `granularity`
+The mask is the shortest prefix of that ranking whose removal makes the folded model meet the
+target (`cost`: MACs, params or latency, `fold.folded_cost`); while the current mask does not yet meet it, the mask may grow by at most `granularity`
 channels per update, so the network adapts a few channels at a time. A layer never loses its last
 channel: the prefix skips a layer's channel that would be its last (the authors' `num_at_least=1`).
 The mask is recomputed from the ranking each time, so a channel whose row regrows may leave it;
 masked rows decay to zero under gradient resetting and stay at the front.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -55,18 +57,18 @@ def _first(lo: int, hi: int, ok) -> int:
     return lo
 
 
-def next_masks(layout: Layout, norms: list[torch.Tensor], masked: list[torch.Tensor], target_macs: float,
-               granularity: int) -> list[torch.Tensor]:
+def next_masks(layout: Layout, norms: list[torch.Tensor], masked: list[torch.Tensor], target: float,
+               granularity: int, cost: Callable[[list[torch.Tensor]], float]) -> list[torch.Tensor]:
     """The new masks (True: the row is pruned) of the layers of `layout`, from the row norms and the
-    current masks."""
+    current masks; `cost` prices kept channels (`layout.macs` for a MACs target)."""
     ranking = _Ranking(norms)
 
-    def macs(masks: list[torch.Tensor]) -> int:
-        return layout.macs(resolve(layout.slots, [~m for m in masks], norms))
+    def priced(masks: list[torch.Tensor]) -> float:
+        return cost(resolve(layout.slots, [~m for m in masks], norms))
 
     n = len(ranking)
-    enough = _first(0, n, lambda i: macs(ranking.masks(i)) <= target_macs)
-    if macs(masked) > target_macs:   # still short of the target: a few more channels at a time
+    enough = _first(0, n, lambda i: priced(ranking.masks(i)) <= target)
+    if priced(masked) > target:   # still short of the target: a few more channels at a time
         cap = sum(int(m.sum()) for m in masked) + granularity
         enough = min(enough, _first(0, n, lambda i: ranking.count(i + 1) > cap))
     return ranking.masks(enough)
