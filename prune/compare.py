@@ -55,14 +55,17 @@ def speed(row: dict[str, Any], runtime: str) -> float | None:
     return row["img_s"] if runtime == "eager" else row["speeds"].get(runtime)
 
 
-def to_markdown(rows: list[dict[str, Any]], runtime: str = "onnxruntime") -> str:
+def to_markdown(rows: list[dict[str, Any]], runtime: str = "onnxruntime", more: tuple[str, ...] = ()) -> str:
+    """The table: img/s eager, in `runtime`, and in each of `more` (the other runtimes `--time` timed)."""
+    runtimes = [runtime, *(m for m in more if m not in ("eager", runtime))]
     lines = ["| model | data | method | form | budget | params (M) | MMACs | top-1 before | top-1 pruned | "
-             f"top-1 fine-tuned | img/s eager | img/s {runtime} |", "|" + " --- |" * 12]
+             "top-1 fine-tuned | img/s eager | " + " | ".join(f"img/s {rt}" for rt in runtimes) + " |",
+             "|" + " --- |" * (11 + len(runtimes))]
     for r in rows:
         lines.append(f"| {r['model']} | {r['data']} | {r['method']} | {r['form']} | {target_text(r)} | "
                      f"{r['params'] / 1e6:.3f} | {r['macs'] / 1e6:.1f} | {_num(r['top1_before'], '.2f')} | "
                      f"{_num(r['top1_pruned'], '.2f')} | {_num(r['top1_finetuned'], '.2f')} | {r['img_s']:.0f} | "
-                     f"{_num(speed(r, runtime), '.0f')} |")
+                     + " | ".join(_num(speed(r, rt), '.0f') for rt in runtimes) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
               file=sys.stderr)
         raise SystemExit(2)
     plot = draw(rows, runtime, args.plot or os.path.join(args.roots[0], "pareto.png"))
-    table = to_markdown(rows, runtime) + timing_note + f"\nPlot: `{plot}`.\n"
+    table = to_markdown(rows, runtime, tuple(args.time or ())) + timing_note + f"\nPlot: `{plot}`.\n"
     print(table, end="")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

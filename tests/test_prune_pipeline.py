@@ -126,15 +126,16 @@ def test_compare_times_every_model_again_in_one_interleaved_run(run_dir, capsys,
 
     monkeypatch.setattr(prune.retime, "time_interleaved", spy)
     plot = tmp_path / "new" / "pareto.png"   # a folder that does not exist yet
-    main([str(out), "--time", "eager", "onnxruntime", "--repeats", "2", "--plot", str(plot)])
-    assert calls == [[(0, "eager"), (0, "onnxruntime"), (1, "eager"), (1, "onnxruntime")]]
+    main([str(out), "--time", "eager", "onnxruntime", "onnxruntime_int8", "--repeats", "2", "--plot", str(plot)])
+    assert calls == [[(i, rt) for i in (0, 1) for rt in ("eager", "onnxruntime", "onnxruntime_int8")]]
     with open(tmp_path / "new" / "timing.json") as f:
         timing = json.load(f)
     assert len(timing["speeds"]) == 2 and all(s["onnxruntime"] > 0 for s in timing["speeds"])
     assert timing["artifacts"][0].endswith("finetuned.pt") and timing["settings"]["repeats"] == 2
     table = capsys.readouterr().out
     assert "one interleaved run (`--time`), batch 1" in table
-    assert f"| {timing['speeds'][0]['onnxruntime']:.0f} |" in table
+    assert "| img/s eager | img/s onnxruntime | img/s onnxruntime_int8 |" in table   # every runtime timed
+    assert f"| {timing['speeds'][0]['onnxruntime']:.0f} | {timing['speeds'][0]['onnxruntime_int8']:.0f} |" in table
 
 
 def test_model_stats_time_the_deploy_runtimes():
