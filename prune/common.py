@@ -190,4 +190,8 @@ def finish_form(cfg: DictConfig, section: str, pruned: nn.Module, spec: ModelSpe
         path = os.path.join(form_dir, "finetuned.pt")
         save_model(final, spec, path, cfg.data, **meta)
         top1_tuned = top1(final, val, cfg, f"{label} fine-tuned")
+        if top1_tuned < top1_pruned:   # every epoch was worse than the start: the row reports the drop
+            lr = s.finetune_lr if s.get("finetune_lr") is not None else cfg.optim.lr
+            log.warning(f"warning: {label}: fine-tuning lowered top-1 from {top1_pruned:.2f} to {top1_tuned:.2f} "
+                        f"(its best epoch); lower {section}.finetune_lr (now {lr:g}) or fine-tune longer")
     return Finished(final, pruned_path, path, top1_pruned, top1_tuned, model_stats(final, input_size, s.bench))

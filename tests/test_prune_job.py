@@ -148,3 +148,30 @@ def test_every_entry_point_runs_its_pruner_through_the_one_job(script, module, p
     assert code == 0, err
     (_, p), = seen
     assert type(p) is getattr(module or pipeline, pruner) and isinstance(p, Pruner) and p.section == script
+
+
+@pytest.mark.parametrize("tuned, warned", [(40.0, True), (55.0, False)])
+def test_a_fine_tune_that_lowers_top1_is_warned_about(monkeypatch, caplog, tmp_path, tuned, warned):
+    """A short fine-tune at the training lr can leave every epoch below the pruned model (seen on
+    shapes100: 69.2 pruned, 41.95 after 3 epochs at lr 0.1); the row then reports the drop, and
+    the log must say so and what to change."""
+    import logging
+
+    import torch.nn as nn
+    from omegaconf import OmegaConf
+
+    from prune import common
+
+    scores = iter([50.0, tuned])
+    monkeypatch.setattr(common, "save_model", lambda *a, **k: None)
+    monkeypatch.setattr(common, "top1", lambda *a, **k: next(scores))
+    monkeypatch.setattr(common, "finetune", lambda cfg, model, *a: model)
+    monkeypatch.setattr(common, "model_stats", lambda *a: {})
+    cfg = OmegaConf.create({"optim": {"lr": 0.1}, "data": {},
+                            "amc": {"finetune_epochs": 3, "finetune_lr": None, "bench": {}}})
+    with caplog.at_level(logging.WARNING, logger="rmnet.prune"):
+        done = common.finish_form(cfg, "amc", nn.Identity(), None, str(tmp_path), None, 16, "AMC")
+    assert (done.top1_pruned, done.top1_finetuned) == (50.0, tuned)
+    expected = ("warning: AMC: fine-tuning lowered top-1 from 50.00 to 40.00 (its best epoch); lower "
+                "amc.finetune_lr (now 0.1) or fine-tune longer")
+    assert (expected in caplog.text) == warned
