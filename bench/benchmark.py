@@ -112,6 +112,11 @@ def physical_cores() -> int:
     return max(len(cores), 1)
 
 
+def cpu_threads() -> int:
+    """The CPU thread count for timing: physical cores minus one, at least one (see `_threads`)."""
+    return max(physical_cores() - 1, 1)
+
+
 def _threads(cfg: DictConfig, on_cpu: bool) -> int:
     """`threads`, else on CPU physical cores minus one, at least one. Intra-op threads meet at a barrier
     after every operator, so a core taken by another process stalls all of them: with torch's default of
@@ -123,7 +128,7 @@ def _threads(cfg: DictConfig, on_cpu: bool) -> int:
         if int(cfg.threads) < 1:
             raise ValueError(f"threads must be >= 1 (null: physical cores minus one on CPU), got {cfg.threads}")
         return int(cfg.threads)
-    return max(physical_cores() - 1, 1) if on_cpu else torch.get_num_threads()
+    return cpu_threads() if on_cpu else torch.get_num_threads()
 
 
 def _device(cfg: DictConfig) -> str:

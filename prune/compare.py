@@ -106,8 +106,7 @@ def retimed(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     for row, speeds in zip(rows, timing["speeds"]):
         row["speeds"] = {**row["speeds"], **speeds}
         row["img_s"] = speeds.get("eager", row["img_s"])
-    path = os.path.join(os.path.dirname(os.path.abspath(args.plot or os.path.join(args.roots[0], "x"))),
-                        "timing.json")
+    path = os.path.join(os.path.dirname(os.path.abspath(args.plot)) if args.plot else args.roots[0], "timing.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump({**timing, "artifacts": [r["artifact"] for r in rows]}, f, indent=2)

@@ -31,15 +31,27 @@ def model_stats(model: nn.Module, input_size: int, bench: Any) -> dict[str, Any]
             "speeds": speeds}
 
 
+def prepare_run(deploy: nn.Module, x: torch.Tensor, runtime: str, work_dir: str) -> Callable[[], Any]:
+    """A call of `deploy` on batch `x` in `runtime`, its files in `work_dir` (INT8 calibrated on
+    seeded N(0, 1) batches, the scale of normalised images, as benchmark.py does for a model without
+    data: speed does not depend on the calibration data)."""
+    gen = torch.Generator().manual_seed(0)
+    ctx = Context(work_dir, x.cpu(), calibration=[torch.randn(*x.shape, generator=gen) for _ in range(4)])
+    run = RUNTIMES[runtime].prepare(deploy, "pruned", ctx)
+    return lambda: run(x)
+
+
+def images_per_s(seconds: list[float], batch: int, iters: int) -> float:
+    """img/s of the median repeat, from the seconds of each repeat of `iters` calls on `batch` images."""
+    return statistics.median(batch * iters / t for t in seconds)
+
+
 def img_s(deploy: nn.Module, x: torch.Tensor, runtime: str, bench: Any) -> float:
-    """Images per second of `deploy` on batch `x` in `runtime` (INT8 calibrated on seeded N(0, 1)
-    batches, the scale of normalised images, as benchmark.py does for a model without data)."""
+    """Images per second of `deploy` on batch `x` in `runtime` (`prepare_run`)."""
     with tempfile.TemporaryDirectory() as work, torch.no_grad():
-        gen = torch.Generator().manual_seed(0)
-        ctx = Context(work, x.cpu(), calibration=[torch.randn(*x.shape, generator=gen) for _ in range(4)])
-        run = RUNTIMES[runtime].prepare(deploy, "pruned", ctx)
-        seconds = time_interleaved({0: lambda: run(x)}, x.device, bench.warmup, bench.iters, bench.repeats)[0]
-    return statistics.median(x.shape[0] * bench.iters / t for t in seconds)
+        call = prepare_run(deploy, x, runtime, work)
+        seconds = time_interleaved({0: call}, x.device, bench.warmup, bench.iters, bench.repeats)[0]
+    return images_per_s(seconds, x.shape[0], bench.iters)
 
 
 def missed(removed: int, cost: float | None = None, target: float | None = None, kind: str = "macs") -> str | None:

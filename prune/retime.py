@@ -8,7 +8,6 @@ average before and after is recorded with the numbers.
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
 from typing import Any
 
@@ -16,8 +15,10 @@ import torch
 from tqdm import tqdm
 
 import artifacts
-from bench.benchmark import fold_bn, physical_cores, time_interleaved
-from bench.runtimes import RUNTIMES, Context, check_runtimes
+from bench.benchmark import cpu_threads, fold_bn, time_interleaved
+from bench.runtimes import check_runtimes
+
+from .report import images_per_s, prepare_run
 
 
 def load_average() -> list[float] | None:
@@ -28,10 +29,9 @@ def retime(rows: list[dict[str, Any]], runtimes: list[str], batch_size: int = 1,
            iters: int = 50, repeats: int = 7, threads: int | None = None) -> dict[str, Any]:
     """img/s of every row's model file (`artifact`) in every runtime, interleaved in one run on the
     CPU; returns {"speeds": [{runtime: img/s} per row], "settings": ..., "load_before", "load_after"}.
-    INT8 calibrates on seeded N(0, 1) batches (the scale of normalised images): speed does not depend
-    on the calibration data."""
+    INT8 calibrates on seeded N(0, 1) batches (`prune.report.prepare_run`)."""
     check_runtimes(runtimes, "cpu", ["fp32"])
-    threads = threads or max(physical_cores() - 1, 1)
+    threads = threads or cpu_threads()
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(0)
@@ -42,13 +42,11 @@ def retime(rows: list[dict[str, Any]], runtimes: list[str], batch_size: int = 1,
                 art = artifacts.load(row["artifact"])
                 size = art.spec.input_size
                 x = torch.randn(batch_size, 3, size, size, generator=gen)
-                calibration = [torch.randn(8, 3, size, size, generator=gen) for _ in range(4)]
-                ctx = Context(os.path.join(work, str(i)), x, calibration=calibration)
-                os.makedirs(ctx.work_dir)
                 deploy = fold_bn(art.model.float().eval())
                 for runtime in runtimes:
-                    run = RUNTIMES[runtime].prepare(deploy, "pruned", ctx)
-                    calls[(i, runtime)] = lambda run=run, x=x: run(x)
+                    folder = os.path.join(work, f"{i}-{runtime}")
+                    os.makedirs(folder)
+                    calls[(i, runtime)] = prepare_run(deploy, x, runtime, folder)
             before = load_average()
             seconds = time_interleaved(calls, torch.device("cpu"), warmup, iters, repeats)
             after = load_average()
@@ -56,7 +54,7 @@ def retime(rows: list[dict[str, Any]], runtimes: list[str], batch_size: int = 1,
         torch.set_num_threads(saved)
     speeds: list[dict[str, float]] = [{} for _ in rows]
     for (i, runtime), times in seconds.items():
-        speeds[i][runtime] = statistics.median(batch_size * iters / t for t in times)
+        speeds[i][runtime] = images_per_s(times, batch_size, iters)
     return {"speeds": speeds, "load_before": before, "load_after": after,
             "settings": {"runtimes": runtimes, "batch_size": batch_size, "warmup": warmup, "iters": iters,
                          "repeats": repeats, "threads": threads}}
