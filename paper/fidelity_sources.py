@@ -129,7 +129,7 @@ _T2_STD = ("open: the authors publish no Table 2 script and the paper gives no n
            "recipes (outside this change) keep the dataset's std")
 _SEEDS = _s("runs per row", "runs", "Table 2 '92.07±0.18': several runs", "not published", "3 seeds",
             "one seed per command; `python train.py -m experiment=<recipe> seed=0,1,2 'run_name=<recipe>_s${seed}'` "
-            "then `python -m paper.seeds checkpoints` prints mean ± std (README, Reproducing the paper)")
+            "then `python -m paper.seeds checkpoints` prints mean ± std (docs/reproducing-the-paper.md, Seeds)")
 
 _T1_CIFAR = ("table1_resnet34", "table1_repvgg_a2", "table1_rmnet26x3_32")
 _T1_IMAGENET = ("resnet50", "rmnet41x4_8", "resnext50_32x4d", "repvgg_b1", "rmnet41x5_16", "resnet101", "repvgg_b2",

@@ -1,13 +1,16 @@
-"""Every command in the README's bash blocks runs as documented (with small settings), prints no
-traceback, ends with status 0 or one `error:` line and status 2, and leaves `git status` clean.
+"""Every command in the bash blocks of the README and the guides (docs/*.md) runs as documented (with
+small settings), prints no traceback, ends with status 0 or one `error:` line and status 2, and leaves
+`git status` clean.
 
 The commands run in this process (an entry point is `engine.cli.run_app`, a module is `runpy`) in a
 copy of the repository's tracked files, so outputs land where a user's would. PLAN says how each
-README command runs; a README command missing from PLAN fails the test, so the two stay together.
+documented command runs; a command missing from PLAN fails the test, so the two stay together. The
+commands run in the order a reader meets them (README, then the guides in mkdocs.yml's nav order).
 """
 from __future__ import annotations
 
 import contextlib
+import glob
 import importlib
 import io
 import os
@@ -19,6 +22,7 @@ import subprocess
 import sys
 
 import torch
+import yaml
 
 from tests.helpers import randomize_bn, run_script
 
@@ -36,7 +40,7 @@ RESREP = ["model.kwargs.widths=[8,8,16]", "data.input_size=16", "data.train_size
           "resrep.start_epochs=0", "resrep.interval=1", "resrep.calib_batches=1", "resrep.bench.batch_size=2",
           "resrep.bench.iters=1", "resrep.bench.warmup=0", "resrep.bench.repeats=1",
           "resrep.bench.runtimes=[eager]"]
-# README command (without its comment) -> how it runs: ("run", extra arguments), ("error", regex of the
+# Documented command (without its comment) -> how it runs: ("run", extra arguments), ("error", regex of the
 # one-line error it must end with (data this machine does not have), extra arguments), ("cfg",) (compose
 # and print the config only: full-size or multi-GPU jobs), ("check",) (the command line is checked
 # only: sweeps, which Hydra will not print), ("skip", why).
@@ -148,21 +152,54 @@ def _argv(command: str, subs: dict[str, str]) -> list[str]:
     return [renamed.get(a, a) for a in argv] + list(extra)
 
 
+def _nav_pages(nav) -> list[str]:
+    """The pages of mkdocs.yml's nav, in order ("Title: page.md" entries, sections of them, bare pages)."""
+    pages = []
+    for item in nav:
+        for value in item.values() if isinstance(item, dict) else [item]:
+            pages += _nav_pages(value) if isinstance(value, list) else [value]
+    return pages
+
+
+def documented_files() -> list[str]:
+    """README.md, then the guides (docs/*.md) in the site's order, then any guide the nav leaves out."""
+    with open(os.path.join(ROOT, "mkdocs.yml")) as f:
+        nav = _nav_pages(yaml.safe_load(f).get("nav", []))
+    guides = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))
+    ordered = [p for p in nav if p in guides] + [p for p in guides if p not in nav]
+    return [os.path.join(ROOT, "README.md"), *(os.path.join(ROOT, "docs", p) for p in ordered)]
+
+
 def readme_commands() -> list[str]:
-    """The commands of the README's bash blocks, continuation lines joined, comments dropped."""
-    text = open(os.path.join(ROOT, "README.md")).read()
+    """The commands of the bash blocks of the README and the guides, continuation lines joined, comments
+    dropped."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
-        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
-            line = re.sub(r"\s+#.*$", "", line).strip()
-            if line:
-                commands.append(" ".join(line.split()))
+    for path in documented_files():
+        with open(path) as f:
+            text = f.read()
+        for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+            for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+                line = re.sub(r"\s+#.*$", "", line).strip()
+                if line:
+                    commands.append(" ".join(line.split()))
     return commands
+
+
+def test_the_guides_commands_are_covered_in_the_sites_order(tmp_path, monkeypatch):
+    """Commands of a guide count as the README's do, guides in mkdocs.yml's nav order (a guide's commands
+    may use the files an earlier one's wrote), then any guide the nav leaves out."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "README.md").write_text("```bash\nbash scripts/test.sh\n```\n")
+    (tmp_path / "mkdocs.yml").write_text("nav:\n  - A: b.md\n  - Part:\n    - B: a.md\n")
+    for name, command in (("a.md", "python a.py"), ("b.md", "python b.py  # b"), ("c.md", "python c.py")):
+        (tmp_path / "docs" / name).write_text(f"text\n\n```bash\n{command}\n```\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", str(tmp_path))
+    assert readme_commands() == ["bash scripts/test.sh", "python b.py", "python a.py", "python c.py"]
 
 
 def test_every_readme_command_has_a_plan():
     missing = [c for c in readme_commands() if c not in PLAN]
-    assert not missing, f"README commands without an entry in PLAN: {missing}"
+    assert not missing, f"README/guide commands without an entry in PLAN: {missing}"
 
 
 def _run(argv: list[str]) -> tuple[int, str]:
