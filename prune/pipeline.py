@@ -27,7 +27,8 @@ import artifacts
 from engine import stages
 from engine.config import command_line_keys
 from engine.inputs import check_data, data_for
-from models.rmnet_pruning import RMNetPruning, plain_channel_masks
+from models import model_family
+from models.rmnet_pruning import plain_channel_masks
 
 from . import common
 from .budget import Budget, check_budget, search
@@ -111,7 +112,7 @@ def check_penalty(cfg: DictConfig, forms: list[str]) -> None:
         raise ValueError(f"prune.penalty must be one of {', '.join(PENALTIES)}, got {p.penalty!r}")
     if p.threshold_every_step and p.threshold is None:
         raise ValueError("prune.threshold_every_step zeroes the scales under prune.threshold while training: set it")
-    masked = isinstance(shape_only_model(cfg), RMNetPruning)
+    masked = model_family(cfg.model.name) == "rmnet_pruning"
     if (p.penalty == "mask_conv") != masked:
         raise ValueError(f"prune.penalty={p.penalty} with model={cfg.model.name}: mask_conv penalises the mask convs "
                          f"of rmnet_pruning_18/34, bn_scale the BN scales of any other model")
