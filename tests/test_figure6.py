@@ -239,3 +239,23 @@ def test_a_tiny_mask_conv_run_writes_a_plain_model_evaluate_reproduces(tmp_path)
                                                "progress=false"])
         assert code == 0, err
         assert json.loads((tmp_path / "eval.json").read_text())["results"]["plain"]["top1"] == pytest.approx(top1)
+
+
+def test_pruning_the_zero_masks_is_exact_and_follows_the_masks():
+    """Pruned by its masks at a threshold just above 0, the converted chain loses exactly the zero-mask
+    channels (widths = the non-zero masks per layer) and still computes the residual model, in float64."""
+    from prune.plain import prune_plain
+    from prune.surgery import PruneError
+
+    model = masked_model().double()
+    plain = rm.convert(model, fuse_bn=False, downsample="reserve_input").eval()
+    masks = plain_channel_masks(model)
+    result = prune_plain(plain, threshold=1e-12, scores=masks)
+    assert [layer["kept"] for layer in result.layers] == [max(1, int((m > 0).sum())) for m in masks]
+    assert result.removed > 10 and result.approximate == 0
+    x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        ref, out = model(x), result.model(x)
+    assert float((out - ref).abs().max() / ref.abs().max()) < 1e-10
+    with pytest.raises(PruneError, match="score vectors"):
+        prune_plain(plain, threshold=1e-12, scores=masks[1:])
