@@ -7,8 +7,8 @@ conversion -> pruning -> fine-tuning -> report.
 
 Both forms start from the same sparse-trained residual model (identity shortcuts with a BN, paper
 §3.4: `model.kwargs.shortcut_bn=true`; or, `prune.penalty=mask_conv`, the authors' mask-conv network
-`models.rmnet_pruning`, whose masks rank the plain chain's channels and which prunes through RM alone): `rm` converts it with the `conversion` policy (BN kept,
-`reserve_shortcut`), sets the identity BNs' statistics from training data (so reserved and merged
+`models.rmnet_pruning`, whose masks rank the channels and which prunes through RM alone): `rm`
+converts it with the `conversion` policy (BN kept, `reserve_shortcut`), sets the identity BNs' statistics from training data (so reserved and merged
 channels are ranked by their real scale), verifies the result and prunes the plain chain; `residual`
 prunes the residual model, where channels tied by additions go only together. Every model is read
 and written through `artifacts`, and trained by the stages of train.py (`engine.stages`).
@@ -143,8 +143,8 @@ class Slimming(Pruner):
     def base_model(self, cfg: DictConfig) -> artifacts.Artifact:
         residual = super().base_model(cfg)
         if trained_sr(residual) is None:
-            log.warning(f"warning: {residual.path} was not sparse-trained (no hooks.bn_l1 or scale_l1): its scales need not "
-                        "rank channels; leave prune.sparse_ckpt=null to sparse-train first")
+            log.warning(f"warning: {residual.path} was not sparse-trained (no hooks.bn_l1 or scale_l1): its scales "
+                        "need not rank channels; leave prune.sparse_ckpt=null to sparse-train first")
         return residual
 
     def out_dir(self, cfg: DictConfig, base: artifacts.Artifact) -> str:
