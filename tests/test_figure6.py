@@ -259,3 +259,25 @@ def test_pruning_the_zero_masks_is_exact_and_follows_the_masks():
     assert float((out - ref).abs().max() / ref.abs().max()) < 1e-10
     with pytest.raises(PruneError, match="score vectors"):
         prune_plain(plain, threshold=1e-12, scores=masks[1:])
+
+
+def test_slimming_ranks_the_rm_chain_by_the_masks_not_the_bn_scales():
+    """With prune.penalty=mask_conv the pruner keeps what the masks keep, even where the BN scales (here
+    all under the threshold) would remove the channel."""
+    from types import SimpleNamespace
+
+    from prune import pipeline
+    from prune.job import Job
+
+    model = random_masks(randomize_bn(create_model("rmnet_pruning_18", num_classes=10, stem="cifar", widths=WIDTHS),
+                                      gamma_scale=1e-3)).eval()
+    plain = rm.convert(model, fuse_bn=False, downsample="reserve_input").eval()
+    prune_cfg = {"penalty": "mask_conv", "threshold": 5e-3, "ratio": None, "channel_round": 1, "budget": {"keep": None}}
+    cfg = OmegaConf.create({"prune": prune_cfg})
+    job = Job(cfg, SimpleNamespace(model=model, meta={}), "", None, {}, None)
+    selection = pipeline.Slimming().select(job, "rm", SimpleNamespace(model=plain), "", None)
+    kept = [layer["kept"] for layer in selection.extra["result"].layers]
+    assert kept == [max(1, int((m >= 5e-3).sum())) for m in plain_channel_masks(model)]
+    cfg.prune.penalty = "bn_scale"
+    by_bn = pipeline.Slimming().select(job, "rm", SimpleNamespace(model=plain), "", None)
+    assert by_bn.removed > selection.removed
