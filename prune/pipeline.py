@@ -172,7 +172,8 @@ class Slimming(Pruner):
 
     def header(self, job: Job) -> dict[str, Any]:
         p, ckpt, sr = job.cfg.prune, job.base.path, trained_sr(job.base)
-        return {"sr": sr, "threshold": None if p.threshold is None else float(p.threshold),
+        return {"sr": sr, "penalty": trained_penalty(job.base.meta.get("config") or {}),
+                "threshold": None if p.threshold is None else float(p.threshold),
                 "ratio": None if p.ratio is None else float(p.ratio), "criterion": criterion(p),
                 "sparse_checkpoint": ckpt, "sparse_trained": sr is not None, "channel_round": int(p.channel_round),
                 "budget_text": self.budget_text(job)}

@@ -223,6 +223,7 @@ def test_a_tiny_mask_conv_run_writes_a_plain_model_evaluate_reproduces(tmp_path)
     root = tmp_path / "prune-rmnet_pruning_18-synthetic-sr1-step0.9"
     report = json.loads((root / "thr0.9" / "report.json").read_text())
     assert list(report["forms"]) == ["rm"]
+    assert report["penalty"] == {"sr": 1.0, "on": "mask_conv", "threshold": 0.9}
     rm_form = report["forms"]["rm"]
     sparse = load_checkpoint(str(root / "sparse" / "best.pt"))
     assert sparse["config"]["hooks"]["scale_l1"] == {"_target_": "prune.penalty.ScaleL1", "sr": 1.0, "on": "mask_conv",
