@@ -26,7 +26,7 @@ from rm.rules import SCHEMES
 from .amp import AMP_DTYPES
 from .distributed import DEVICES
 from .faults import NONFINITE_MODES
-from .optim import OPTIMIZERS, SCHEDULES
+from .optim import NO_DECAY_RULES, OPTIMIZERS, SCHEDULES
 
 CONVERT_MODES = ("keep_bn", "fuse_bn")   # model.convert: train the plain form, BatchNorm kept or fused
 
@@ -39,6 +39,7 @@ CHOICES: dict[str, tuple] = {
     "device": DEVICES,
     "model.convert": (None, *CONVERT_MODES),
     "optim.name": tuple(OPTIMIZERS),
+    "optim.no_decay": tuple(NO_DECAY_RULES),
     "sched.name": tuple(SCHEDULES),
     "data.name": DATASETS,
     "data.stem": STEMS,

@@ -99,8 +99,12 @@ class BNL1(Hook):
             raise ValueError(f"bn_l1 sr must be >= 0, got {sr}")
         self.sr = sr
 
+    def scales(self, model: nn.Module) -> list[nn.Parameter]:
+        """The penalised scales (a subclass penalises others: prune.penalty's mask convs)."""
+        return [m.weight for m in model.modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and m.weight.grad is not None]
+
     @torch.no_grad()
     def after_backward(self, model: nn.Module) -> None:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and m.weight.grad is not None:
-                m.weight.grad.add_(torch.sign(m.weight), alpha=self.sr)
+        for w in self.scales(model):
+            w.grad.add_(torch.sign(w), alpha=self.sr)

@@ -13,20 +13,31 @@ def scaled_lr(cfg: Any, global_batch: int) -> float:
     return cfg.lr * global_batch / cfg.lr_batch if cfg.get("lr_batch") else cfg.lr
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool,
-                 own: Sequence[dict] = ()) -> list[dict]:
-    """Without `decay_norm_and_bias`, BatchNorm/PReLU parameters and biases (every tensor of < 2
-    dimensions) get no weight decay, as in the RepVGG recipe. `own` are groups with settings of their
-    own (hooks' `param_groups`, e.g. ResRep's compactors); their parameters leave the default groups."""
+# Which parameters get no weight decay (unless optim.decay_norm_and_bias), by (name, parameter).
+NO_DECAY_RULES: dict[str, Callable[[str, nn.Parameter], bool]] = {
+    "ndim": lambda name, p: p.ndim < 2,                        # BN/PReLU parameters and biases (RepVGG recipe)
+    "names": lambda name, p: "bias" in name or "bn" in name,   # the RMNet/RepVGG authors' train.py: by name, so
+}                                                              # BNs named otherwise (downsample.1) are decayed
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool, own: Sequence[dict] = (),
+                 no_decay: str = "ndim", bias_lr_factor: float = 1.0) -> list[dict]:
+    """Without `decay_norm_and_bias`, the parameters `NO_DECAY_RULES[no_decay]` picks get no weight
+    decay. Parameters named '...bias' train at `bias_lr_factor` x the lr (the group's `lr_factor`,
+    which `build_optimizer` resolves; the authors' train.py: 2, "Made no difference"). `own` are
+    groups with settings of their own (hooks' `param_groups`, e.g. ResRep's compactors); their
+    parameters leave the default groups."""
+    skip = _choice(NO_DECAY_RULES, "optim.no_decay", no_decay)
     taken = {id(p) for group in own for p in group["params"]}
-    decay, no_decay = [], []
-    for p in model.parameters():
+    groups: dict[tuple[float, float], list] = {(weight_decay, 1.0): []}
+    for name, p in model.named_parameters():
         if p.requires_grad and id(p) not in taken:
-            (decay if decay_norm_and_bias or p.ndim > 1 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups + [dict(group) for group in own]
+            key = (weight_decay if decay_norm_and_bias or not skip(name, p) else 0.0,
+                   bias_lr_factor if "bias" in name else 1.0)
+            groups.setdefault(key, []).append(p)
+    out = [{"params": params, "weight_decay": wd, **({"lr_factor": f} if f != 1.0 else {})}
+           for (wd, f), params in groups.items() if params or (wd, f) == (weight_decay, 1.0)]
+    return out + [dict(group) for group in own]
 
 
 OPTIMIZERS: dict[str, Callable[[list[dict], float, Any], torch.optim.Optimizer]] = {
@@ -54,9 +65,13 @@ def _choice(table: dict, key: str, value: str):
 
 
 def build_optimizer(model: nn.Module, cfg: Any, global_batch: int, own: Sequence[dict] = ()) -> torch.optim.Optimizer:
-    build = _choice(OPTIMIZERS, "optim.name", cfg.name)
-    return build(param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias, own), scaled_lr(cfg, global_batch),
-                 cfg)
+    build, lr = _choice(OPTIMIZERS, "optim.name", cfg.name), scaled_lr(cfg, global_batch)
+    groups = param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias, own, cfg.get("no_decay", "ndim"),
+                          float(cfg.get("bias_lr_factor", 1.0)))
+    for group in groups:
+        if "lr_factor" in group:
+            group["lr"] = lr * group.pop("lr_factor")
+    return build(groups, lr, cfg)
 
 
 def lr_factor(cfg: Any, step: int, steps_per_epoch: int, epochs: int) -> float:

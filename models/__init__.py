@@ -3,7 +3,7 @@
 Each family module defines its blocks, registers their RM converters (`rm.register_converter`) and
 registers its variants (`register_model`); adding a family is one file here (docs/ARCHITECTURE.md).
 """
-from . import mobilenet, preact_resnet, repvgg, repvgg_resnet, resnet, rmnet  # noqa: F401  (importing registers the models)
+from . import mobilenet, preact_resnet, repvgg, repvgg_resnet, resnet, rmnet, rmnet_pruning  # noqa: F401  (importing registers the models)
 from .registry import (
     INPUT_SIZE,
     STEMS,

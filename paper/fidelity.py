@@ -30,8 +30,6 @@ DOC = os.path.join(ROOT, "docs", "FIDELITY.md")
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167}
 V100_FLOPS = 5.15e12   # docs/reproducing-the-paper.md's rule: the paper's ResNet-50 rate, 1252 img/s x 4.11 G
 _UNSET = object()
-# Settings no config key holds: what the code does, whatever the config.
-_FIXED = {"bias_lr": "1x", "prune_penalty": "BN scales"}
 
 
 @dataclass
@@ -66,8 +64,6 @@ def value(cfg: DictConfig, key: str, entry: DictConfig | None):
         return zero_gamma(cfg)
     if key == "runs":
         return f"1 (seed {cfg.seed})"
-    if key in _FIXED:
-        return _FIXED[key]
     v = OmegaConf.select(cfg, key, default=_UNSET)
     if v is _UNSET and entry is not None:
         v = OmegaConf.select(entry, key, default=_UNSET)

@@ -50,11 +50,7 @@ def _recipes(*names: str) -> tuple[tuple[str, ...], ...]:
     return tuple((f"experiment={n}",) for n in names)
 
 
-_WD_SET = ("Our trainer exempts every BN parameter and bias (engine/optim.py); the authors' name rule also "
-           "decays the shortcut BN weights ({what}). RepVGG's README (9a1de4a README.md:93) says decay on "
-           "rbr_identity 'makes little difference'; an option for it belongs to engine/optim.py.")
-_BIAS_LR = ("The authors' own comment: 'Just a Caffe-style common practice. Made no difference.' In the "
-            "training forms here only the fc (and SE) layers have biases; the trainer has no per-group lr.")
+_WD_KEYS = ("optim.decay_norm_and_bias", "optim.no_decay")
 _SEC42 = "§4.2, via RepVGG train.py"
 _A2 = "A.2, via RepVGG train.py"
 _SEC42_WORDS = ("§4.2 'we train RMNet following the official implementations of RepVGG', footnote "
@@ -73,10 +69,11 @@ def _repvgg_train(paper: str, cifar: bool) -> tuple[Setting, ...]:
         _s("momentum, Nesterov", ("optim.momentum", "optim.nesterov"), paper,
            f"0.9 ({REPVGG} train.py:44), plain SGD (train.py:92)", (0.9, False)),
         _s("weight decay", "optim.weight_decay", paper, f"1e-4: {REPVGG} train.py:46", 1e-4),
-        _s("no weight decay on", "optim.decay_norm_and_bias", paper,
-           f"names containing 'bias' or 'bn': {REPVGG} train.py:86; {RMNET} train.py:82", "name rule",
-           _WD_SET.format(what="downsample.1 in ResNet/RMNet, rbr_identity in RepVGG")),
-        _s("bias lr", "bias_lr", paper, f"2x: {REPVGG} train.py:90; {RMNET} train.py:86", "2x", _BIAS_LR),
+        _s("no weight decay on (decay everything; rule)", _WD_KEYS, paper,
+           f"names containing 'bias' or 'bn' (so downsample.1 and rbr_identity decay): {REPVGG} train.py:86; "
+           f"{RMNET} train.py:82", (False, "names")),
+        _s("bias lr factor", "optim.bias_lr_factor", paper,
+           f"2x, 'Made no difference': {REPVGG} train.py:90; {RMNET} train.py:86", 2.0),
         _s("schedule (name, final lr ratio, warm-up epochs)", ("sched.name", "sched.min_lr_ratio", "sched.warmup_epochs"),
            paper, f"cosine to 0 over all iterations, stepped per iteration, no warm-up: {REPVGG} train.py:195, :304",
            ("cosine", 0.0, 0)),
@@ -168,9 +165,10 @@ GROUPS_TRAIN = (
            _s("lr, for a batch of", ("optim.lr", "optim.lr_batch"), "-", f"0.1 at 256: {_REPVGG_README}", (0.1, 256)),
            _s("Nesterov", "optim.nesterov", "-", f"yes: {REPVGG_NOW} train/optimizer.py:26", True),
            _s("weight decay", "optim.weight_decay", "-", f"1e-4: {_REPVGG_README}", 1e-4),
-           _s("no weight decay on", "optim.decay_norm_and_bias", "-",
-              f"1-d tensors and biases except identity.weight: {REPVGG_NOW} train/optimizer.py:48-53", "name rule",
-              _WD_SET.format(what="rbr_identity")),
+           _s("no weight decay on (decay everything; rule)", _WD_KEYS, "-",
+              f"1-d tensors and biases except identity.weight: {REPVGG_NOW} train/optimizer.py:48-53 (on RepVGG "
+              "the parameters the name rule picks)", (False, "names")),
+           _s("bias lr factor", "optim.bias_lr_factor", "-", f"1x, one lr: {REPVGG_NOW} train/optimizer.py:26-27", 1.0),
            _s("warm-up epochs (from lr 0)", "sched.warmup_epochs", "-",
               f"5 (train/config.py:66 WARMUP_LR 0): {_REPVGG_README}", 5),
            _s("label smoothing", "label_smoothing", "-", f"0.1: {_REPVGG_README}", 0.1),
@@ -188,30 +186,76 @@ _NNI = "NNI AMCPruner default, which RM+AMC/amc_search.py:116 uses"
 _RR56, _RR50 = f"{RESREP} rr/exp_resrep.py", f"{RESREP} rr/exp_resrep.py"
 _SEED3 = "not stated (the ResRep README, seed 003, runs rr/exp_resrep.py)"
 
+_MODELS_TP = f"{RMNET} models/rmnet_pruning.py"
+_PAPER_VARIANT = "the paper's variant, figure6_bn_scale: "
+
+
+def _fig6_training() -> tuple[Setting, ...]:
+    """train_pruning.py's training, the same for sparse training and fine-tuning (the script runs twice)."""
+    return (
+        _s("data", "data.name", "Figure 6 'CIFAR10 accuracy'", f"CIFAR-10: {_TP}:41-44", "cifar10"),
+        *_cifar_data(True),
+        _s("sparse-training epochs", "epochs", "not stated", f"200: {_TP}:131", 200),
+        _s("fine-tuning epochs, lr", ("prune.finetune_epochs", "prune.finetune_lr"), "not stated",
+           f"the same script with --finetune, 200 epochs at --lr: {_TP}:14, :56-62, :131", (200, None)),
+        _s("lr, for a batch of; global batch", ("optim.lr", "optim.lr_batch", "global_batch_size"), "not stated",
+           f"0.1 at batch 128: {_TP}:14, :44", (0.1, 128, 128)),
+        _s("momentum, Nesterov", ("optim.momentum", "optim.nesterov"), "not stated", f"0.9, plain SGD: {_TP}:66",
+           (0.9, False)),
+        _s("weight decay, also on BN, biases and masks", ("optim.weight_decay", "optim.decay_norm_and_bias"),
+           "not stated", f"5e-4 on every parameter: {_TP}:66", (5e-4, True)),
+        _s("bias lr factor", "optim.bias_lr_factor", "not stated", f"1x, one lr: {_TP}:66", 1.0),
+        _s("schedule (name, final lr ratio, warm-up epochs)", ("sched.name", "sched.min_lr_ratio", "sched.warmup_epochs"),
+           "not stated", f"CosineAnnealingLR(T_max=200) stepped per epoch: {_TP}:67, :134",
+           ("cosine per epoch", 0.0, 0), "ours steps the same cosine per iteration (engine/optim.py); within an epoch "
+           "it is at most one epoch's step of the cosine away from theirs"),
+        _s("L1 factor", "prune.sr", _SEC44, f"--sr, no default: {_TP}:15", NO_SOURCE,
+           "one point of the paper's range; the sweep in the recipe's header covers 1e-4 .. 1e-3"),
+        _s("threshold", "prune.threshold", _SEC44, f"--threshold, no default: {_TP}:16", NO_SOURCE,
+           "one point of the paper's range; the sweep covers 5e-4 .. 5e-3"),
+    )
+
+
+def _fig6_method(paper_variant: bool) -> tuple[Setting, ...]:
+    """What is penalised and pruned: the authors' masks, or (paper_variant) the BN scales the paper names."""
+    why = dict.fromkeys(("model", "penalty", "every", "forms", "scheme"), "") if not paper_variant else {
+        "model": _PAPER_VARIANT + "resnet18, their network without masks, with a BN on every identity shortcut "
+                 "(prune.py sets model.kwargs.shortcut_bn; §3.4 'an additional BN layer should be added in the residual "
+                 "connection') whose scales rank the reserved channels",
+        "penalty": _PAPER_VARIANT + "the scales the paper names",
+        "every": _PAPER_VARIANT + "§3.4 prunes once after sparse training; the authors' masking is figure6_mask_conv",
+        "forms": _PAPER_VARIANT + "the residual model is pruned too, the comparison Figure 6 draws; the residual "
+                 "pruner ranks BN scales, which this variant has",
+        "scheme": _PAPER_VARIANT + "the reserved channels carry the shortcut BN's output, whose scale ranks them"}
+    return (
+        _s("model", "model.name", "§4.4 'pruning RMNet'", f"rmnet_pruning_18 (ResNet-18 + 1x1 mask convs): {_TP}:53",
+           "rmnet_pruning_18", why["model"]),
+        _s("penalised scales", "prune.penalty", "§4.4 'L1 norm ... to punish the weight of BN layers'",
+           f"L1 on separate depthwise 1x1 mask convs: {_MODELS_TP}:157-161", "mask_conv", why["penalty"]),
+        _s("threshold applied every step", "prune.threshold_every_step",
+           "§3.4 'After training, we convert ResNet into RMNet and prune the filters'",
+           f"update_mask between backward and step: {_TP}:82-83, {_MODELS_TP}:162-164", True, why["every"]),
+        _s("channels removed", "prune.threshold",
+           "§4.4 'regard the channels whose weight is smaller than a certain threshold as invalid'",
+           f"every mask not 0 in the saved model is kept: {_MODELS_TP}:200", NO_SOURCE,
+           "the channels whose scale is under prune.threshold go (masked every step: the mask the next step would "
+           "apply); theirs keeps every mask that is not 0, also those the last steps' momentum moved off 0 "
+           "(prune/penalty.py)"),
+        _s("pruned forms", "prune.forms", "§4.4 'RMNet retains higher accuracy than ResNet under a larger pruning ratio'", f"the RM form only: {_TP}:62", ["rm"],
+           why["forms"]),
+        _s("reserved channels (downsample scheme)", "conversion.downsample", "not stated",
+           f"the masked block input, the shortcut conv in the merge: {_MODELS_TP}:57-84", "reserve_input",
+           why["scheme"]),
+    )
+
+
 GROUPS_PRUNE = (
-    Group("Figure 6 (network slimming): conf/prune.yaml's defaults, no figure6 recipe yet", ((),),
-          "the authors' train_pruning.py; the paper's §4.4 where it says more", (
-              _s("model", "model.name", "§4.4 'pruning RMNet'", f"rmnet_pruning_18: {_TP}:53", "rmnet_pruning_18",
-                 NOT_YET.format(item=4) + ": no such model here"),
-              _s("data", "data.name", "Figure 6 'CIFAR10 accuracy'", f"CIFAR-10: {_TP}:41-44", "cifar10",
-                 NOT_YET.format(item=4) + ": the defaults train on synthetic data"),
-              _s("sparse-training epochs", "epochs", "not stated", f"200, cosine: {_TP}:67, :131", 200,
-                 NOT_YET.format(item=4)),
-              _s("lr, for a batch of; batch", ("optim.lr", "optim.lr_batch", "batch_size"), "not stated",
-                 f"0.1 at batch 128: {_TP}:14, :44", (0.1, None, 128), NOT_YET.format(item=4)),
-              _s("weight decay, also on BN", ("optim.weight_decay", "optim.decay_norm_and_bias"), "not stated",
-                 f"5e-4 on every parameter: {_TP}:66", (5e-4, True), NOT_YET.format(item=4)),
-              _s("fine-tuning epochs", "prune.finetune_epochs", "not stated", f"200: {_TP}:131", 200,
-                 NOT_YET.format(item=4)),
-              _s("L1 factor", "prune.sr", _SEC44, f"--sr, no default: {_TP}:15", NO_SOURCE,
-                 "one point of the paper's range; the README's sweep covers 1e-4 .. 1e-3"),
-              _s("threshold", "prune.threshold", _SEC44, f"--threshold, applied every step: {_TP}:16, :82-83",
-                 NO_SOURCE, "one point of the paper's range, applied once after sparse training; "
-                 + NOT_YET.format(item=4) + ": the authors mask every step"),
-              _s("penalised scales", "prune_penalty", "§4.4 'L1 norm ... to punish the weight of BN layers'",
-                 f"L1 on separate 1x1 mask convs: {RMNET} models/rmnet_pruning.py", "mask convs",
-                 NOT_YET.format(item=4) + ": ours penalises BN scales, as the paper says"),
-          ), config="prune"),
+    Group("Figure 6 (network slimming) as the authors ran it", _recipes("figure6_mask_conv"),
+          "the authors' train_pruning.py and models/rmnet_pruning.py; the paper's §4.4 where it says more",
+          _fig6_training() + _fig6_method(paper_variant=False), config="prune", gpu_hours=True),
+    Group("Figure 6 (network slimming), the paper's BN-scale variant", _recipes("figure6_bn_scale"),
+          "the authors' training (train_pruning.py) with the penalty the paper states (§3.4, §4.4)",
+          _fig6_training() + _fig6_method(paper_variant=True), config="prune", gpu_hours=True),
     Group("Authors' RM+AMC table, CIFAR-10", _recipes(*(f"amc_cifar10_r{r}" for r in ("0.5", "0.6", "0.7", "0.75"))),
           "NNI's AMC example as the authors' RM+AMC README runs it (seed 001)", (
               _s("model", "model.name", "seed 001: MobileNetV2 converted to MobileNetV1",

@@ -6,8 +6,9 @@ conversion -> pruning -> fine-tuning -> report.
         rm/pruned.pt  rm/finetune/   residual/pruned.pt  residual/finetune/   report.json  report.md
 
 Both forms start from the same sparse-trained residual model (identity shortcuts with a BN, paper
-§3.4: `model.kwargs.shortcut_bn=true`): `rm` converts it with the `conversion` policy (BN kept,
-`reserve_shortcut`), sets the identity BNs' statistics from training data (so reserved and merged
+§3.4: `model.kwargs.shortcut_bn=true`; or, `prune.penalty=mask_conv`, the authors' mask-conv network
+`models.rmnet_pruning`, whose masks rank the channels and which prunes through RM alone): `rm`
+converts it with the `conversion` policy (BN kept, `reserve_shortcut`), sets the identity BNs' statistics from training data (so reserved and merged
 channels are ranked by their real scale), verifies the result and prunes the plain chain; `residual`
 prunes the residual model, where channels tied by additions go only together. Every model is read
 and written through `artifacts`, and trained by the stages of train.py (`engine.stages`).
@@ -26,12 +27,15 @@ import artifacts
 from engine import stages
 from engine.config import command_line_keys
 from engine.inputs import check_data, data_for
+from models import model_family
+from models.rmnet_pruning import plain_channel_masks
 
 from . import common
 from .budget import Budget, check_budget, search
 from .common import finetune, save_model, shape_only_model, top1, train_residual
 from .job import Form, Job, Pruner, Selection
 from .job import run as run_job
+from .penalty import PENALTIES, hooks, trained_penalty
 from .plain import channel_scores, prune_plain
 from .report import SCHEMA, check_bench, device_line, model_stats, to_markdown
 from .residual import check_residual, prune_residual, residual_scores
@@ -47,18 +51,29 @@ def criterion(p: Any) -> str:
     return f"ratio{p.ratio:g}" if p.ratio is not None else f"thr{p.threshold:g}"
 
 
-def run_root(cfg: DictConfig, sr: float | None | str = "run") -> str:
-    """The run's folder, named after the sparsity factor its model was trained with (`sr`; this run's
-    prune.sr by default, None for a checkpoint that was not sparse-trained)."""
-    sr = cfg.prune.sr if sr == "run" else sr
-    name = f"prune-{cfg.model.name}-{cfg.data.name}-" + (f"sr{sr:g}" if sr is not None else "not-sparse")
-    return common.run_root(cfg, "prune", name)
+def step_threshold(p: Any) -> float | None:
+    """The threshold sparse training applies every step (prune.threshold_every_step), else None."""
+    return float(p.threshold) if p.threshold_every_step else None
+
+
+def run_root(cfg: DictConfig, penalty: dict | None | str = "run") -> str:
+    """The run's folder, named after the penalty its model was trained with (this run's by default,
+    None for a checkpoint that was not sparse-trained): sr<sr>, and -step<threshold> when the
+    threshold was applied every step (the sparse model then depends on it)."""
+    if penalty == "run":
+        penalty = {"sr": cfg.prune.sr, "threshold": step_threshold(cfg.prune)}
+    name = f"prune-{cfg.model.name}-{cfg.data.name}-"
+    if penalty is None:
+        return common.run_root(cfg, "prune", name + "not-sparse")
+    step = f"-step{penalty['threshold']:g}" if penalty["threshold"] is not None else ""
+    return common.run_root(cfg, "prune", f"{name}sr{penalty['sr']:g}{step}")
 
 
 def trained_sr(art: artifacts.Artifact) -> float | None:
-    """The BN-scale penalty (hooks.bn_l1.sr) a training checkpoint was trained with; None if none."""
-    penalty = ((art.meta.get("config") or {}).get("hooks") or {}).get("bn_l1")
-    return float(penalty["sr"]) if penalty else None
+    """The sparsity factor (hooks.bn_l1.sr or hooks.scale_l1.sr) a training checkpoint was trained
+    with; None if none."""
+    penalty = trained_penalty(art.meta.get("config") or {})
+    return penalty["sr"] if penalty else None
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -78,6 +93,7 @@ def check_settings(cfg: DictConfig) -> None:
     common.check_channel_round(p, "prune")
     if cfg.conversion.fuse_bn:
         raise ValueError("pruning ranks channels by BatchNorm scale: use conversion=keep_bn (the default of prune.py)")
+    check_penalty(cfg, forms)
     common.check_files(p, "prune", ("sparse_ckpt", "eval", "finetune"))
     if "residual" in forms and not (p.eval or p.finetune):
         try:
@@ -85,6 +101,26 @@ def check_settings(cfg: DictConfig) -> None:
         except PruneError as e:
             raise PruneError(f"prune.forms has residual, but model={cfg.model.name}: {e}; prune it through RM "
                              f"alone: prune.forms=[rm]") from None
+
+
+def check_penalty(cfg: DictConfig, forms: list[str]) -> None:
+    """mask_conv needs the mask-conv model, pruned through RM with reserve_input (whose reserved
+    channels are the masked shortcut inputs); bn_scale needs BN-scaled channels, which that model
+    replaces by masks."""
+    p = cfg.prune
+    if p.penalty not in PENALTIES:
+        raise ValueError(f"prune.penalty must be one of {', '.join(PENALTIES)}, got {p.penalty!r}")
+    if p.threshold_every_step and p.threshold is None:
+        raise ValueError("prune.threshold_every_step zeroes the scales under prune.threshold while training: set it")
+    masked = model_family(cfg.model.name) == "rmnet_pruning"
+    if (p.penalty == "mask_conv") != masked:
+        raise ValueError(f"prune.penalty={p.penalty} with model={cfg.model.name}: mask_conv penalises the mask convs "
+                         f"of rmnet_pruning_18/34, bn_scale the BN scales of any other model")
+    if masked and cfg.conversion.downsample != "reserve_input":
+        raise ValueError("prune.penalty=mask_conv ranks the reserved channels by their shortcut masks, which "
+                         "conversion.downsample=reserve_input reserves (as the authors' deploy does)")
+    if masked and "residual" in forms:
+        raise ValueError("prune.penalty=mask_conv prunes through RM alone (the authors' method): prune.forms=[rm]")
 
 
 class Slimming(Pruner):
@@ -95,20 +131,24 @@ class Slimming(Pruner):
     to_markdown, check_settings, root = staticmethod(to_markdown), staticmethod(check_settings), staticmethod(run_root)
 
     def checkpoint(self, cfg: DictConfig) -> str:
-        """prune.sparse_ckpt, else sparse training: shortcut BNs and the bn_l1 penalty on BN scales."""
-        return cfg.prune.sparse_ckpt or train_residual(cfg, "prune", run_root(cfg), "sparse",
-                                                       {"bn_l1": {"sr": float(cfg.prune.sr)}},
-                                                       **{"model.kwargs.shortcut_bn": True})
+        """prune.sparse_ckpt, else sparse training: shortcut BNs and the bn_l1 penalty on BN scales, or the
+        penalty on the mask convs (prune.penalty), thresholded every step or not (prune.threshold_every_step)."""
+        p = cfg.prune
+        if p.sparse_ckpt:
+            return p.sparse_ckpt
+        keys = {"model.kwargs.shortcut_bn": True} if p.penalty == "bn_scale" else {}
+        return train_residual(cfg, "prune", run_root(cfg), "sparse",
+                              hooks(p.penalty, float(p.sr), step_threshold(p)), **keys)
 
     def base_model(self, cfg: DictConfig) -> artifacts.Artifact:
         residual = super().base_model(cfg)
         if trained_sr(residual) is None:
-            log.warning(f"warning: {residual.path} was not sparse-trained (no hooks.bn_l1): its BN scales need not "
-                        "rank channels; leave prune.sparse_ckpt=null to sparse-train first")
+            log.warning(f"warning: {residual.path} was not sparse-trained (no hooks.bn_l1 or scale_l1): its scales "
+                        "need not rank channels; leave prune.sparse_ckpt=null to sparse-train first")
         return residual
 
     def out_dir(self, cfg: DictConfig, base: artifacts.Artifact) -> str:
-        return os.path.join(run_root(cfg, trained_sr(base)), criterion(cfg.prune))
+        return os.path.join(run_root(cfg, trained_penalty(base.meta.get("config") or {})), criterion(cfg.prune))
 
     def budget(self, cfg: DictConfig, input_size: int) -> Budget | None:
         b = cfg.prune.budget
@@ -120,6 +160,9 @@ class Slimming(Pruner):
         p = job.cfg.prune
         scores_of, prune_fn = (residual_scores, prune_residual) if form == "residual" else (channel_scores, prune_plain)
         cut = functools.partial(prune_fn, start.model, channel_round=int(p.channel_round))
+        if p.penalty == "mask_conv":   # the masks of the residual model, in the plain chain's order
+            masks = plain_channel_masks(job.base.model)
+            scores_of, cut = (lambda model: masks), functools.partial(cut, scores=masks)
         if job.budget is None:
             result = cut(**({"ratio": float(p.ratio)} if p.ratio is not None else {"threshold": float(p.threshold)}))
         else:
@@ -129,7 +172,8 @@ class Slimming(Pruner):
 
     def header(self, job: Job) -> dict[str, Any]:
         p, ckpt, sr = job.cfg.prune, job.base.path, trained_sr(job.base)
-        return {"sr": sr, "threshold": None if p.threshold is None else float(p.threshold),
+        return {"sr": sr, "penalty": trained_penalty(job.base.meta.get("config") or {}),
+                "threshold": None if p.threshold is None else float(p.threshold),
                 "ratio": None if p.ratio is None else float(p.ratio), "criterion": criterion(p),
                 "sparse_checkpoint": ckpt, "sparse_trained": sr is not None, "channel_round": int(p.channel_round),
                 "budget_text": self.budget_text(job)}

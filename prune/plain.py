@@ -99,8 +99,7 @@ def channel_scores(model: nn.Sequential) -> list[torch.Tensor]:
 
 
 def _masks(model: nn.Sequential, units: list[_Unit], head: int | None, threshold: float | list[float],
-           channel_round: int = 1) -> list[torch.Tensor]:
-    scores = channel_scores(model)
+           channel_round: int, scores: list[torch.Tensor]) -> list[torch.Tensor]:
     convs = [model[u.conv] for u in units]
     # Output channels are free unless they are the network output or sit between two grouped convs.
     free = [k + 1 < len(units) and not (convs[k].groups > 1 and convs[k + 1].groups > 1) for k in range(len(units))]
@@ -120,19 +119,30 @@ def _masks(model: nn.Sequential, units: list[_Unit], head: int | None, threshold
             for m, s, f, u in zip(keep, scores, free, ungrouped)]
 
 
+def check_scores(model: nn.Sequential, scores: list[torch.Tensor]) -> list[torch.Tensor]:
+    """`scores` given in place of the BN scales (the mask convs' of `models.rmnet_pruning`) must give one
+    score per output channel of every unit."""
+    widths = [model[u.conv].out_channels for u in parse_chain(model)[0]]
+    if [s.numel() for s in scores] != widths:
+        raise PruneError(f"{len(scores)} score vectors of widths {[s.numel() for s in scores]} for a chain whose "
+                         f"units are {widths} wide")
+    return [s.detach().abs().double().cpu() for s in scores]
+
+
 def prune_plain(model: nn.Sequential, threshold: float | list[float] | None = None, ratio: float | None = None,
-                channel_round: int = 1) -> PruneResult:
-    """Return a smaller copy of `model` without the channels whose |BN scale| < threshold (or the
-    `ratio` fraction of all channels with the smallest scales), each layer keeping a multiple of
-    `channel_round` channels (masks.round_up). `model` is not modified."""
+                channel_round: int = 1, scores: list[torch.Tensor] | None = None) -> PruneResult:
+    """Return a smaller copy of `model` without the channels whose |BN scale| (or given score, see
+    `check_scores`) < threshold (or the `ratio` fraction of all channels with the smallest scores),
+    each layer keeping a multiple of `channel_round` channels (masks.round_up). `model` is not modified."""
     if (threshold is None) == (ratio is None):
         raise ValueError("give exactly one of threshold= or ratio=")
     units, head = parse_chain(model)
     if not units:
         raise PruneError("the chain has no conv layers to prune")
+    scores = channel_scores(model) if scores is None else check_scores(model, scores)
     if threshold is None:
-        threshold = global_threshold(channel_scores(model), ratio)
-    keep = _masks(model, units, head, threshold, channel_round)
+        threshold = global_threshold(scores, ratio)
+    keep = _masks(model, units, head, threshold, channel_round, scores)
     out = copy.deepcopy(model)
     result = PruneResult(out, threshold)
     prev_keep = torch.ones(model[units[0].conv].in_channels, dtype=torch.bool)
