@@ -97,7 +97,10 @@ PLAN = {
     ".venv/bin/python prune.py prune.sparse_ckpt=RUN/sparse/best.pt prune.threshold=1e-3": ("run", PRUNE),
     ".venv/bin/python prune.py prune.eval=PATH": ("run", PRUNE),
     ".venv/bin/python prune.py prune.finetune=PATH": ("run", PRUNE_FILE),
-    ".venv/bin/python prune.py -m prune.sr=1e-4,5e-4,1e-3 prune.threshold=5e-4,1e-3,5e-3": ("check",),
+    ".venv/bin/python prune.py -m experiment=figure6_mask_conv prune.sr=1e-4,5e-4,1e-3 prune.threshold=5e-4,1e-3,5e-3":
+        ("check",),
+    ".venv/bin/python prune.py -m experiment=figure6_bn_scale prune.sr=1e-4,5e-4,1e-3 prune.threshold=5e-4,1e-3,5e-3":
+        ("check",),
     ".venv/bin/python -m prune.figure checkpoints": ("run", []),
     ".venv/bin/python -m prune.compare checkpoints": ("run", []),
     # AMC's search takes a minute even on a tiny model: its commands are composed here and run end to end
