@@ -158,7 +158,7 @@ def tiny_run(tmp_path_factory):
         code, _, err = run_script("amc", ["experiment=amc_cifar10_r0.5", f"output_dir={out}", *TINY])
     torch.set_num_threads(threads)
     assert code == 0, err
-    root = os.path.join(out, "amc-mobilenetv2-synthetic", "r0.5")
+    root = os.path.join(out, "amc-mobilenetv2-synthetic", "r0.5-own")   # the authors' budget: each form's own MACs
     with open(os.path.join(root, "report.json")) as f:
         return root, json.load(f), scores, err
 
@@ -170,6 +170,8 @@ def test_the_reproduction_recipe_runs_and_reports_the_approximation(tiny_run):
     assert conversion["relu6"] == "approximate" and 0 <= conversion["max_rel"] < math.inf
     assert conversion["top1_relu6"] == report["reference"]["top1"] and 0 <= conversion["top1_converted"] <= 100
     assert report["methods"]["residual"]["conversion"] is None
+    rm_row, residual_row = report["rows"]   # half of each form's own MACs: MobileNetV1 costs more than MobileNetV2
+    assert rm_row["target"] > 2 * residual_row["target"] == report["reference"]["macs"]
     md = open(os.path.join(root, "report.md")).read()
     assert "Converted with ReLU in place of ReLU6 (amc.relu6=approximate)" in md and "top5 accuracy" in md
 
