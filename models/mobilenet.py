@@ -180,9 +180,22 @@ class MobileNetV2(nn.Sequential):
 def _convert_v2(model: MobileNetV2, ctx: rm.Context) -> list:
     """Refused while it has ReLU6 (RELU6_REFUSAL, before the walker reaches the stem's); the
     relu6_as_relu copy converts as any Sequential."""
-    if any(isinstance(m, nn.ReLU6) for m in model.modules()):
+    if has_relu6(model):
         raise unsupported(ctx, model, RELU6_REFUSAL)
     return ctx.convert_seq(list(model), [n for n, _ in model.named_children()])
+
+
+def has_relu6(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.ReLU6) for m in model.modules())
+
+
+def exact_forms(forms: list[str], model: nn.Module) -> tuple[list[str], str | None]:
+    """`forms` (evaluate.py's, benchmark.py's) without "plain" for a ReLU6 model, with the note why,
+    so that their defaults measure the rest; asked for alone, the plain form meets the refusal."""
+    if "plain" not in forms or len(forms) == 1 or not has_relu6(model):
+        return list(forms), None
+    return [f for f in forms if f != "plain"], ("plain form left out: the model has ReLU6, which RM does not "
+                                                "convert exactly (amc.py converts it with amc.relu6=approximate)")
 
 
 def relu6_as_relu(model: nn.Module) -> nn.Module:

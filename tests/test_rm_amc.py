@@ -187,13 +187,20 @@ def test_the_search_is_rewarded_by_held_out_top5(tiny_run):
     assert histories == [s["top5"] for s in scores] and any(s["top5"] != s["top1"] for s in scores)
 
 
-def test_evaluate_reproduces_the_reported_top1(tiny_run, tmp_path):
+def test_evaluate_and_benchmark_defaults_read_the_files(tiny_run, tmp_path):
+    """evaluate.py with its defaults reproduces every reported top-1; for the ReLU6 residual files it and
+    benchmark.py leave the plain form out with a note (no exact RM form) and measure the rest."""
     root, report, _, _ = tiny_run
     for row in report["rows"]:
         form = "plain" if row["form"] == "rm" else "residual"
         for name, key in (("pruned.pt", "top1_pruned"), ("finetuned.pt", "top1_finetuned")):
             out = tmp_path / f"{row['form']}-{name}.json"
-            code, _, err = run_script("evaluate", [f"checkpoint={os.path.join(root, row['form'], name)}", "workers=0",
-                                                   "progress=false", f"out={out}", f"forms=[{form}]"])
+            code, stdout, err = run_script("evaluate", [f"checkpoint={os.path.join(root, row['form'], name)}",
+                                                        "workers=0", "progress=false", f"out={out}"])
             assert code == 0, err
-            assert json.loads(out.read_text())["results"][form]["top1"] == pytest.approx(row[key])
+            results = json.loads(out.read_text())["results"]
+            assert list(results) == [form] and results[form]["top1"] == pytest.approx(row[key])
+            assert ("note: plain form left out: the model has ReLU6" in stdout) == (form == "residual")
+    code, _, err = run_script("benchmark", [f"checkpoints=[{os.path.join(root, 'residual', 'finetuned.pt')}]",
+                                            "batch_size=[2]", "warmup=0", "iters=1", "repeats=1", f"out_dir={tmp_path}"])
+    assert code == 0 and "plain form left out" in err, err

@@ -47,7 +47,7 @@ from engine.config import per_process_batch
 from engine.evaluate import evaluate
 from models import ModelSpec
 from models.complexity import count_macs
-from models.mobilenet import relu6_as_relu
+from models.mobilenet import has_relu6, relu6_as_relu
 
 from .. import common
 from ..budget import UNITS, Budget
@@ -105,7 +105,7 @@ def check_settings(cfg: DictConfig) -> None:
 def check_convertible(model: nn.Module, relu6: str, name: str) -> None:
     """ReLU6 is refused by the exact conversion (its one-line reason) and only approximated on request."""
     if relu6 == "approximate":
-        if not any(isinstance(m, nn.ReLU6) for m in model.modules()):
+        if not has_relu6(model):
             raise ValueError(f"amc.relu6=approximate: {name} has no ReLU6 and converts exactly; drop the setting")
         model = relu6_as_relu(model)
     rm.convert(model, fuse_bn=False)
