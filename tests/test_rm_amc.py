@@ -204,3 +204,18 @@ def test_evaluate_and_benchmark_defaults_read_the_files(tiny_run, tmp_path):
     code, _, err = run_script("benchmark", [f"checkpoints=[{os.path.join(root, 'residual', 'finetuned.pt')}]",
                                             "batch_size=[2]", "warmup=0", "iters=1", "repeats=1", f"out_dir={tmp_path}"])
     assert code == 0 and "plain form left out" in err, err
+
+
+def test_train_py_refuses_a_relu6_model_it_could_not_convert_before_training(tmp_path):
+    """train.py's final step converts exactly: with it on, a ReLU6 model is refused before any epoch."""
+    code, _, err = run_script("train", ["model=mobilenetv2", "+model.kwargs.width_mult=0.25", "data=synthetic",
+                                        "data.input_size=32", "epochs=1", "workers=0", "progress=false",
+                                        f"output_dir={tmp_path}"])
+    assert code == 2 and err.count("\n") == 1, err
+    assert re.search(r"error: mobilenetv2 has ReLU6: .*final\.enabled=false", err), err
+    assert os.listdir(tmp_path) == []
+    code, _, err = run_script("train", ["model=mobilenetv2", "+model.kwargs.width_mult=0.25", "data=synthetic",
+                                        "data.input_size=32", "data.train_size=32", "data.val_size=16", "batch_size=16",
+                                        "epochs=1", "workers=0", "progress=false", "final.enabled=false",
+                                        f"output_dir={tmp_path}"])
+    assert code == 0, err
