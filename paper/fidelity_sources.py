@@ -247,6 +247,11 @@ def _amc(data: str) -> tuple[Setting, ...]:
         _s("calibration batches x images, points per batch, channel multiple",
            ("amc.feature_batches", "amc.search_batch_size", "amc.points_per_image", "amc.channel_round"), "not stated",
            f"60 x 50 (--batch_size: {_AMC}amc_search.py:21), 10, 8: {_NNI}", (60, 50, 10, 8)),
+        _s("which held-out images (ours: a permutation seeded by)", "seed", "not stated",
+           f"the first of the training set, in order: {_AMC}data.py:103-107 (CIFAR), a shuffled split (ImageNet, "
+           "data.py:139-142)", "the first, unshuffled",
+           "ours draws both data sets' held-out images by `seed` (prune/amc/pipeline.search_loaders); CIFAR-10's "
+           "training files are not ordered by class, so the first 5,000 are an arbitrary sample too"),
         _s("calibration images", "amc.holdout", "not stated",
            f"the held-out images the reward is scored on: {_NNI}", "the held-out images",
            "ours samples the feature maps from other training images, disjoint from the held-out ones "
