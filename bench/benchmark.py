@@ -52,6 +52,7 @@ from engine.faults import probe_run_dir
 from engine.inputs import trained_loaders
 from models import ModelSpec
 from models.complexity import count_macs, count_params
+from models.mobilenet import exact_forms
 
 from .export import EXPORTERS
 from .fidelity import compare, predictions
@@ -330,7 +331,10 @@ def benchmark_model(model: nn.Module, spec: ModelSpec, s: Settings, data: tuple 
     ident = {"source": source or name, "file": file, "model": name}
     device = torch.device(s.device)
     model = model.to(device).eval()
-    forms = build_forms(model, spec, s.forms)
+    chosen, inexact = exact_forms(list(s.forms), model)   # a ReLU6 model has no exact plain form
+    if inexact:
+        print(f"note: {spec.label}: {inexact}", file=sys.stderr)
+    forms = build_forms(model, spec, chosen)
     if not forms:
         raise ValueError(f"{spec.label} is a plain model: benchmark it with forms=[plain]")
     static = {form: {"params": count_params(m), "macs": count_macs(m, size)} for form, m in forms.items()}

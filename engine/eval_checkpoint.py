@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 import artifacts
 from artifacts import ConversionPolicy
 from data import build_loader
+from models.mobilenet import exact_forms
 
 from . import distributed as D
 from .config import command_line_keys, model_kwargs
@@ -83,6 +84,8 @@ def _run(cfg: DictConfig, device: torch.device, explicit: set[str]) -> dict[str,
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
     check_data(art.spec, data, path)
+    forms, inexact = exact_forms(forms, art.model)   # a ReLU6 model has no exact plain form
+    warnings += [inexact] if inexact else []
     out = cfg.out or default_output(path, data.name)
     probe_output_file(out, "out")
     nets = {"residual": art if art.spec.form == "residual" else None, "plain": None}

@@ -75,11 +75,14 @@ def build_optimizer(model: nn.Module, cfg: Any, global_batch: int, own: Sequence
 
 
 def lr_factor(cfg: Any, step: int, steps_per_epoch: int, epochs: int) -> float:
-    """Multiplier of the base lr at optimizer step `step` (0-based); schedules move every step."""
+    """Multiplier of the base lr at optimizer step `step` (0-based); schedules move every step, or
+    once per epoch with `per_epoch`."""
     schedule = _choice(SCHEDULES, "sched.name", cfg.name)
     warmup = int(cfg.get("warmup_epochs", 0) * steps_per_epoch)
     if step < warmup:
         return (step + 1) / warmup
+    if cfg.get("per_epoch", False):   # each epoch at its first step's rate (AMC's amc_train.py)
+        step = max(warmup, step // steps_per_epoch * steps_per_epoch)
     t = min((step - warmup) / max(epochs * steps_per_epoch - warmup, 1), 1.0)
     return schedule(cfg, t, step / steps_per_epoch)
 

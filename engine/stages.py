@@ -22,6 +22,7 @@ import artifacts
 import data as datasets
 from artifacts import ConversionPolicy
 from models import InputSpec, ModelSpec, model_stems
+from models.mobilenet import has_relu6
 
 from . import distributed as D
 from .config import check_values, init_path, model_kwargs, per_process_batch
@@ -65,6 +66,9 @@ def build(cfg: DictConfig) -> tuple[nn.Module, ModelSpec]:
 def train(cfg: DictConfig, model: nn.Module, spec: ModelSpec) -> dict[str, Any]:
     """Train `model` (every rank passes the same) with the trainer; returns its summary (best top-1,
     run directory), and with `final.enabled` also `finish`'s."""
+    if cfg.final.enabled and spec.form == "residual" and has_relu6(model):   # refused now, not after training
+        raise ValueError(f"{spec.name} has ReLU6: the final step's exact RM conversion refuses it; pass "
+                         f"final.enabled=false (amc.py converts it approximately: amc.relu6=approximate)")
     trainer = Trainer(cfg, model, spec)
     done = False
     try:

@@ -183,6 +183,80 @@ _SEC44 = "§4.4 'The sparsity factor is selected from 1e-4 to 1e-3, and the thre
 _TP = f"{RMNET} train_pruning.py"
 _AMC = f"{RMNET} RM+AMC/"
 _NNI = "NNI AMCPruner default, which RM+AMC/amc_search.py:116 uses"
+_AMC_RATIOS = ("0.5", "0.6", "0.7", "0.75")
+_AMC_DATA = {
+    "cifar10": ("seed 001: CIFAR-10", f"--dataset cifar10: {_AMC}amc_train.py:30, README.md:49, :59", "cifar10", (
+        _s("normalisation std", "data.std", "not stated", f"(0.2023, 0.1994, 0.2010): {_AMC}data.py:22, :94",
+           AUTHORS_STD),
+        _s("train augmentation (crop, pad, flip)", ("data.augment.crop", "data.augment.pad", "data.augment.hflip"),
+           "not stated", f"RandomCrop(32, padding=4) + flip: {_AMC}data.py:19-20", ("pad", 4, 0.5)),
+        _s("held-out images", "amc.holdout", "not stated", f"5000 for CIFAR: {_AMC}amc_search.py:58", 5000))),
+    "imagenet": ("seed 001: CIFAR-10; this recipe reads the table as ImageNet",
+                 f"--dataset imagenet: {_AMC}amc_train.py:53-54; baseline 71.79%: {_AMC}README.md:77 (ImageNet's "
+                 "MobileNetV2 top-1; ambiguous, docs/incoming/rm_amc.md)", "imagenet", (
+        _s("normalisation std", "data.std", "not stated", f"ImageNet's: {_AMC}data.py:50", [0.229, 0.224, 0.225]),
+        _s("train crop", "data.augment.crop", "not stated",
+           f"RandomResizedCrop(224, scale=(0.2, 1.0)) + flip: {_AMC}data.py:47-48", "resized, scale (0.2, 1)",
+           "ours is RandomResizedCrop's default scale (0.08, 1), torchvision's ImageNet recipe: the data "
+           "config has no crop-scale setting (data/transforms.py, outside this change)"),
+        _s("test crop ratio", "data.augment.crop_pct", "not stated",
+           f"Resize(256) + CenterCrop(224): {_AMC}data.py:53-54", 0.875),
+        _s("held-out images", "amc.holdout", "not stated", f"3000 for ImageNet: {_AMC}amc_search.py:58", 3000))),
+}
+_ACTS = ("ReLU in place of ReLU6", "ours replaces every ReLU6 (stem, blocks without shortcut and last conv too): "
+         "the plain chain has ReLU and PReLU only (rm/convert.py); the difference is measured and reported, "
+         "and step 2's fine-tuning follows, as theirs does")
+
+
+def _amc(data: str) -> tuple[Setting, ...]:
+    """The RM+AMC recipes: the authors' RM+AMC/ scripts and the NNI AMCPruner defaults they run."""
+    paper_data, authors_data, data_ref, data_rows = _AMC_DATA[data]
+    return (
+        _s("model", "model.name", "seed 001: MobileNetV2 converted to MobileNetV1",
+           f"MobileNetV2 t=6, 16-320 channels, 1280, ReLU6, dropout 0.2: {_AMC}models/rmnet.py:7-20, :65-108",
+           "mobilenetv2"),
+        _s("RM conversion", "amc.relu6", "seed 001: 'convert ... to MobileNetV1'",
+           f"ReLU6 -> PReLU slope 0 (ReLU) in the 10 blocks with a shortcut, ReLU6 kept elsewhere: "
+           f"{_AMC}models/rmnet.py:260-262, :278-280, :294-302", "residual blocks ReLU, ReLU6 elsewhere",
+           f"{_ACTS[0]} (amc.relu6=approximate): {_ACTS[1]}"),
+        _s("data", "data.name", paper_data, authors_data, data_ref),
+        _s("training epochs", "epochs", "not stated", f"150: {_AMC}amc_train.py:36", 150),
+        _s("global batch", "global_batch_size", "not stated", f"256: {_AMC}amc_train.py:33", 256),
+        _s("lr, momentum", ("optim.lr", "optim.momentum"), "not stated",
+           f"0.05 ({_AMC}amc_train.py:31), 0.9 (amc_train.py:210)", (0.05, 0.9)),
+        _s("weight decay, also on BN and biases", ("optim.weight_decay", "optim.decay_norm_and_bias"),
+           "not stated", f"4e-5 on every parameter: {_AMC}amc_train.py:37, :210", (4e-5, True)),
+        _s("schedule, stepped per epoch", ("sched.name", "sched.per_epoch"), "not stated",
+           f"cosine to 0, set once per epoch: {_AMC}amc_train.py:157-159, :224-225", ("cosine", True)),
+        *data_rows,
+        _s("RM form fine-tuning, pruned fine-tuning epochs", ("amc.rm_finetune_epochs", "amc.finetune_epochs"),
+           "seed 001: 'fine-tune'", f"amc_train.py's 150: {_AMC}README.md:46-50, :66-70", (150, 150)),
+        _s("FLOPs ratio of", "amc.budget.of", "not stated",
+           f"the pruned model's own MACs (MobileNetV1 for RM + AMC): {_AMC}amc_search.py:23, :116-119", "own"),
+        _s("episodes, keep-ratio bounds", ("amc.episodes", "amc.lbound", "amc.rbound"), "not stated",
+           f"800, 0.2, 1.0: {_AMC}amc_search.py:24-28", (800, 0.2, 1.0)),
+        _s("search reward", ("amc.reward", "amc.reward_metric"), "not stated",
+           f"accuracy (NNI acc_reward) of top-5: {_AMC}amc_search.py:102", ("acc", "top5")),
+        _s("noise (initial, decay per episode), warm-up", ("amc.agent.noise", "amc.agent.noise_decay", "amc.warmup"),
+           "not stated", f"0.5, 0.99, 100: {_NNI}", (0.5, 0.99, 100)),
+        _s("agent (hidden, lr actor, lr critic, tau, batch, memory per layer)",
+           tuple(f"amc.agent.{k}" for k in ("hidden", "lr_actor", "lr_critic", "tau", "batch_size", "memory_per_layer")),
+           "not stated", f"300, 1e-4, 1e-3, 0.01, 64, 100: {_NNI}", (300, 1e-4, 1e-3, 0.01, 64, 100)),
+        _s("calibration batches x images, points per batch, channel multiple",
+           ("amc.feature_batches", "amc.search_batch_size", "amc.points_per_image", "amc.channel_round"), "not stated",
+           f"60 x 50 (--batch_size: {_AMC}amc_search.py:21), 10, 8: {_NNI}", (60, 50, 10, 8)),
+        _s("which held-out images (ours: a permutation seeded by)", "seed", "not stated",
+           f"the first of the training set, in order: {_AMC}data.py:103-107 (CIFAR), a shuffled split (ImageNet, "
+           "data.py:139-142)", "the first, unshuffled",
+           "ours draws both data sets' held-out images by `seed` (prune/amc/pipeline.search_loaders); CIFAR-10's "
+           "training files are not ordered by class, so the first 5,000 are an arbitrary sample too"),
+        _s("calibration images", "amc.holdout", "not stated",
+           f"the held-out images the reward is scored on: {_NNI}", "the held-out images",
+           "ours samples the feature maps from other training images, disjoint from the held-out ones "
+           "(prune/amc/pipeline.search_loaders): no policy is scored on images its least-squares refit saw"),
+    )
+
+
 _RR56, _RR50 = f"{RESREP} rr/exp_resrep.py", f"{RESREP} rr/exp_resrep.py"
 _SEED3 = "not stated (the ResRep README, seed 003, runs rr/exp_resrep.py)"
 
@@ -205,10 +279,9 @@ def _fig6_training() -> tuple[Setting, ...]:
         _s("weight decay, also on BN, biases and masks", ("optim.weight_decay", "optim.decay_norm_and_bias"),
            "not stated", f"5e-4 on every parameter: {_TP}:66", (5e-4, True)),
         _s("bias lr factor", "optim.bias_lr_factor", "not stated", f"1x, one lr: {_TP}:66", 1.0),
-        _s("schedule (name, final lr ratio, warm-up epochs)", ("sched.name", "sched.min_lr_ratio", "sched.warmup_epochs"),
-           "not stated", f"CosineAnnealingLR(T_max=200) stepped per epoch: {_TP}:67, :134",
-           ("cosine per epoch", 0.0, 0), "ours steps the same cosine per iteration (engine/optim.py); within an epoch "
-           "it is at most one epoch's step of the cosine away from theirs"),
+        _s("schedule (name, final lr ratio, warm-up epochs, stepped per epoch)",
+           ("sched.name", "sched.min_lr_ratio", "sched.warmup_epochs", "sched.per_epoch"),
+           "not stated", f"CosineAnnealingLR(T_max=200) stepped per epoch: {_TP}:67, :134", ("cosine", 0.0, 0, True)),
         _s("L1 factor", "prune.sr", _SEC44, f"--sr, no default: {_TP}:15", NO_SOURCE,
            "one point of the paper's range; the sweep in the recipe's header covers 1e-4 .. 1e-3"),
         _s("threshold", "prune.threshold", _SEC44, f"--threshold, no default: {_TP}:16", NO_SOURCE,
@@ -256,34 +329,12 @@ GROUPS_PRUNE = (
     Group("Figure 6 (network slimming), the paper's BN-scale variant", _recipes("figure6_bn_scale"),
           "the authors' training (train_pruning.py) with the penalty the paper states (§3.4, §4.4)",
           _fig6_training() + _fig6_method(paper_variant=True), config="prune", gpu_hours=True),
-    Group("Authors' RM+AMC table, CIFAR-10", _recipes(*(f"amc_cifar10_r{r}" for r in ("0.5", "0.6", "0.7", "0.75"))),
-          "NNI's AMC example as the authors' RM+AMC README runs it (seed 001)", (
-              _s("model", "model.name", "seed 001: MobileNetV2 converted to MobileNetV1",
-                 f"MobileNetV2 t=6, 16-320 channels, 1280, ReLU6: {_AMC}models/rmnet.py:65-80", "mobilenetv2",
-                 NOT_YET.format(item=5) + ": ours is the exact ReLU mobilenetv2_rm"),
-              _s("data", "data.name", "seed 001: CIFAR-10", f"--dataset cifar10: {_AMC}amc_train.py:30 (but the "
-                 "71.79% baseline is ImageNet's MobileNetV2: ambiguous, issue 23 item 5)", "cifar10"),
-              _s("training epochs", "epochs", "not stated", f"150: {_AMC}amc_train.py:36", 150),
-              _s("global batch", "global_batch_size", "not stated", f"256: {_AMC}amc_train.py:33", 256),
-              _s("lr, momentum", ("optim.lr", "optim.momentum"), "not stated",
-                 f"0.05 ({_AMC}amc_train.py:31), 0.9 (amc_train.py:210)", (0.05, 0.9)),
-              _s("weight decay, also on BN and biases", ("optim.weight_decay", "optim.decay_norm_and_bias"),
-                 "not stated", f"4e-5 on every parameter: {_AMC}amc_train.py:37, :210", (4e-5, True),
-                 NOT_YET.format(item=5)),
-              _s("cosine stepped per", "sched.name", "not stated", f"epoch: {_AMC}amc_train.py:157-159, :225",
-                 "cosine per epoch", "not yet matched (issue 23 item 6, another change): ours steps per iteration"),
-              _s("normalisation std", "data.std", "not stated", f"(0.2023, 0.1994, 0.2010): {_AMC}data.py:94",
-                 AUTHORS_STD, NOT_YET.format(item=5)),
-              _s("RM form fine-tuning, pruned fine-tuning epochs", ("amc.rm_finetune_epochs", "amc.finetune_epochs"),
-                 "seed 001: 'fine-tune'", f"amc_train.py's 150: {_AMC}README.md", (150, 150)),
-              _s("held-out images", "amc.holdout", "not stated", f"5000: {_AMC}amc_search.py:58", 5000),
-              _s("episodes, keep-ratio bounds", ("amc.episodes", "amc.lbound", "amc.rbound"), "not stated",
-                 f"800, 0.2, 1.0: {_AMC}amc_search.py:24-28", (800, 0.2, 1.0)),
-              _s("search reward", "amc.reward", "not stated", f"top-5: {_AMC}amc_search.py:102", "top5",
-                 NOT_YET.format(item=5) + ": ours scores top-1"),
-              _s("noise decay", "amc.agent.noise_decay", "not stated", f"0.99: {_NNI}", 0.99, NOT_YET.format(item=5)),
-              _s("calibration batches", "amc.feature_batches", "not stated", f"60: {_NNI}", 60, NOT_YET.format(item=5)),
-          ), entry="amc"),
+    Group("Authors' RM+AMC table, CIFAR-10", _recipes(*(f"amc_cifar10_r{r}" for r in _AMC_RATIOS)),
+          "NNI's AMC example as the authors' RM+AMC README runs it (seed 001); ours on the exact ReLU "
+          "mobilenetv2_rm: amc_cifar10_ours", _amc("cifar10"), entry="amc"),
+    Group("Authors' RM+AMC table, read as ImageNet", _recipes(*(f"amc_imagenet_r{r}" for r in _AMC_RATIOS)),
+          "the same steps with the authors' scripts' ImageNet settings (their 71.79% baseline is ImageNet's "
+          "MobileNetV2; their commands say CIFAR-10)", _amc("imagenet"), entry="amc"),
     Group("ResRep, ResNet-56 on CIFAR-10", _recipes("resrep_resnet56_cifar10"),
           "the ResRep authors' rr/exp_resrep.py -a src56", (
               _s("model", "model.name", "ResRep README (seed 003): 'ResNet-56 on CIFAR-10'", f"src56: {_RR56}:47", "resnet56"),

@@ -120,7 +120,7 @@ def test_a_rerun_resumes_the_finished_searches(run, caplog):
     (["amc.warmup=900"], r"amc.warmup must be an integer in \[0, amc.episodes=800\], got 900"),
     (["conversion=fused"], r"use conversion=keep_bn"),
     (["amc.flops_ratoi=0.5"], r"unknown key 'amc.flops_ratoi'. Did you mean 'amc.flops_ratio'"),
-    (["model=rmnet26x3_32"], r"AMC on the residual form supports MobileNetV2 \(mobilenetv2_rm\) and ResNets, not "
+    (["model=rmnet26x3_32"], r"AMC on the residual form supports MobileNetV2 \(mobilenetv2, mobilenetv2_rm\) and ResNets, not "
                              r"RMNet; prune it through RM alone \(amc.forms=\[rm\]\)"),
 ])
 def test_bad_settings_are_one_line_before_any_work(monkeypatch, capsys, tmp_path, argv, message):
@@ -139,6 +139,6 @@ def test_the_table_recipes_compose_and_pass_the_checks(ratio):
         cfg = compose("amc", overrides=[f"experiment=amc_cifar10_r{ratio}"])
     check_values(cfg)
     pipeline.check_settings(cfg)
-    assert (cfg.amc.flops_ratio, cfg.model.name, cfg.data.name) == (float(ratio), "mobilenetv2_rm", "cifar10")
+    assert (cfg.amc.flops_ratio, cfg.model.name, cfg.data.name) == (float(ratio), "mobilenetv2", "cifar10")
     assert (cfg.epochs, cfg.amc.rm_finetune_epochs, cfg.amc.finetune_epochs, cfg.amc.episodes, cfg.amc.warmup,
             cfg.amc.holdout, cfg.optim.lr, cfg.optim.weight_decay) == (150, 150, 150, 800, 100, 5000, 0.05, 4e-5)

@@ -7,7 +7,8 @@ from tests.helpers import randomize_bn
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", models.list_models())
+# mobilenetv2 (ReLU6) has no exact RM form by design: tests/test_rm_amc.py checks its refusal
+@pytest.mark.parametrize("name", [n for n in models.list_models() if n != "mobilenetv2"])
 def test_every_registered_model_converts_exactly(name):
     stem = models.model_stems(name)[-1]  # the CIFAR stem when the model has one: small input
     model = randomize_bn(models.create_model(name, num_classes=10, stem=stem), seed=7)

@@ -29,11 +29,12 @@ from .graph import Graph
 REWARDS = ("acc", "acc_flops")
 
 
-def reward_of(kind: str, top1: float, macs: int) -> float:
-    """AMC's rewards: accuracy (`acc`), or -error * log(MACs) (`acc_flops`)."""
+def reward_of(kind: str, accuracy: float, macs: int) -> float:
+    """AMC's rewards from the held-out accuracy (%, top-1 or top-5: amc.reward_metric): the accuracy
+    (`acc`), or -error * log(MACs) (`acc_flops`)."""
     if kind == "acc":
-        return top1 / 100
-    return -(1 - top1 / 100) * math.log(macs)
+        return accuracy / 100
+    return -(1 - accuracy / 100) * math.log(macs)
 
 
 def widths(channels: int, lbound: float, rbound: float, channel_round: int) -> list[int]:
@@ -61,7 +62,7 @@ def check_budget(flops_ratio: float, lbound: float, rbound: float, channel_round
 
 
 class ChannelPruningEnv:
-    """`evaluate(counts) -> top-1 (%)` scores a policy (prune, evaluate on held-out images); the
+    """`evaluate(counts) -> accuracy (%)` scores a policy (prune, evaluate on held-out images); the
     budget is `flops_ratio` of `cost` (counts -> cost, in `unit`; MACs by default)."""
 
     def __init__(self, graph: Graph, evaluate: Callable[[list[int]], float], flops_ratio: float,
@@ -131,6 +132,6 @@ class ChannelPruningEnv:
         if len(self.counts) < self.layers:
             return self._state(k + 1, taken), None, False, info
         macs, cost = self.graph.macs(self.counts), self.cost(self.counts)
-        top1 = self.evaluate(list(self.counts))
-        info.update(policy=list(self.counts), macs=macs, cost=cost, top1=top1, ratio=cost / self.total)
-        return self._state(k, taken), reward_of(self.reward, top1, macs), True, info
+        accuracy = self.evaluate(list(self.counts))
+        info.update(policy=list(self.counts), macs=macs, cost=cost, accuracy=accuracy, ratio=cost / self.total)
+        return self._state(k, taken), reward_of(self.reward, accuracy, macs), True, info

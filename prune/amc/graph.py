@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torchvision.models as tvm
 
-from models.mobilenet import InvertedResidual, MobileNetV2RM
+from models.mobilenet import InvertedResidual, MobileNetV2, MobileNetV2RM
 from models.resnet import ResNet
 
 from ..budget import Budget
@@ -142,10 +142,13 @@ def _act(unit) -> str | None:
     return None if unit.act is None else str(unit.act)
 
 
+MOBILENETV2S = (MobileNetV2, MobileNetV2RM)   # one layout: stem, InvertedResidual blocks, last, fc
+
+
 def check_residual(model: nn.Module) -> None:
-    """AMC's residual form knows the blocks of MobileNetV2 (mobilenetv2_rm) and of ResNets."""
-    if not isinstance(model, (MobileNetV2RM, ResNet, tvm.ResNet)):
-        raise PruneError(f"AMC on the residual form supports MobileNetV2 (mobilenetv2_rm) and ResNets, not "
+    """AMC's residual form knows the blocks of MobileNetV2 (mobilenetv2, mobilenetv2_rm) and of ResNets."""
+    if not isinstance(model, (*MOBILENETV2S, ResNet, tvm.ResNet)):
+        raise PruneError(f"AMC on the residual form supports MobileNetV2 (mobilenetv2, mobilenetv2_rm) and ResNets, not "
                          f"{type(model).__name__}; prune it through RM alone (amc.forms=[rm])")
 
 
@@ -154,7 +157,7 @@ def residual_graph(model: nn.Module, input_size: int) -> Graph:
     block's inner convs) and, in MobileNetV2, the stem (its first block has no shortcut) and the last
     conv before the classifier. The stream channels that additions tie stay."""
     check_residual(model)
-    segments = _mobilenetv2_segments(model) if isinstance(model, MobileNetV2RM) else _resnet_segments(model)
+    segments = _mobilenetv2_segments(model) if isinstance(model, MOBILENETV2S) else _resnet_segments(model)
     io: dict[str, tuple[int | None, int | None]] = {}
     for k, seg in enumerate(segments):
         io[seg.producer] = (io.get(seg.producer, (None, None))[0], k)
@@ -164,7 +167,7 @@ def residual_graph(model: nn.Module, input_size: int) -> Graph:
     return _graph(model, segments, io, input_size)
 
 
-def _mobilenetv2_segments(model: MobileNetV2RM) -> list[Segment]:
+def _mobilenetv2_segments(model: MobileNetV2 | MobileNetV2RM) -> list[Segment]:
     segments, producer = [], ("stem.0", "stem.1")
     for name, block in model.named_children():
         if not isinstance(block, InvertedResidual):

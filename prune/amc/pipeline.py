@@ -18,6 +18,11 @@ again, as do the searches (their state files). The FLOPs ratio is a fraction of 
 `amc.budget.of=own` applies it to each model's own cost, as the authors'
 `amc_search.py --flops_ratio` does: the RM form of MobileNetV2 is MobileNetV1, which costs more than
 MobileNetV2, so there RM + AMC keeps more MACs than AMC.
+
+The authors' network (`model=mobilenetv2`, ReLU6) has no exact RM form: `amc.relu6=approximate`
+converts its ReLU copy (`models.mobilenet.relu6_as_relu`, their step 2), measures how far the
+converted model is from the ReLU6 one (output on random input, validation top-1; logged and in the
+report's `conversion`), and `amc.rm_finetune_epochs` fine-tunes it before the search, as they do.
 """
 from __future__ import annotations
 
@@ -35,17 +40,19 @@ from tqdm import tqdm
 
 import artifacts
 import engine.distributed as D
+import rm
 from data import build_dataset, build_transform, worker_count
 from engine import stages
 from engine.config import per_process_batch
 from engine.evaluate import evaluate
 from models import ModelSpec
 from models.complexity import count_macs
+from models.mobilenet import has_relu6, relu6_as_relu
 
 from .. import common
 from ..budget import UNITS, Budget
 from ..budget import check_budget as check_cost_budget
-from ..common import shape_only_model, train_cfg, train_residual
+from ..common import shape_only_model, to_prunable_plain, top1, train_cfg, train_residual
 from ..cost import amount, kind_suffix
 from ..job import Form, Job, Pruner, Selection
 from ..job import run as run_job
@@ -59,6 +66,8 @@ from .search import SearchSettings, search
 
 log = logging.getLogger("rmnet.amc")
 LABELS = {"rm": "RM + AMC", "residual": "AMC"}
+RELU6 = ("exact", "approximate")      # amc.relu6: refuse ReLU6 (the RM default) | convert it as ReLU
+REWARD_METRICS = ("top1", "top5")     # amc.reward_metric: the held-out accuracy the reward reads
 
 
 def run_root(cfg: DictConfig) -> str:
@@ -69,6 +78,9 @@ def check_settings(cfg: DictConfig) -> None:
     """The AMC settings, before any training starts."""
     a = cfg.amc
     check_budget(a.flops_ratio, a.lbound, a.rbound, a.channel_round, a.reward)
+    for key, choices in (("relu6", RELU6), ("reward_metric", REWARD_METRICS)):
+        if a[key] not in choices:
+            raise ValueError(f"amc.{key}={a[key]!r}: choose one of {', '.join(choices)}")
     forms = common.check_forms(cfg, "amc")
     check_cost_budget(a.budget, "amc")
     check_bench(a.bench)
@@ -77,6 +89,8 @@ def check_settings(cfg: DictConfig) -> None:
                          "conversion=keep_bn (the default of amc.py)")
     common.check_counts(a, "amc", ("episodes", "holdout", "feature_batches", "points_per_image", "calib_batches"),
                         ("finetune_epochs", "rm_finetune_epochs"))
+    if a.search_batch_size is not None:
+        common.check_counts(a, "amc", ("search_batch_size",))
     if not isinstance(a.warmup, int) or not 0 <= a.warmup <= a.episodes:
         raise ValueError(f"amc.warmup must be an integer in [0, amc.episodes={a.episodes}], got {a.warmup!r}")
     common.check_files(a, "amc", ("checkpoint",))
@@ -84,6 +98,17 @@ def check_settings(cfg: DictConfig) -> None:
         raise ValueError("amc.py runs in one process (the search is sequential); start it with python, not torchrun")
     if "residual" in forms:   # a shape-only build says whether the residual baseline can run
         check_residual(shape_only_model(cfg))
+    if "rm" in forms:   # ... and whether the RM form exists (a meta-device conversion: no weights)
+        check_convertible(shape_only_model(cfg).eval(), a.relu6, cfg.model.name)
+
+
+def check_convertible(model: nn.Module, relu6: str, name: str) -> None:
+    """ReLU6 is refused by the exact conversion (its one-line reason) and only approximated on request."""
+    if relu6 == "approximate":
+        if not has_relu6(model):
+            raise ValueError(f"amc.relu6=approximate: {name} has no ReLU6 and converts exactly; drop the setting")
+        model = relu6_as_relu(model)
+    rm.convert(model, fuse_bn=False)
 
 
 def search_loaders(cfg: DictConfig) -> tuple[DataLoader, DataLoader]:
@@ -94,7 +119,7 @@ def search_loaders(cfg: DictConfig) -> tuple[DataLoader, DataLoader]:
         raise ValueError(f"amc.holdout={a.holdout} leaves no training images for the feature maps: the training "
                          f"set has {len(dataset)}")
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    batch, workers = per_process_batch(cfg, 1), worker_count(cfg.workers)
+    batch, workers = a.search_batch_size or per_process_batch(cfg, 1), worker_count(cfg.workers)
     rest = order[a.holdout:][:a.feature_batches * batch]
     return (DataLoader(Subset(dataset, rest), batch_size=batch, num_workers=workers),
             DataLoader(Subset(dataset, order[:a.holdout]), batch_size=batch, num_workers=workers))
@@ -130,13 +155,13 @@ def amc_prune(cfg: DictConfig, model: nn.Module, spec: ModelSpec, out_dir: str, 
 
     def score(counts: list[int]) -> float:
         pruned, _ = apply_policy(model, graph, counts, refit)
-        return evaluate(pruned.to(device), loaders[1], device, progress=False)["top1"]
+        return evaluate(pruned.to(device), loaders[1], device, progress=False)[a.reward_metric]
 
     env = ChannelPruningEnv(graph, score, ratio, float(a.lbound), float(a.rbound),
                             int(a.channel_round), a.reward, cost, UNITS[budget.kind])
     settings = search_settings(a, env.layers, int(cfg.seed))
     identity = {"model": spec.to_dict(), "flops_ratio": ratio, "channels": graph.full,
-                "holdout": int(a.holdout), "refit": bool(a.refit), "reward": a.reward,
+                "holdout": int(a.holdout), "refit": bool(a.refit), "reward": a.reward, "reward_metric": a.reward_metric,
                 "bounds": [float(a.lbound), float(a.rbound)], "channel_round": int(a.channel_round)}
     result = search(env, settings, os.path.join(out_dir, "search.pt"), identity, cfg.progress, desc)
     counts = result.best["policy"]
@@ -147,7 +172,7 @@ def amc_prune(cfg: DictConfig, model: nn.Module, spec: ModelSpec, out_dir: str, 
     policy = {"flops_ratio": ratio, "unit": UNITS[budget.kind], f"target_{budget.kind}": env.target,
               "cost": cost(counts), "total": env.total, "macs": macs, "total_macs": env.macs_total,
               "ratio": cost(counts) / env.total, "episode": result.best["episode"], "reward": result.best["reward"],
-              "top1_holdout": result.best["top1"],
+              "reward_metric": a.reward_metric, "holdout_accuracy": result.best["accuracy"],
               "layers": [{"layer": s.producer, "reader": s.reader, "channels": s.channels, "kept": n}
                          for s, n in zip(graph.segments, counts)]}
     with open(os.path.join(out_dir, "policy.json"), "w") as f:
@@ -180,11 +205,13 @@ class AMC(Pruner):
         return search_loaders(job.cfg), D.setup(job.cfg.device)
 
     def start(self, job: Job, form: str) -> artifacts.Artifact:
-        """The RM form with BN kept (identity BNs recalibrated, verified), fine-tuned when
-        amc.rm_finetune_epochs is set; or the residual model itself."""
+        """The RM form with BN kept (identity BNs recalibrated, verified; of the ReLU copy with
+        amc.relu6=approximate), fine-tuned when amc.rm_finetune_epochs is set; or the residual model."""
         cfg = job.cfg
-        plain = super().start(job, form)
-        if form == "residual" or cfg.amc.rm_finetune_epochs == 0:
+        if form == "residual":
+            return job.base
+        plain = rm_form(job)
+        if cfg.amc.rm_finetune_epochs == 0:
             return plain
         root = run_root(cfg)
         tcfg = train_cfg(cfg, "amc", root, "rm_finetune",
@@ -205,7 +232,7 @@ class AMC(Pruner):
         a = job.cfg.amc
         return {"flops_ratio": float(a.flops_ratio), "checkpoint": job.base.path,
                 "search": {k: a[k] for k in ("episodes", "warmup", "holdout", "lbound", "rbound", "channel_round",
-                                             "reward", "refit")}}
+                                             "reward", "reward_metric", "refit")}}
 
     def budget_text(self, job: Job) -> str:
         return job.budget.text()
@@ -217,12 +244,32 @@ class AMC(Pruner):
                  f"{job.budget.text()}), top-1 pruned {done.top1_pruned:.2f}"
                  + (f", fine-tuned {done.top1_finetuned:.2f}" if done.top1_finetuned is not None else ""))
         return {"label": LABELS[form.name], "form": form.start.spec.form, "policy": policy,
-                "pruned_artifact": done.pruned_path, "stats": done.stats}
+                "pruned_artifact": done.pruned_path, "stats": done.stats,
+                "conversion": form.start.meta.get("relu6", {"relu6": "exact"}) if form.name == "rm" else None}
 
     def finish_report(self, job: Job, report: dict[str, Any], forms: dict[str, Form]) -> None:
         histories = {LABELS[name]: form.selection.extra["history"] for name, form in forms.items()}
         report["reward_curves"] = draw_reward_curves(histories, int(job.cfg.amc.warmup),
                                                      os.path.join(job.out, "reward_curves.png"))
+
+
+def rm_form(job: Job) -> artifacts.Artifact:
+    """The RM form of the base model (prune.job's); with amc.relu6=approximate that of its ReLU copy,
+    exact against the copy, and how far it is from the ReLU6 model, measured and logged (meta["relu6"])."""
+    cfg = job.cfg
+    if cfg.amc.relu6 == "exact":
+        return to_prunable_plain(cfg, job.base, cfg.amc.calib_batches)
+    relu = dataclasses.replace(job.base, model=relu6_as_relu(job.base.model))
+    plain = to_prunable_plain(cfg, relu, cfg.amc.calib_batches)
+    error = rm.verify(job.base.model, plain.model, job.size)["float64"]
+    approx = {"relu6": "approximate", "max_rel": error["max_rel"], "max_abs": error["max_abs"],
+              "top1_relu6": job.reference["top1"], "top1_converted": top1(plain.model, job.val, cfg, "RM (ReLU6 as ReLU)")}
+    log.warning(f"amc.relu6=approximate: ReLU6 converted as ReLU (the authors' step 2): the RM form's output differs "
+                f"from the ReLU6 model's by {approx['max_rel']:.2e} relative (float64, random input), validation "
+                f"top-1 {approx['top1_relu6']:.2f} -> {approx['top1_converted']:.2f}"
+                + (f"; fine-tuned for {cfg.amc.rm_finetune_epochs} epochs next" if cfg.amc.rm_finetune_epochs else ""))
+    plain.meta["relu6"] = approx
+    return plain
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

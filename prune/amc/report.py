@@ -31,10 +31,21 @@ def draw_reward_curves(histories: dict[str, list[dict[str, Any]]], warmup: int, 
     return save_figure(fig, path)
 
 
+def relu6_text(entry: dict[str, Any]) -> str:
+    """The approximate RM conversion of a ReLU6 model (amc.relu6), as measured; empty when exact."""
+    c = entry.get("conversion") or {}
+    if c.get("relu6") != "approximate":
+        return ""
+    return (f" Converted with ReLU in place of ReLU6 (amc.relu6=approximate): output difference {c['max_rel']:.2e} "
+            f"relative (float64, random input), validation top-1 {c['top1_relu6']:.2f} -> {c['top1_converted']:.2f} "
+            f"before the RM form's fine-tuning.")
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     ref, s = report["reference"], report["search"]
     lines = [f"# RM + AMC: {report['model']} on {report['data']}, FLOPs ratio {report['flops_ratio']:g}", "",
-             f"Search: {s['episodes']} episodes ({s['warmup']} random warm-up), reward `{s['reward']}` on "
+             f"Search: {s['episodes']} episodes ({s['warmup']} random warm-up), reward `{s['reward']}` of the "
+             f"{s['reward_metric']} accuracy on "
              f"{s['holdout']} held-out training images, keep ratios in [{s['lbound']}, {s['rbound']}], channels in "
              f"multiples of {s['channel_round']}, least-squares refit {'on' if s['refit'] else 'off'}. "
              f"Params, MACs and img/s of the deploy forms (BN folded), speed on {report['device']}, "
@@ -57,9 +68,9 @@ def to_markdown(report: dict[str, Any]) -> str:
         m = report["methods"][row["form"]]
         p = m["policy"]
         lines += ["", f"## {m['label']}: kept channels per layer", "",
-                  f"Best policy from episode {p['episode'] + 1} (reward {p['reward']:.4f}, held-out top-1 "
-                  f"{p['top1_holdout']:.2f}); {p['macs']:,} of {p['total_macs']:,} MACs. Pruned model "
-                  f"`{m['pruned_artifact']}`, final model `{row['artifact']}`.", "",
+                  f"Best policy from episode {p['episode'] + 1} (reward {p['reward']:.4f}, held-out "
+                  f"{p['reward_metric']} {p['holdout_accuracy']:.2f}); {p['macs']:,} of {p['total_macs']:,} MACs. "
+                  f"Pruned model `{m['pruned_artifact']}`, final model `{row['artifact']}`.{relu6_text(m)}", "",
                   "| layer | read by | kept / channels |", "| --- | --- | --- |"]
         lines += [f"| {layer['layer']} | {layer['reader']} | {layer['kept']} / {layer['channels']} |"
                   for layer in p["layers"]]

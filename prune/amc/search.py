@@ -43,8 +43,8 @@ class SearchSettings:
 
 @dataclass
 class SearchResult:
-    best: dict[str, Any]                 # the best episode's info: policy, reward, top1, macs, ...
-    history: list[dict[str, Any]]        # one row per episode: reward, top1, macs, ratio, best reward
+    best: dict[str, Any]                 # the best episode's info: policy, reward, accuracy, macs, ...
+    history: list[dict[str, Any]]        # one row per episode: reward, accuracy, macs, ratio, best reward
     agent: DDPG
 
 
@@ -102,7 +102,7 @@ def search(env: Environment, settings: SearchSettings, state_path: str | None = 
         if reward > best["reward"]:
             best = {"episode": episode, "reward": reward, **{k: v for k, v in info.items() if k != "action"}}
         history.append({"episode": episode, "reward": reward, "best_reward": best["reward"],
-                        **{k: v for k, v in info.items() if k in ("top1", "macs", "ratio")}})
+                        **{k: v for k, v in info.items() if k in ("accuracy", "macs", "ratio")}})
         if state_path:
             rm.atomic_save({"format": FORMAT, "version": VERSION, "identity": identity, "agent": agent.state_dict(),
                             "best": best, "history": history}, state_path)
