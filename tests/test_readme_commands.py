@@ -111,6 +111,10 @@ PLAN = {
     ".venv/bin/python amc.py -m amc.flops_ratio=0.5,0.6,0.7,0.75": ("check",),
     ".venv/bin/python amc.py model=resnet20": ("cfg",),
     ".venv/bin/python amc.py model=rmnet26x3_32 amc.forms=[rm]": ("cfg",),
+    ".venv/bin/python amc.py -m experiment=amc_cifar10_r0.5,amc_cifar10_r0.6,amc_cifar10_r0.7,amc_cifar10_r0.75":
+        ("check",),
+    ".venv/bin/python amc.py experiment=amc_imagenet_r0.5 data.root=/data/imagenet": ("cfg",),
+    ".venv/bin/python amc.py -m experiment=amc_cifar10_ours amc.flops_ratio=0.5,0.6,0.7,0.75": ("check",),
     ".venv/bin/python resrep.py": ("run", RESREP),
     ".venv/bin/python resrep.py resrep.base=RUN/best.pt resrep.target=0.6 resrep.forms=[rm]": ("run", RESREP),
     ".venv/bin/python train.py experiment=paper_cifar model=resnet56 data=cifar10 run_name=resnet56_cifar10":
