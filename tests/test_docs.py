@@ -15,7 +15,8 @@ import subprocess
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRONT_PAGE_LINES = 200
 # Files of the authors' (and NNI's) repositories that the docs name as sources, not files of this one.
-ELSEWHERE = {"rr/exp_resrep.py", "models/rmnext.py", "models/rmrepvgg.py", "train_pruning.py", "mask_conflict.py"}
+ELSEWHERE = {"rr/exp_resrep.py", "models/rmnext.py", "models/rmrepvgg.py", "train_pruning.py", "mask_conflict.py",
+             "amc_search.py", "amc_train.py"}   # the last two: the authors' RM+AMC scripts
 
 
 def doc_files(root: str = ROOT) -> list[str]:
