@@ -16,7 +16,6 @@ REPVGG = "DingXiaoH/RepVGG@9a1de4a"
 REPVGG_NOW = "DingXiaoH/RepVGG@eae7c52"
 RMNET = "fxmeng/RMNet@4754b8e"
 RESREP = "DingXiaoH/ResRep@a3567a1"
-NOT_YET = "not yet matched (issue 23 item {item}, changed elsewhere)"
 AUTHORS_STD = [0.2023, 0.1994, 0.2010]
 NO_SOURCE = object()   # ref for a setting no source fixes: ours is a choice, the reason says which
 
@@ -122,8 +121,9 @@ def _sec41(stated: bool) -> tuple[Setting, ...]:
     )
 
 
-_T2_STD = ("open: the authors publish no Table 2 script and the paper gives no normalisation; the table2_* "
-           "recipes (outside this change) keep the dataset's std")
+_T2_STD = ("no source fixes it: the authors publish no Table 2 script and the paper gives no normalisation, so the "
+           "table2_* recipes keep the dataset's own std; the authors' CIFAR-10 std (in their pruning and AMC "
+           "scripts) differs by a per-channel input scale of at most 1.4x, which the first conv and its BN absorb")
 _SEEDS = _s("runs per row", "runs", "Table 2 '92.07±0.18': several runs", "not published", "3 seeds",
             "one seed per command; `python train.py -m experiment=<recipe> seed=0,1,2 'run_name=<recipe>_s${seed}'` "
             "then `python -m paper.seeds checkpoints` prints mean ± std (docs/reproducing-the-paper.md, Seeds)")
@@ -198,7 +198,7 @@ _AMC_DATA = {
         _s("train crop", "data.augment.crop", "not stated",
            f"RandomResizedCrop(224, scale=(0.2, 1.0)) + flip: {_AMC}data.py:47-48", "resized, scale (0.2, 1)",
            "ours is RandomResizedCrop's default scale (0.08, 1), torchvision's ImageNet recipe: the data "
-           "config has no crop-scale setting (data/transforms.py, outside this change)"),
+           "config has no crop-scale setting (data/transforms.py)"),
         _s("test crop ratio", "data.augment.crop_pct", "not stated",
            f"Resize(256) + CenterCrop(224): {_AMC}data.py:53-54", 0.875),
         _s("held-out images", "amc.holdout", "not stated", f"3000 for ImageNet: {_AMC}amc_search.py:58", 3000))),
