@@ -63,11 +63,12 @@ def to_plain(artifact: Artifact, policy: ConversionPolicy, input_size: int | Non
         return artifact
     size = input_size or artifact.spec.input_size
     kwargs = {"fuse_bn": policy.fuse_bn, "downsample": policy.downsample}
-    meta = {k: v for k, v in artifact.meta.items() if k not in ("verify", "layout", "dropped")}
+    meta = {k: v for k, v in artifact.meta.items() if k not in ("verify", "verified_input_size", "layout", "dropped")}
     if verify:
         plain, report = rm.convert_verified(artifact.model, input_size=size, **kwargs)
         policy.check(report, f"converting {artifact.origin}")
-        meta["verify"] = report
+        # A chain exact only at some sizes is verified at the first one it accepts from the trained size up.
+        meta.update(verify=report, verified_input_size=rm.deploy.allowed_size(plain, size))
     else:
         plain = rm.convert(artifact.model, **kwargs)
     settings = policy.settings if artifact.spec.form == "residual" else replace(artifact.spec.conversion, fuse_bn=True)

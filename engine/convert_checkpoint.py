@@ -23,6 +23,7 @@ from data import calibration_loader
 from models import ModelSpec, model_stems
 from models.complexity import count_macs, count_params
 from rm import recalibrate_identity_bn
+from rm.deploy import input_multiple
 
 from .config import command_line_keys, model_kwargs
 from .faults import probe_output_file
@@ -88,6 +89,10 @@ def run(cfg: DictConfig, explicit: set[str] | None = None) -> str:
         print(f"  already plain ({source.meta['layout']} layout): written without conversion")
     for dtype, e in plain.meta.get("verify", {}).items():
         print(f"  {dtype:8s} max abs error {e['max_abs']:.3e}  max rel error {e['max_rel']:.3e}")
+    multiple = input_multiple(plain.model)
+    if multiple > 1:
+        print(f"  exact only for input H and W multiples of {multiple} (verified at {plain.meta.get('verified_input_size')}"
+              f"); the plain model refuses other sizes")
     meta = {k: v for k, v in plain.meta.items() if k not in ("config", "epoch", "step", "best_top1", "random_weights", "layout",
                                                              "dropped")}
     artifacts.save_deploy(plain.model, plain.spec, out, **meta)
