@@ -158,6 +158,8 @@ def check_plain(plain: nn.Module) -> None:
     bad = [n.format_node() for n in graph.nodes if n.op not in ("placeholder", "output", "call_module")]
     bad += [n.target for n in graph.nodes if n.op == "call_module" and not isinstance(
         plain.get_submodule(n.target), PLAIN_MODULES)]
+    nodes = list(graph.nodes)
+    bad += [f"{n.name} does not take {p.name} alone" for p, n in zip(nodes, nodes[1:]) if n.args != (p,)]
     assert not bad, f"not a plain chain: {bad[:3]}"
 
 

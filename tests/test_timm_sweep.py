@@ -83,3 +83,18 @@ def test_the_generator_writes_the_table_and_refuses_unknown_names(tmp_path, caps
     assert "Converted: 1 of the 2 names that fit (50%)" in text
     assert cov.main(["--names", "resnet18", "nonet", "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip() == "error: not in bench.timm_coverage.NAMES: nonet"
+
+
+
+def test_the_plainness_check_finds_a_layer_that_does_not_take_the_previous_output():
+    class Skip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(3, 3, 1), nn.ReLU(), nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            self.b(y)
+            return self.c(y)
+    with pytest.raises(AssertionError, match="c does not take b alone"):
+        cov.check_plain(Skip())
