@@ -44,7 +44,7 @@ def load_source(cfg: DictConfig) -> artifacts.Artifact:
 
 # "Large" for verify_float64=auto: above this many parameters the float64 conversion and check are left out.
 # resnet50 (25.6 M) keeps them; resnet101 (44.5 M), resnet152 (60.2 M) and rmnet152x6_32 (107 M) do not: on
-# them float64 adds a second conversion and two float64 passes, 3/4 of the time (docs: conversion speed).
+# them float64 adds a second conversion and two float64 passes, two thirds of the time (docs: conversion speed).
 LARGE_PARAMS = 30e6
 
 

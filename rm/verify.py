@@ -76,7 +76,7 @@ def convert_verified(model: nn.Module, input_size: int = 224, batch: int = 2, se
                      **convert_kwargs) -> tuple[nn.Module, dict[str, dict[str, float]]]:
     """`convert(model)` plus the `verify_conversion` report, without converting the model's own dtype
     twice: the returned plain model is the one the float32 figure measures. `float64=False` leaves out
-    the float64 conversion and check (about 3/4 of the time on a ResNet-152: a second conversion and two
+    the float64 conversion and check (two thirds of the time on a ResNet-152: a second conversion and two
     float64 forward passes), for large models whose float32 check is enough to refuse a broken one."""
     from .convert import convert
 
