@@ -99,3 +99,21 @@ def test_the_conversion_policy_verifies_at_a_size_the_artifact_accepts():
     source = artifacts.Artifact("state_dict", _resnet18d().float(), spec, {"verified_input_size": 1})
     plain = artifacts.to_plain(source, artifacts.ConversionPolicy())
     assert plain.meta["verified_input_size"] == 64 and plain.meta["verify"]["float64"]["max_rel"] <= 1e-10
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")
+@pytest.mark.parametrize("name", ["resnet50d", "ecaresnet50d"])
+def test_the_issue_models_are_exact_or_refuse_200_and_72_eager_and_traced(name):
+    """Issue 24's measured cases (relative errors 4e-2 to 2.6e-1 at these sizes before the check)."""
+    torch.manual_seed(0)
+    model = randomize_bn(timm.create_model(name, pretrained=False, channels=(16, 32, 64, 128), stem_width=8,
+                                           num_classes=10).to(torch.float64), gamma_scale=0.5)
+    plain = rm.convert(model)
+    assert _rel_error(model, plain, 64) <= 1e-10
+    traced = torch.jit.trace(plain, torch.zeros(1, 3, 64, 64, dtype=torch.float64), check_trace=False)
+    for size in (200, 72):
+        x = torch.zeros(1, 3, size, size, dtype=torch.float64)
+        with pytest.raises(ValueError, match=f"input size {size}x{size}: .* multiples of 32"):
+            plain(x)
+        with pytest.raises(RuntimeError, match="invalid for input of size"):
+            traced(x)
