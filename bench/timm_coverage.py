@@ -134,16 +134,21 @@ def refusable(name: str) -> tuple[bool, str] | None:
     return next(((fits, why) for pattern, fits, why in REFUSABLE if fnmatch.fnmatchcase(name, pattern)), None)
 
 
-def build(name: str, device: str | None = None) -> nn.Module:
-    """The timm model, 10 classes, narrow where its constructor allows, re-parameterised (RepVGG), in eval."""
+def build(name: str, device: str = "cpu") -> nn.Module:
+    """The timm model, 10 classes, narrow where its constructor allows, in eval mode."""
     narrow = NARROW if family(name) in NARROW_MODULES else {}
-    with torch.device(device or "cpu"):
+    with torch.device(device):
         try:
-            model = timm.create_model(name, pretrained=False, num_classes=10, **narrow)
+            return timm.create_model(name, pretrained=False, num_classes=10, **narrow).eval()
         except ValueError:   # a width rule the narrow widths break (GroupNorm's 32 groups): full widths
-            model = timm.create_model(name, pretrained=False, num_classes=10)
-        # Under the device (it makes new tensors); its new convs come in training mode.
-        return reparameterize_model(model.eval()).eval()
+            return timm.create_model(name, pretrained=False, num_classes=10).eval()
+
+
+def reparameterized(model: nn.Module) -> nn.Module:
+    """A copy with timm's multi-branch training blocks (RepVGG, ...) fused, what a user converts: on the
+    model's device (it makes new tensors), in eval mode (its new convs come in training mode)."""
+    with torch.device(next(model.parameters()).device):
+        return reparameterize_model(model).eval()
 
 
 class _PlainTracer(torch.fx.Tracer):
@@ -168,7 +173,7 @@ def sweep_one(name: str) -> Result:
     start, allowed = time.perf_counter(), refusable(name)
     fits = allowed is None or allowed[0]
     try:
-        rm.convert(build(name, "meta"))   # shape only: the structure decides
+        rm.convert(reparameterized(build(name, "meta")))   # shape only: the structure decides
     except rm.ConversionError as e:
         assert allowed is not None, f"{name} is refused, but its family converts: {e}"
         assert str(e) and "\n" not in str(e), f"{name}: the refusal is not one line: {e!r}"
@@ -177,7 +182,7 @@ def sweep_one(name: str) -> Result:
     # Deep nets with BN scales up to 1.5 amplify float64 rounding past 1e-10; half the scale keeps them
     # well conditioned.
     model = randomize_bn(build(name).to(torch.float64), 1, gamma_scale=0.5)
-    plain = rm.convert(model)
+    plain = rm.convert(reparameterized(model))   # checked against `model` itself
     check_plain(plain)
     error = rm.verify(model, plain, INPUT_SIZE, dtypes=(torch.float64,))["float64"]["max_rel"]
     assert error <= TOLERANCE, f"{name}: relative error {error:.2e} above {TOLERANCE:g}"

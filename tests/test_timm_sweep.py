@@ -70,7 +70,9 @@ def test_the_plainness_check_finds_an_add_or_a_foreign_module():
         cov.check_plain(nn.Sequential(nn.Conv2d(3, 3, 1), Residual()))
     with pytest.raises(AssertionError, match="0"):
         cov.check_plain(nn.Sequential(nn.SiLU()))
-    cov.check_plain(rm.convert(cov.build("seresnet18")))   # SE gates and InputSizeCheck are leaves
+    plain = rm.convert(cov.build("ecaresnet26t"))
+    assert isinstance(plain[0], rm.deploy.InputSizeCheck) and any(isinstance(m, rm.SqueezeExcite) for m in plain)
+    cov.check_plain(plain)   # the gates and the size check are leaves
 
 
 def test_the_generator_writes_the_table_and_refuses_unknown_names(tmp_path, capsys):
