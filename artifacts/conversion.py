@@ -53,9 +53,10 @@ class ConversionPolicy:
 
 
 def to_plain(artifact: Artifact, policy: ConversionPolicy, input_size: int | None = None,
-             verify: bool = True) -> Artifact:
+             verify: bool = True, float64: bool = True) -> Artifact:
     """The plain form of a residual artifact, verified at its trained input size (meta["verify"]) and
-    refused above the tolerance; `verify=False` skips the check (other ranks of a distributed job).
+    refused above the tolerance; `verify=False` skips the check (other ranks of a distributed job),
+    `float64=False` its float64 part (large models, `rm.convert_verified`).
     A plain artifact is returned as it is, except that a policy with fuse_bn folds the BatchNorms of a
     plain model converted with BN kept (the converter walks a plain chain too)."""
     kept_bn = artifact.spec.conversion is not None and not artifact.spec.conversion.fuse_bn
@@ -63,11 +64,12 @@ def to_plain(artifact: Artifact, policy: ConversionPolicy, input_size: int | Non
         return artifact
     size = input_size or artifact.spec.input_size
     kwargs = {"fuse_bn": policy.fuse_bn, "downsample": policy.downsample}
-    meta = {k: v for k, v in artifact.meta.items() if k not in ("verify", "layout", "dropped")}
+    meta = {k: v for k, v in artifact.meta.items() if k not in ("verify", "verified_input_size", "layout", "dropped")}
     if verify:
-        plain, report = rm.convert_verified(artifact.model, input_size=size, **kwargs)
+        plain, report = rm.convert_verified(artifact.model, input_size=size, float64=float64, **kwargs)
         policy.check(report, f"converting {artifact.origin}")
-        meta["verify"] = report
+        # A chain exact only at some sizes is verified at the first one it accepts from the trained size up.
+        meta.update(verify=report, verified_input_size=rm.deploy.allowed_size(plain, size))
     else:
         plain = rm.convert(artifact.model, **kwargs)
     settings = policy.settings if artifact.spec.form == "residual" else replace(artifact.spec.conversion, fuse_bn=True)

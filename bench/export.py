@@ -57,14 +57,20 @@ def split_prelus(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def to_onnx(model: nn.Module, example: torch.Tensor, path: str, dynamic_batch: bool = True) -> str:
+def to_onnx(model: nn.Module, example: torch.Tensor, path: str, dynamic_batch: bool = True,
+            dynamic_size: bool = False) -> str:
     """Write `model` (float32, CPU) as a validated ONNX file with a dynamic batch dimension (static
-    shapes with `dynamic_batch=False`: the latency table's one-layer graphs), input `input` and output
-    `logits`, by the dynamo-based exporter, PReLUs split (SplitPReLU); returns `path`."""
+    shapes with `dynamic_batch=False`: the latency table's one-layer graphs; dynamic height and width
+    too with `dynamic_size=True`), input `input` and output `logits`, by the dynamo-based exporter,
+    PReLUs split (SplitPReLU); returns `path`. A plain model exact only at some input sizes keeps its
+    `InputSizeCheck` in the graph: ONNX Runtime fails on the other sizes instead of answering wrongly."""
     onnx = require("onnx")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     model = split_prelus(copy.deepcopy(model).float().cpu().eval())
-    dynamic = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+    dims = {0: torch.export.Dim("batch", min=1)} if dynamic_batch else {}
+    if dynamic_size:
+        dims.update({2: torch.export.Dim("height", min=1), 3: torch.export.Dim("width", min=1)})
+    dynamic = (dims,) if dims else None
     torch.onnx.export(model, (example.float().cpu(),), path, dynamo=True, dynamic_shapes=dynamic,
                       input_names=["input"], output_names=["logits"], verbose=False)
     onnx.checker.check_model(path)

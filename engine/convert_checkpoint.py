@@ -23,6 +23,7 @@ from data import calibration_loader
 from models import ModelSpec, model_stems
 from models.complexity import count_macs, count_params
 from rm import recalibrate_identity_bn
+from rm.deploy import input_multiple
 
 from .config import command_line_keys, model_kwargs
 from .faults import probe_output_file
@@ -41,6 +42,21 @@ def load_source(cfg: DictConfig) -> artifacts.Artifact:
     return artifacts.Artifact("state_dict", spec.build().eval(), spec, {"random_weights": True})
 
 
+# "Large" for verify_float64=auto: above this many parameters the float64 conversion and check are left out.
+# resnet50 (25.6 M) keeps them; resnet101 (44.5 M), resnet152 (60.2 M) and rmnet152x6_32 (107 M) do not: on
+# them float64 adds a second conversion and two float64 passes, two thirds of the time (docs: conversion speed).
+LARGE_PARAMS = 30e6
+
+
+def verify_float64(setting, model) -> bool:
+    """Whether the convert job checks the conversion in float64 too (`verify_float64`: true, false, auto)."""
+    if setting == "auto":
+        return sum(p.numel() for p in model.parameters()) <= LARGE_PARAMS
+    if isinstance(setting, bool):
+        return setting
+    raise ValueError(f"verify_float64 must be true, false or auto, got {setting!r}")
+
+
 def default_output(cfg: DictConfig, spec: ModelSpec) -> str:
     base = os.path.splitext(os.path.basename(cfg.checkpoint))[0] if cfg.checkpoint else f"{spec.name}-random"
     return os.path.join("deploy", f"{base}.pt")
@@ -54,6 +70,7 @@ def run(cfg: DictConfig, explicit: set[str] | None = None) -> str:
     probe_output_file(out, "out")
     policy = ConversionPolicy.from_cfg(cfg.conversion)
     batches = int(cfg.recalibrate.batches)
+    float64 = verify_float64(cfg.verify_float64, source.model)
     # A plain model in a foreign layout (RepVGG's deploy form) is written as a deploy artifact unconverted,
     # so that the benchmark and rm.load_deploy read it like any other.
     foreign_plain = source.kind == "state_dict" and source.spec.form == "plain" and policy.fuse_bn
@@ -77,7 +94,7 @@ def run(cfg: DictConfig, explicit: set[str] | None = None) -> str:
                           recalibrated_channels=channels, recalibration_data=data.name)
         print(f"recalibrated {channels} identity BatchNorm channels on {len(loader)} batches of {data.name}")
     else:
-        plain = artifacts.to_plain(source, policy)
+        plain = artifacts.to_plain(source, policy, float64=float64)
     size = source.spec.input_size
     spec = source.spec
     print(f"{spec.label} ({spec.stem} stem, {spec.num_classes} classes, {size}x{size} input"
@@ -88,6 +105,13 @@ def run(cfg: DictConfig, explicit: set[str] | None = None) -> str:
         print(f"  already plain ({source.meta['layout']} layout): written without conversion")
     for dtype, e in plain.meta.get("verify", {}).items():
         print(f"  {dtype:8s} max abs error {e['max_abs']:.3e}  max rel error {e['max_rel']:.3e}")
+    if not float64 and batches == 0 and "verify" in plain.meta:
+        why = f"over {LARGE_PARAMS / 1e6:.0f} M parameters" if cfg.verify_float64 == "auto" else "verify_float64=false"
+        print(f"  float64  not checked ({why}; verify_float64=true checks it)")
+    multiple = input_multiple(plain.model)
+    if multiple > 1:
+        print(f"  exact only for input H and W multiples of {multiple} (verified at {plain.meta.get('verified_input_size')}"
+              f"); the plain model refuses other sizes")
     meta = {k: v for k, v in plain.meta.items() if k not in ("config", "epoch", "step", "best_top1", "random_weights", "layout",
                                                              "dropped")}
     artifacts.save_deploy(plain.model, plain.spec, out, **meta)

@@ -48,7 +48,10 @@ class InputSizeCheck(nn.Module):
     """First layer of a plain chain that equals its residual model only when the input's height and width
     are multiples of `multiple` (ResNet-D average-pool shortcuts: timm's pool averages a partial border
     window over fewer pixels, the merged strided conv always over all of them). Other sizes raise
-    instead of giving a silently wrong answer."""
+    instead of giving a silently wrong answer: in eager mode with a one-line ValueError; in a traced or
+    exported graph (TorchScript, ONNX), where a Python `if` on the size would be fixed at the example's
+    size, as a reshape to (..., H/m, m, W/m, m) and back, which the runtime computes from the input's
+    shape and cannot do for other sizes (ONNX Runtime: "cannot be reshaped to the requested shape")."""
 
     def __init__(self, multiple: int):
         super().__init__()
@@ -56,18 +59,26 @@ class InputSizeCheck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        if h % self.multiple or w % self.multiple:
+        m = self.multiple
+        if torch.jit.is_tracing() or torch.compiler.is_exporting():
+            return x.reshape(*x.shape[:-2], h // m, m, w // m, m).reshape(x.shape)
+        if h % m or w % m:
             raise ValueError(f"input size {h}x{w}: this plain model is exact only for input H and W multiples "
-                             f"of {self.multiple}; resize or pad the input")
+                             f"of {m}; resize or pad the input")
         return x
 
     def extra_repr(self) -> str:
         return f"multiple={self.multiple}"
 
 
+def input_multiple(plain: nn.Module) -> int:
+    """What input H and W must be a multiple of for `plain` to be exact (its `InputSizeCheck`; 1: any size)."""
+    return max((m.multiple for m in plain.modules() if isinstance(m, InputSizeCheck)), default=1)
+
+
 def allowed_size(plain: nn.Module, size: int) -> int:
     """The smallest input size >= `size` that `plain` accepts (its `InputSizeCheck`, if any)."""
-    multiple = max((m.multiple for m in plain.modules() if isinstance(m, InputSizeCheck)), default=1)
+    multiple = input_multiple(plain)
     return -(-size // multiple) * multiple
 
 
@@ -138,10 +149,14 @@ def build_plain(layers: list[dict[str, Any]], state_dict: dict[str, torch.Tensor
 
 def save_deploy(plain: nn.Sequential, path: str, meta: dict[str, Any] | None = None) -> None:
     """Write `plain` (from `rm.convert`) atomically with free-form metadata of plain containers
-    (model settings, the input it was trained on, the verified conversion error, ...)."""
+    (model settings, the input it was trained on, the verified conversion error, ...). A chain exact
+    only at some input sizes says so in meta["input_multiple"] too (its layer list keeps the check)."""
     state = {k: v.detach().cpu() for k, v in plain.state_dict().items()}
+    meta = dict(meta or {})
+    if input_multiple(plain) > 1:
+        meta["input_multiple"] = input_multiple(plain)
     atomic_save({"format": FORMAT, "version": VERSION, "spec": to_spec(plain), "state_dict": state,
-                 "meta": dict(meta or {})}, path)
+                 "meta": meta}, path)
 
 
 def load_deploy(path: str, map_location: str | torch.device = "cpu") -> tuple[nn.Sequential, dict[str, Any]]:

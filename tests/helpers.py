@@ -7,11 +7,11 @@ import os
 import runpy
 import sys
 
-import torch
 import torch.nn as nn
 
 import rm
 from engine.config import check_overrides
+from rm.verify import randomize_bn  # noqa: F401  (the tests' name for it)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLOAT64_TOL, FLOAT32_TOL = 1e-10, 1e-5
@@ -25,21 +25,6 @@ TINY = ["model=resnet18", "model.kwargs.widths=[8,8,16,16]", "data=synthetic", "
 def tiny_config(tmp_path, *overrides: str, config_name: str = "train"):
     """The composed, checked config of a tiny training run writing under `tmp_path`."""
     return check_overrides([*TINY, f"output_dir={tmp_path}", *overrides], config_name=config_name)
-
-
-def randomize_bn(model: nn.Module, seed: int = 0, gamma_scale: float = 1.0) -> nn.Module:
-    """Give every BatchNorm non-trivial affine parameters and running statistics (default BN
-    statistics are an identity map and hide conversion bugs); returns the model in eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            with torch.no_grad():
-                m.weight.copy_((torch.rand(c, generator=g) + 0.5) * gamma_scale)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.3)
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
-                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
-    return model.eval()
 
 
 def check_exact(model: nn.Module, size: int, **kw) -> dict:

@@ -1,9 +1,7 @@
 """Other libraries' models through `rm.convert`: real timm (and torchvision) model objects, fresh random
 weights, randomised BatchNorm statistics, float64 and float32. Narrow widths (`channels=`) keep every
 block type, stem, shortcut and gate of the named architecture at a fraction of the cost; the full-size
-models run under `-m slow`."""
-import fnmatch
-
+models run under `-m slow`. The sweep over 207 timm names is tests/test_timm_sweep.py."""
 import pytest
 import timm
 import torch
@@ -13,7 +11,7 @@ import torchvision
 import artifacts
 import rm
 from models.timm_compat import register_with_timm
-from tests.helpers import FLOAT64_TOL, check_exact, randomize_bn
+from tests.helpers import check_exact, randomize_bn
 
 PLAIN = (nn.Conv2d, nn.ReLU, nn.PReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten,
          nn.Linear, rm.SqueezeExcite, rm.deploy.InputSizeCheck)
@@ -109,59 +107,6 @@ def test_a_timm_pretrained_state_dict_loads_unchanged(tmp_path):
     ref = source(x)
     for out in (plain(x), ours(x)):
         assert (out - ref).abs().max() / ref.abs().max() < 1e-5
-
-
-# What timm's ResNet-like names give: everything not listed converts.
-EXPECTED_REFUSALS = {
-    "resnet50_gn": "GroupNorm",
-    "resnetblur*": "BlurPool2d",
-    "resnetaa*": "anti-aliasing layer aa",
-    "seresnetaa*": "anti-aliasing layer aa",
-    "resnetv2_*": "timm.models.resnetv2.ResNetV2: no RM converter",
-    "resnet3[23]ts": "timm.models.byobnet.ByobNet: no RM converter",
-    "resnet5[01]*_clip*": "timm.models.byobnet.ByobNet: no RM converter",
-    "resnet101*_clip*": "timm.models.byobnet.ByobNet: no RM converter",
-    "resnet50_mlp": "timm.models.byobnet.ByobNet: no RM converter",
-    "resnet[56]1q": "timm.models.byobnet.ByobNet: no RM converter",
-    "resnext26ts": "timm.models.byobnet.ByobNet: no RM converter",
-    "seresnet33ts": "timm.models.byobnet.ByobNet: no RM converter",
-}
-SAMPLE = ["resnet10t", "resnet18d", "resnet26t", "seresnet18", "resnetrs50", "resnext50d_32x4d", "resnet50_gn",
-          "resnetblur18", "resnetaa34d", "resnetv2_18", "resnet32ts"]
-
-
-def _sweep(name: str) -> str:
-    """'converts' (and equal on random input at narrow widths) or the refusal; any other error fails."""
-    expected = next((why for pattern, why in EXPECTED_REFUSALS.items() if fnmatch.fnmatchcase(name, pattern)), None)
-    try:
-        rm.convert(_meta(name))   # shape-only: the structure decides
-    except rm.ConversionError as e:
-        assert expected is not None and expected in str(e), f"{name}: {e}"
-        return str(e)
-    assert expected is None, f"{name} converts, expected a refusal ({expected})"
-    # Very deep nets with BN scales up to 1.5 amplify float64 rounding past 1e-10 (the residual model's own
-    # float32 output then differs from its float64 one by 30%); half the scale keeps them well conditioned.
-    report = rm.verify_conversion(_timm(name, 1, gamma_scale=0.5, **NARROW), input_size=32, dtypes=(torch.float64,))
-    assert report["float64"]["max_rel"] < FLOAT64_TOL, (name, report)
-    return "converts"
-
-
-@pytest.mark.parametrize("name", SAMPLE)
-def test_timm_names_convert_or_are_refused(name):
-    _sweep(name)
-
-
-@pytest.mark.slow
-def test_every_timm_resnet_name_converts_or_is_refused():
-    ours = set(register_with_timm())   # this project's names that timm lacks are registered with timm too
-    names = [n for pattern in ("resnet*", "resnext*", "seresnet*", "ecaresnet*", "wide_resnet*")
-             for n in timm.list_models(pattern) if n not in ours]
-    results = {name: _sweep(name) for name in names}
-    converted = sorted(n for n, r in results.items() if r == "converts")
-    print(f"{len(converted)} of {len(names)} convert: {' '.join(converted)}")
-    for name, result in sorted(results.items()):
-        if result != "converts":
-            print(f"refused {name}: {result}")
 
 
 def test_timm_pretrained_points_to_loaders_that_exist():
