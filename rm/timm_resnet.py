@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .blocks import branch_layers
+from .blocks import branch_layers, total_stride
 from .convert import Context, Item, import_path, register_converter, unsupported, why_unsupported
 from .deploy import InputSizeCheck, SqueezeExcite
 from .layer import ConvLayer, relu_slopes
@@ -143,14 +143,10 @@ def _resnet(model: nn.Module, ctx: Context) -> list[Item]:
     items = ctx.convert_seq([getattr(model, n) for n in names], names)
     if not any(type(m) is nn.AvgPool2d for n, m in model.named_modules() if ".downsample." in n):
         return items
-    multiple = 1
-    for item in items:
-        stride = getattr(item, "stride", 1)
-        multiple *= max(stride) if isinstance(stride, tuple) else stride
-    return [InputSizeCheck(multiple), *items]
+    return [InputSizeCheck(total_stride(items)), *items]
 
 
-@register_converter("timm.layers.adaptive_avgmax_pool.SelectAdaptivePool2d")
+@register_converter("timm.layers.adaptive_avgmax_pool.SelectAdaptivePool2d", leaf=True)
 def _global_pool(pool: nn.Module, ctx: Context) -> list[Item]:
     if type(pool.pool) not in (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Identity):
         raise unsupported(ctx, pool, f"pool_type {pool.pool_type!r} ({import_path(type(pool.pool))}) has no plain-chain "
@@ -158,13 +154,13 @@ def _global_pool(pool: nn.Module, ctx: Context) -> list[Item]:
     return ctx.convert_seq([pool.pool, pool.flatten], ["pool", "flatten"])
 
 
-@register_converter("timm.layers.blur_pool.BlurPool2d")
+@register_converter("timm.layers.blur_pool.BlurPool2d", leaf=True)
 def _blur_pool(pool: nn.Module, ctx: Context) -> list[Item]:
     raise unsupported(ctx, pool, "blur-pool anti-aliasing pads by reflection, which the zero-padded convs of the "
                                  "plain chain cannot reproduce")
 
 
-@register_converter("timm.layers.linear.Linear")
+@register_converter("timm.layers.linear.Linear", leaf=True)
 def _linear(linear: nn.Module, ctx: Context) -> list[Item]:
     """timm's Linear only casts its weights under TorchScript: in the chain it is a torch Linear."""
     plain = nn.Linear(linear.in_features, linear.out_features, linear.bias is not None)
