@@ -108,6 +108,10 @@ def _convert_one(module: nn.Module, ctx: Context) -> list[Item]:
         return items
     if isinstance(module, _DROPPED):
         return []
+    if isinstance(module, (nn.Conv2d, nn.BatchNorm2d, nn.PReLU)) and not _torch_forward(module):
+        raise unsupported(ctx, module, f"it computes something else than {_torch_base(module).__name__} (its forward "
+                                       f"is its own: weight standardisation, dynamic padding, ...), which RM cannot "
+                                       f"read from its weights; register a converter for it")
     if isinstance(module, nn.Conv2d):
         ctx.nonneg = False
         return [ConvLayer.from_conv(module)]
@@ -121,7 +125,7 @@ def _convert_one(module: nn.Module, ctx: Context) -> list[Item]:
     if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
         # Any Sequential (or subclass that keeps Sequential's forward) is its children in order.
         return ctx.convert_seq(list(module), [n for n, _ in module.named_children()])
-    if _is_torch_module(module):
+    if _is_torch_module(module) or isinstance(module, _NORMS):
         raise unsupported(ctx, module, why_unsupported(module))
     from .graph import convert_graph  # rm/graph.py builds on this module's walker
     return convert_graph(module, ctx)
@@ -131,7 +135,17 @@ def _is_torch_module(module: nn.Module) -> bool:
     return type(module).__module__.startswith("torch.nn.")
 
 
-_LEAF_MODULES = (nn.Conv2d, nn.BatchNorm2d, nn.PReLU, *_DROPPED, *_PASSTHROUGH)
+def _torch_base(module: nn.Module) -> type:
+    return next(cls for cls in (nn.Conv2d, nn.BatchNorm2d, nn.PReLU) if isinstance(module, cls))
+
+
+def _torch_forward(module: nn.Module) -> bool:
+    """Does a Conv2d/BatchNorm2d/PReLU (subclass) compute what torch's class computes from its weights?"""
+    return type(module).forward is _torch_base(module).forward
+
+
+_NORMS = (nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+_LEAF_MODULES = (nn.Conv2d, nn.BatchNorm2d, nn.PReLU, *_NORMS, *_DROPPED, *_PASSTHROUGH)
 
 
 def is_leaf(module: nn.Module, ctx: Context) -> bool:
@@ -154,7 +168,7 @@ def why_unsupported(module: nn.Module) -> str:
     if type(module).__module__ == "torch.nn.modules.activation":
         return (f"the plain chain's activations are ReLU and PReLU, the ones RM can carry reserved channels "
                 f"through exactly; {type(module).__name__} has no exact plain form here")
-    if isinstance(module, (nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)):
+    if isinstance(module, _NORMS):
         return ("it normalises every input with that input's own statistics, which no conv can hold; only "
                 "BatchNorm with running statistics folds into a conv")
     return ("no RM converter is registered for this type; register one with rm.register_converter (a converter "

@@ -97,6 +97,10 @@ def convert_graph(module: nn.Module, ctx: Context) -> list[Item]:
     try:
         graph = tracer.trace(module)
     except Exception as e:  # fx raises TraceError, TypeError, ... for control flow on tensor values
+        inner = [name for name in tracer.module_stack if name]   # the module whose forward failed, innermost last
+        if inner:
+            ctx.path.append(inner[-1])
+            module = module.get_submodule(inner[-1])
         raise unsupported(ctx, module, f"torch.fx cannot trace its forward ({type(e).__name__}: {e}); register a "
                                        f"converter for it or make its forward free of data-dependent control flow"
                           .replace("\n", " ")) from None
@@ -176,6 +180,10 @@ def _channel_slice(index) -> ChannelSlice | None:
 
 def _why_op(node: fx.Node, tensors: int) -> str:
     name = _target_name(node)
+    if name in ("split", "chunk", "tensor_split"):
+        return ("a channel split whose parts take different chains (Res2Net's hierarchical 3x3s, SK's branches): "
+                "RM carries one tensor from layer to layer and would need a layer per part with Dirac rows for "
+                "the others, which this pass does not build; register a converter for the block")
     if name == "cat":
         return ("a concatenation RM cannot carry: the plain chain is one tensor from layer to layer, and the "
                 "parts concatenated here are computed by different chains")
@@ -246,11 +254,8 @@ def _raw_items(steps: list[Step], ctx: Context) -> list[Item]:
             name = step.node.target if step.node.op == "call_module" else step.node.name
             raw += ctx.convert(step.module, name)
         else:
-            ctx.path.append(step.node.name)
-            try:
-                raw += (_cat_items if step.node.target in _CATS else _add_items)(step.terms, ctx)
-            finally:
-                ctx.path.pop()
+            where = f"graph node {step.node.name!r} of {'.'.join(ctx.path)}"
+            raw += (_cat_items if step.node.target in _CATS else _add_items)(step.terms, ctx, where)
     return raw
 
 
@@ -272,11 +277,11 @@ class _Term:
                 and all(layer.act is None for layer in self.layers))
 
 
-def _term(steps: list[Step], ctx: Context) -> _Term:
+def _term(steps: list[Step], ctx: Context, where: str) -> _Term:
     raw = _raw_items(steps, ctx)
     pool = 1
     if raw and isinstance(raw[0], nn.AvgPool2d):
-        pool = _pool_window(raw.pop(0), ctx)
+        pool = _pool_window(raw.pop(0), where)
     offset = raw.pop(0).start if raw and isinstance(raw[0], ChannelSlice) and len(raw) == 2 else 0
     if len(raw) == 1 and isinstance(raw[0], nn.BatchNorm2d) and pool == 1:
         return _Term([], [], bn_only=BNParams.from_module(raw[0]), offset=offset)
@@ -295,35 +300,35 @@ def _term(steps: list[Step], ctx: Context) -> _Term:
         else:
             odd.append(type(item).__name__)
     if odd:
-        raise ConversionError(f"a residual operand at {'.'.join(ctx.path)} holds {', '.join(odd)} between its "
+        raise ConversionError(f"a residual operand at {where} holds {', '.join(odd)} between its "
                               f"convs; RM carries the shortcut through conv, BN, ReLU/PReLU and SE gates only")
     return _Term(layers, gates, preact=preact, pool=pool)
 
 
-def _pool_window(pool: nn.AvgPool2d, ctx: Context) -> int:
+def _pool_window(pool: nn.AvgPool2d, where: str) -> int:
     k, s = pool.kernel_size, pool.stride
     if k != s or pool.padding not in (0, (0, 0)) or pool.divisor_override is not None:
-        raise ConversionError(f"the average pool at {'.'.join(ctx.path)} ({pool}) has a window other than its "
+        raise ConversionError(f"the average pool at {where} ({pool}) has a window other than its "
                               f"stride or a padding: its divisor varies at the border, which no conv reproduces")
     return k if isinstance(k, int) else k[0]
 
 
-def _add_items(term_steps: list[list[Step]], ctx: Context) -> list[Item]:
+def _add_items(term_steps: list[list[Step]], ctx: Context, where: str) -> list[Item]:
     before = ctx.nonneg
     terms = []
     for steps in term_steps:
         ctx.nonneg = before
-        terms.append(_term(steps, ctx))
+        terms.append(_term(steps, ctx, where))
     ctx.nonneg = before
     if all(t.simple and t.pool == 1 for t in terms):
-        items = [_fuse(terms)]
+        items = [_fuse(terms, where)]
     else:
         branches = [t for t in terms if not t.simple]
         if len(terms) != 2 or len(branches) != 1:
-            raise ConversionError(f"the add at {'.'.join(ctx.path)} sums {len(branches)} multi-layer branches and "
+            raise ConversionError(f"the add at {where} sums {len(branches)} multi-layer branches and "
                                   f"{len(terms) - len(branches)} shortcuts; RM merges one branch with one shortcut")
         shortcut = next(t for t in terms if t.simple)
-        items = _residual(branches[0], shortcut, ctx)
+        items = _residual(branches[0], shortcut, ctx, where)
     return items
 
 
@@ -333,12 +338,12 @@ def _shortcut_layer(term: _Term) -> ConvLayer | None:
     return term.layers[0] if term.layers else None
 
 
-def _fuse(terms: list[_Term]) -> ConvLayer:
+def _fuse(terms: list[_Term], where: str) -> ConvLayer:
     """Parallel linear layers and at most one identity (BN) summed: RepVGG's re-parameterisation."""
     convs = [t.layers[0] for t in terms if t.layers]
     identities = [t for t in terms if not t.layers]
     if len(identities) > 1 or not convs:
-        raise ConversionError("an add of the same tensor to itself has no branch to fuse into")
+        raise ConversionError(f"the add at {where} sums the same tensor twice: there is no branch to fuse it into")
     identity = None
     if identities:
         c = convs[0].out_channels
@@ -347,31 +352,31 @@ def _fuse(terms: list[_Term]) -> ConvLayer:
     return fuse_branches(convs)
 
 
-def _residual(branch: _Term, shortcut: _Term, ctx: Context) -> list[Item]:
+def _residual(branch: _Term, shortcut: _Term, ctx: Context, where: str) -> list[Item]:
     main = branch.layers
     if shortcut.pool != 1 and branch.preact is not None:
-        raise ConversionError(f"a pre-activation block at {'.'.join(ctx.path)} with an average-pool shortcut")
+        raise ConversionError(f"a pre-activation block at {where} with an average-pool shortcut")
     gate_last = [g for i, g in branch.gates if i == len(main) - 1]
     try:
         if branch.preact is not None:
             marker, *chain = preact_residual(main, _shortcut_layer(shortcut), branch.preact)
-            return [marker, *with_se(chain, _one(branch.gates, ctx), len(main) - 2)]
+            return [marker, *with_se(chain, _one(branch.gates, where), len(main) - 2)]
         chain = rm_residual(main, _shortcut_layer(shortcut), None, ctx.nonneg, ctx.downsample, shortcut.pool,
                             gate=bool(gate_last))
     except ConversionError as e:
-        raise ConversionError(f"the residual add at {'.'.join(ctx.path)}: {e}") from None
+        raise ConversionError(f"the residual add at {where}: {e}") from None
     if gate_last:
         chain = with_se(chain, gate_last[0], len(chain) - 2)
     else:
-        chain = with_se(chain, _one(branch.gates, ctx), len(main) - 2)
+        chain = with_se(chain, _one(branch.gates, where), len(main) - 2)
     if shortcut.pool != 1:
         return [_PooledShortcut(), *chain]
     return chain
 
 
-def _one(gates: list[tuple[int, SqueezeExcite]], ctx: Context) -> SqueezeExcite | None:
+def _one(gates: list[tuple[int, SqueezeExcite]], where: str) -> SqueezeExcite | None:
     if len(gates) > 1:
-        raise ConversionError(f"a residual branch at {'.'.join(ctx.path)} has {len(gates)} SE gates; RM keeps one")
+        raise ConversionError(f"a residual branch at {where} has {len(gates)} SE gates; RM keeps one")
     return gates[0][1] if gates else None
 
 
@@ -388,7 +393,7 @@ def _with_size_check(items: list[Item]) -> list[Item]:
     return [InputSizeCheck(total_stride(items)), *items]
 
 
-def _cat_items(parts: list[list[Step]], ctx: Context) -> list[Item]:
+def _cat_items(parts: list[list[Step]], ctx: Context, where: str) -> list[Item]:
     """A concatenation of one-layer paths and channel slices of the fork: one layer whose output rows
     stack theirs (RM-RepVGG: the kept channels as Dirac filters beside the fused RepVGG layer). A slice
     rides through ReLU where the fork is non-negative, else through PReLU slope 1."""
@@ -397,17 +402,17 @@ def _cat_items(parts: list[list[Step]], ctx: Context) -> list[Item]:
     for steps in parts:
         ctx.nonneg = before
         raw = _raw_items(steps, ctx)
-        items: list[Item] = []
+        items: list[Item] = [] if raw else [ChannelSlice(0, None)]   # the fork itself (DenseNet-style)
         for item in raw:
             append_item(items, item, ctx)
         if len(items) != 1 or not isinstance(items[0], (ConvLayer, ChannelSlice)):
-            raise ConversionError(f"a concatenation RM cannot carry at {'.'.join(ctx.path)}: each part must be one "
+            raise ConversionError(f"a concatenation RM cannot carry at {where}: each part must be one "
                                   f"conv layer or a channel slice of the block input, one part is "
-                                  f"{', '.join(type(i).__name__ for i in items) or 'the input itself'}")
+                                  f"{', '.join(type(i).__name__ for i in items)}")
         rows.append(items[0])
     layers = [r.fold_bn() for r in rows if isinstance(r, ConvLayer)]
     if not layers or len({(r.stride, r.dilation, r.in_channels) for r in layers}) != 1:
-        raise ConversionError(f"a concatenation RM cannot carry at {'.'.join(ctx.path)}: its conv parts differ in "
+        raise ConversionError(f"a concatenation RM cannot carry at {where}: its conv parts differ in "
                               f"input, stride or dilation, or there is none")
     big = max(layers, key=lambda layer: layer.kernel[0] * layer.kernel[1])
     center, c_in = kernel_center(big), big.in_channels

@@ -103,6 +103,10 @@ def _gate(block: nn.Module, ctx: Context, channels: int, gated: int) -> SqueezeE
     else:
         raise unsupported(ctx, block, f"its attention module se ({kind}) is not timm's SEModule or EcaModule, the "
                                       f"gates rm.SqueezeExcite can compute")
+    return _as_gate(weights, channels, gated)
+
+
+def _as_gate(weights: list[torch.Tensor], channels: int, gated: int) -> SqueezeExcite:
     gate = SqueezeExcite(channels, weights[0].shape[0], gated).to(torch.float64)
     for param, value in zip((gate.fc1.weight, gate.fc1.bias, gate.fc2.weight, gate.fc2.bias), weights):
         param.detach().copy_(value)
@@ -166,3 +170,21 @@ def _linear(linear: nn.Module, ctx: Context) -> list[Item]:
     plain = nn.Linear(linear.in_features, linear.out_features, linear.bias is not None)
     plain.load_state_dict(linear.state_dict())
     return [plain.to(linear.weight.dtype)]
+
+
+@register_converter("timm.layers.norm_act.BatchNormAct2d", leaf=True)
+def _bn_act(bn: nn.Module, ctx: Context) -> list[Item]:
+    """timm's BatchNorm + dropout + activation in one module: the BN (folded like any), then the others."""
+    if type(bn).forward is not _bn_act_forward(bn):
+        raise unsupported(ctx, bn, "its forward is not timm's BatchNormAct2d forward")
+    return [bn, *ctx.convert(bn.drop, "drop"), *ctx.convert(bn.act, "act")]
+
+
+def _bn_act_forward(bn: nn.Module):
+    return next(cls.forward for cls in type(bn).__mro__ if import_path(cls) == "timm.layers.norm_act.BatchNormAct2d")
+
+
+@register_converter("timm.layers.squeeze_excite.SEModule", leaf=True)
+def _se_module(se: nn.Module, ctx: Context) -> list[Item]:
+    """timm's SE as an `rm.SqueezeExcite` over all its channels (the graph pass lets reserved channels bypass it)."""
+    return [_as_gate(_se_weights(se, ctx, se), se.fc1.in_channels, se.fc1.in_channels)]

@@ -194,3 +194,142 @@ FAMILY_SAMPLE = sorted({models.model_family(n): n for n in sorted(models.list_mo
 def test_graph_pass_equals_the_converters_with_batchnorm_kept(name):
     torch.manual_seed(0)
     _same_plain_model(randomize_bn(_narrow(name), seed=4), fuse_bn=False, downsample="reserve_shortcut")
+
+
+class _Branches(nn.Module):
+    """A block whose forward is given as a function of its parts (for the refusals)."""
+
+    def __init__(self, forward, **parts: nn.Module):
+        super().__init__()
+        self._forward = forward
+        for name, part in parts.items():
+            self.add_module(name, part)
+
+    def forward(self, x):
+        return self._forward(self, x)
+
+
+def _chain(*parts: nn.Module) -> nn.Sequential:
+    return nn.Sequential(*parts)
+
+
+def _cbr(c: int = 8) -> nn.Sequential:
+    return _chain(nn.Conv2d(c, c, 3, 1, 1), _bn(c), nn.ReLU())
+
+
+def _two_forks(self, x):
+    y = self.a(x)
+    z = self.b(y)
+    return torch.relu(self.c(z) + y) + z   # the inner add's operands start at z and at y
+
+
+def _data_dependent(self, x):
+    if x.sum() > 0:   # control flow on a tensor value
+        return torch.relu(self.a(x) + x)
+    return x
+
+
+REFUSALS = {
+    "SiLU between reserve and merge": (
+        _Branches(lambda s, x: torch.relu(s.b(x) + x), b=_chain(nn.Conv2d(8, 8, 3, 1, 1), _bn(8), nn.SiLU(),
+                                                                nn.Conv2d(8, 8, 3, 1, 1), _bn(8))),
+        r"module Net\.blocks\.0\.b\.2 of type torch\.nn\.modules\.activation\.SiLU: the plain chain's activations"),
+    "GroupNorm": (
+        _Branches(lambda s, x: torch.relu(s.b(x) + x), b=_chain(nn.Conv2d(8, 8, 3, 1, 1), nn.GroupNorm(2, 8))),
+        r"module Net\.blocks\.0\.b\.1 of type torch\.nn\.modules\.normalization\.GroupNorm: it normalises every input"),
+    "a concatenation of chains": (
+        _Branches(lambda s, x: s.c(torch.cat([s.a(s.b(x)), s.d(x)], 1)), a=_cbr(), b=_cbr(), d=_cbr(),
+                  c=_chain(nn.Conv2d(16, 8, 1), nn.ReLU())),
+        r"graph node 'cat'|a concatenation RM cannot carry .*one part is ConvLayer, ConvLayer"),
+    "an average pool whose divisor varies": (
+        _Branches(lambda s, x: torch.relu(s.b(x) + s.s(x)), b=_chain(*_cbr(), nn.Conv2d(8, 8, 3, 2, 1), _bn(8)),
+                  s=_chain(nn.AvgPool2d(3, 2, 1), nn.Conv2d(8, 8, 1), _bn(8))),
+        r"the average pool .* has a window other than its stride or a padding: its divisor varies"),
+    "an add of two branches": (
+        _Branches(lambda s, x: torch.relu(s.a(x) + s.b(x)), a=_chain(*_cbr(), nn.Conv2d(8, 8, 1)),
+                  b=_chain(*_cbr(), nn.Conv2d(8, 8, 1))),
+        r"the add at graph node 'add' of Net sums 2 multi-layer branches and 0 shortcuts"),
+    "an add of tensors from different forks": (
+        _Branches(_two_forks, a=_cbr(), b=_cbr(), c=_cbr()),
+        r"graph node 'add' \(call_function add\): an add RM can convert combines paths that start at one tensor"),
+    "data-dependent control flow": (
+        _Branches(_data_dependent, a=_cbr()),
+        r"module Net\.blocks\.0 of type .*_Branches: torch\.fx cannot trace its forward "
+        r"\(TraceError: symbolically traced variables cannot be used as inputs to control flow\)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_refusals_name_the_graph_node_and_the_reason(case):
+    block, message = REFUSALS[case]
+    with pytest.raises(rm.ConversionError, match=message) as err:
+        rm.convert(randomize_bn(Net(block)))
+    assert "\n" not in str(err.value)
+
+
+def test_a_densenet_concatenation_of_the_input_and_a_layer_converts():
+    block = _Branches(lambda s, x: torch.cat([x, s.a(x)], 1), a=_cbr())
+    check_exact(randomize_bn(Net(block, width=16), seed=5), 16)
+
+
+def test_a_conv_subclass_with_its_own_forward_is_refused_not_read_as_a_conv():
+    """timm's StdConv2d standardises its weights in forward: reading them as a Conv2d would be silently wrong."""
+    class Standardised(nn.Conv2d):
+        def forward(self, x):
+            w = (self.weight - self.weight.mean((1, 2, 3), keepdim=True))
+            return self._conv_forward(x, w, self.bias)
+
+    net = nn.Sequential(Standardised(3, 8, 3), _bn(8), nn.ReLU())
+    with pytest.raises(rm.ConversionError, match=r"module Sequential\.0 of type .*Standardised: it computes something "
+                                                 r"else than Conv2d"):
+        rm.convert(randomize_bn(net))
+
+
+def _timm(name: str, **kwargs) -> nn.Module:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs)
+    if name.startswith("repvgg_"):   # timm's RepVGG: its own re-parameterisation first, then RM
+        from timm.utils.model import reparameterize_model
+        model = reparameterize_model(model)
+    # Half-scale BN statistics keep deep nets well conditioned in float64 (as tests/test_foreign_models.py).
+    return randomize_bn(model, 1, gamma_scale=0.5)
+
+
+NARROW_V2 = {"channels": (16, 32, 64, 128), "stem_chs": 8}
+TIMM_CONVERTS = {
+    "regnetx_002": {},                 # RegNetX: grouped bottlenecks, 1x1 conv + BN shortcuts
+    "regnety_002": {},                 # RegNetY: SE after the grouped 3x3 (timm's SEModule)
+    "resnetv2_18": NARROW_V2,          # pre-activation basic blocks, BatchNormAct2d
+    "resnetv2_50d": NARROW_V2,         # pre-activation bottlenecks, deep stem, average-pool shortcuts
+    "gernet_s": {},                    # ByobNet: basic, bottleneck and depthwise-separable blocks
+    "repvgg_a0": {},                   # ByobNet RepVGG after timm's reparameterize_model
+}
+
+
+@pytest.mark.parametrize("name", sorted(TIMM_CONVERTS))
+def test_timm_families_without_a_converter_convert_exactly(name):
+    model = _timm(name, **TIMM_CONVERTS[name])
+    report = rm.verify_conversion(model, input_size=32, dtypes=(torch.float64,))
+    assert report["float64"]["max_rel"] < FLOAT64_TOL, report
+    plain = rm.convert(model)
+    assert all(isinstance(m, PLAIN) for m in plain), sorted({type(m).__name__ for m in plain})
+    assert isinstance(plain[0], rm.deploy.InputSizeCheck) == name.endswith("d")
+
+
+TIMM_REFUSED = {
+    "res2net50_26w_4s": r"layer1\.0 of type timm\.models\.res2net\.Bottle2neck: graph node 'split' .*a channel split "
+                        r"whose parts take different chains",
+    "resnetv2_50x1_bit": r"stem\.conv of type timm\.layers\.std_conv\.StdConv2d: it computes something else than Conv2d",
+    "resnet32ts": r"stem\.conv1\.bn\.act of type torch\.nn\.modules\.activation\.SiLU: the plain chain's activations",
+    "resnetv2_50d_gn": r"of type timm\.layers\.norm_act\.GroupNormAct: it normalises every input",
+}
+
+
+@pytest.mark.parametrize("name", sorted(TIMM_REFUSED))
+def test_timm_families_that_do_not_fit_are_refused_with_the_reason(name):
+    with torch.device("meta"):
+        model = pytest.importorskip("timm").create_model(name, pretrained=False).eval()
+    with pytest.raises(rm.ConversionError, match=TIMM_REFUSED[name]) as err:
+        rm.convert(model)
+    assert "\n" not in str(err.value)
