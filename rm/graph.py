@@ -104,6 +104,7 @@ def convert_graph(module: nn.Module, ctx: Context) -> list[Item]:
         raise unsupported(ctx, module, f"torch.fx cannot trace its forward ({type(e).__name__}: {e}); register a "
                                        f"converter for it or make its forward free of data-dependent control flow"
                           .replace("\n", " ")) from None
+    _flatten_views(graph)
     values: dict[fx.Node, Path | PartialSum] = {}
     for node in graph.nodes:
         if node.op == "output":
@@ -118,6 +119,21 @@ def convert_graph(module: nn.Module, ctx: Context) -> list[Item]:
         else:
             values[node] = _value(node, values, ctx, module, tracer.root)
     raise _refuse(ctx, module, None, "its graph has no output")
+
+
+def _flatten_views(graph: fx.Graph) -> None:
+    """`x.view(x.size(0), -1)` (and reshape), the classic flatten before a classifier: torch.flatten(x, 1)."""
+    for node in list(graph.nodes):
+        if node.op != "call_method" or node.target not in ("view", "reshape") or len(node.args) != 3:
+            continue
+        x, size, rest = node.args
+        if rest == -1 and isinstance(size, fx.Node) and size.op == "call_method" and size.target == "size" \
+                and size.args == (x, 0) and len(size.users) == 1:
+            with graph.inserting_before(node):
+                flat = graph.call_function(torch.flatten, (x, 1))
+            node.replace_all_uses_with(flat)
+            graph.erase_node(node)
+            graph.erase_node(size)
 
 
 def _refuse(ctx: Context, module: nn.Module, node: fx.Node | None, reason: str) -> ConversionError:

@@ -118,7 +118,8 @@ class Net(nn.Module):
         x = self.stem(x)
         for block in self.blocks:
             x = block(x)
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.head_bn(x), 1), 1))
+        x = nn.functional.adaptive_avg_pool2d(self.head_bn(x), 1)
+        return self.fc(x.view(x.size(0), -1))   # the flatten of many CIFAR ResNets
 
 
 USER_MODELS = {
