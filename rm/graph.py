@@ -15,6 +15,9 @@ uses (`rules.rm_residual`, `rules.fuse_branches`, `blocks.preact_residual`, `blo
   + BN) -> `rm_residual`; a branch that starts with BN + ReLU is a pre-activation block;
 * single linear layers (RepVGG's parallel branches, an identity BN) -> `fuse_branches`.
 
+A concatenation of one-layer paths and channel slices of its fork (RM-RepVGG's kept channels, a
+DenseNet layer) becomes one layer whose Dirac rows carry the slices.
+
 The activation after the add folds into the merging conv as after any conv (the walker's peephole).
 Everything else is refused naming the graph node and the reason.
 """

@@ -334,3 +334,10 @@ def test_timm_families_that_do_not_fit_are_refused_with_the_reason(name):
     with pytest.raises(rm.ConversionError, match=TIMM_REFUSED[name]) as err:
         rm.convert(model)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["resnet26t", "resnet50d", "seresnet50"])
+def test_graph_pass_gives_the_timm_resnet_converters_plain_model(name):
+    """timm's deep stems, average-pool shortcuts (with the size check) and SE before the add: the pass
+    alone gives the plain model of timm's registered block and model converters."""
+    _same_plain_model(_timm(name, channels=(16, 32, 64, 128), stem_width=8))
