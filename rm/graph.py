@@ -101,12 +101,10 @@ def convert_graph(module: nn.Module, ctx: Context) -> list[Item]:
         graph = tracer.trace(module)
     except Exception as e:  # fx raises TraceError, TypeError, ... for control flow on tensor values
         inner = [name for name in tracer.module_stack if name]   # the module whose forward failed, innermost last
-        if inner:
-            ctx.path.append(inner[-1])
-            module = module.get_submodule(inner[-1])
-        raise unsupported(ctx, module, f"torch.fx cannot trace its forward ({type(e).__name__}: {e}); register a "
-                                       f"converter for it or make its forward free of data-dependent control flow"
-                          .replace("\n", " ")) from None
+        raise _unsupported_in(ctx, module, inner[-1] if inner else "",
+                              f"torch.fx cannot trace its forward ({type(e).__name__}: {e}); register a converter "
+                              f"for it or make its forward free of data-dependent control flow".replace("\n", " "),
+                              ) from None
     _flatten_views(graph)
     values: dict[fx.Node, Path | PartialSum] = {}
     for node in graph.nodes:
@@ -140,8 +138,27 @@ def _flatten_views(graph: fx.Graph) -> None:
 
 
 def _refuse(ctx: Context, module: nn.Module, node: fx.Node | None, reason: str) -> ConversionError:
-    where = f"graph node {node.name!r} ({node.op} {_target_name(node)}): " if node is not None else ""
-    return unsupported(ctx, module, where + reason)
+    if node is None:
+        return unsupported(ctx, module, reason)
+    where = f"graph node {node.name!r} ({node.op} {_target_name(node)}): "
+    return _unsupported_in(ctx, module, _owner(node), where + reason)
+
+
+def _owner(node: fx.Node) -> str:
+    """The qualified name of the innermost module whose forward made `node` ("": the traced module's own)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack)[-1] if stack else ""
+
+
+def _unsupported_in(ctx: Context, root: nn.Module, qualname: str, reason: str) -> ConversionError:
+    """The refusal naming submodule `qualname` of the traced `root` (its position and class)."""
+    if not qualname:
+        return unsupported(ctx, root, reason)
+    ctx.path.append(qualname)
+    try:
+        return unsupported(ctx, root.get_submodule(qualname), reason)
+    finally:
+        ctx.path.pop()
 
 
 def _target_name(node: fx.Node) -> str:
@@ -273,7 +290,8 @@ def _raw_items(steps: list[Step], ctx: Context) -> list[Item]:
             name = step.node.target if step.node.op == "call_module" else step.node.name
             raw += ctx.convert(step.module, name)
         else:
-            where = f"graph node {step.node.name!r} of {'.'.join(ctx.path)}"
+            owner = _owner(step.node)
+            where = f"graph node {step.node.name!r} of {'.'.join([*ctx.path, owner] if owner else ctx.path)}"
             raw += (_cat_items if step.node.target in _CATS else _add_items)(step.terms, ctx, where)
     return raw
 

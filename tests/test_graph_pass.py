@@ -249,10 +249,10 @@ REFUSALS = {
     "an add of two branches": (
         _Branches(lambda s, x: torch.relu(s.a(x) + s.b(x)), a=_chain(*_cbr(), nn.Conv2d(8, 8, 1)),
                   b=_chain(*_cbr(), nn.Conv2d(8, 8, 1))),
-        r"the add at graph node 'add' of Net sums 2 multi-layer branches and 0 shortcuts"),
+        r"the add at graph node 'add' of Net\.blocks\.0 sums 2 multi-layer branches and 0 shortcuts"),
     "an add of tensors from different forks": (
         _Branches(_two_forks, a=_cbr(), b=_cbr(), c=_cbr()),
-        r"graph node 'add' \(call_function add\): an add RM can convert combines paths that start at one tensor"),
+        r"module Net\.blocks\.0 of type .*_Branches: graph node 'add' \(call_function add\): an add RM can convert combines paths that start at one tensor"),
     "data-dependent control flow": (
         _Branches(_data_dependent, a=_cbr()),
         r"module Net\.blocks\.0 of type .*_Branches: torch\.fx cannot trace its forward "
