@@ -276,6 +276,9 @@ def _combine(node: fx.Node, operands: list, values: dict, ctx: Context, module: 
 def _items(steps: list[Step], ctx: Context) -> list[Item]:
     items: list[Item] = []
     for item in _raw_items(steps, ctx):
+        if isinstance(item, ChannelSlice):
+            raise ConversionError(f"a channel slice in {'.'.join(ctx.path)} drops channels outside a concatenation "
+                                  f"or an add; the plain chain keeps every channel it carries")
         append_item(items, item, ctx)
     return items
 

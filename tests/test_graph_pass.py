@@ -341,3 +341,15 @@ def test_graph_pass_gives_the_timm_resnet_converters_plain_model(name):
     """timm's deep stems, average-pool shortcuts (with the size check) and SE before the add: the pass
     alone gives the plain model of timm's registered block and model converters."""
     _same_plain_model(_timm(name, channels=(16, 32, 64, 128), stem_width=8))
+
+
+def test_timm_repvgg_training_form_is_fused_by_the_pass():
+    """Without timm's reparameterize_model, the add of the 3x3, the 1x1 and the identity BN is RepVGG's fusion:
+    one conv per block, as after timm's own re-parameterisation."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = randomize_bn(timm.create_model("repvgg_a0", pretrained=False, num_classes=10), 1, gamma_scale=0.5)
+    report = rm.verify_conversion(model, input_size=32, dtypes=(torch.float64,))
+    assert report["float64"]["max_rel"] < FLOAT64_TOL, report
+    convs = [m for m in rm.convert(model) if isinstance(m, nn.Conv2d)]
+    assert len(convs) == len([m for m in model.modules() if type(m).__name__ == "RepVggBlock"])
