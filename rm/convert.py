@@ -25,7 +25,16 @@ from .layer import BNParams, ConvLayer, PreActivation, relu_slopes
 from .ops import ConversionError, dirac
 from .rules import SCHEMES, compose, split_output
 
-Item = Union[ConvLayer, PreActivation, nn.Module]
+
+@dataclass
+class ChannelGate:
+    """A gate whose `SqueezeExcite` depends on the width of the tensor it scales, which its module does not
+    record (timm's ECA): built from the conv before it when the walker appends it."""
+
+    build: Callable[[int], SqueezeExcite]
+
+
+Item = Union[ConvLayer, PreActivation, ChannelGate, nn.Module]
 Converter = Callable[[nn.Module, "Context"], list[Item]]
 
 _CONVERTERS: dict[type | str, Converter] = {}
@@ -192,6 +201,10 @@ def append_item(items: list[Item], item: Item, ctx: Context) -> None:
     Where the item before cannot take a BN or pre-activation (pooling, an activated conv), an
     identity 1x1 conv does."""
     last = items[-1] if items else None
+    if isinstance(item, ChannelGate):
+        if not isinstance(last, ConvLayer):
+            raise ConversionError(f"the gate at {'.'.join(ctx.path)} does not follow a conv, whose width it needs")
+        item = item.build(last.out_channels)
     # First in a container: the enclosing container's walk folds it (a pre-activation block's BN).
     if isinstance(item, (PreActivation, nn.BatchNorm2d)) and last is not None \
             and not (isinstance(last, ConvLayer) and last.act is None and (last.bn is None or isinstance(item, PreActivation))):

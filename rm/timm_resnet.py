@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from .blocks import branch_layers, total_stride
-from .convert import Context, Item, import_path, register_converter, unsupported, why_unsupported
+from .convert import ChannelGate, Context, Item, import_path, register_converter, unsupported, why_unsupported
 from .deploy import InputSizeCheck, SqueezeExcite
 from .layer import ConvLayer, relu_slopes
 from .ops import ConversionError
@@ -188,3 +188,9 @@ def _bn_act_forward(bn: nn.Module):
 def _se_module(se: nn.Module, ctx: Context) -> list[Item]:
     """timm's SE as an `rm.SqueezeExcite` over all its channels (the graph pass lets reserved channels bypass it)."""
     return [_as_gate(_se_weights(se, ctx, se), se.fc1.in_channels, se.fc1.in_channels)]
+
+
+@register_converter("timm.layers.eca.EcaModule", leaf=True)
+def _eca_module(eca: nn.Module, ctx: Context) -> list[Item]:
+    """timm's ECA as an `rm.SqueezeExcite` over the channels of the conv before it."""
+    return [ChannelGate(lambda c: _as_gate(_eca_weights(eca, ctx, eca, c), c, c))]

@@ -336,9 +336,9 @@ def test_timm_families_that_do_not_fit_are_refused_with_the_reason(name):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("name", ["resnet26t", "resnet50d", "seresnet50"])
+@pytest.mark.parametrize("name", ["resnet26t", "resnet50d", "seresnet50", "ecaresnet26t"])
 def test_graph_pass_gives_the_timm_resnet_converters_plain_model(name):
-    """timm's deep stems, average-pool shortcuts (with the size check) and SE before the add: the pass
+    """timm's deep stems, average-pool shortcuts (with the size check), SE and ECA before the add: the pass
     alone gives the plain model of timm's registered block and model converters."""
     _same_plain_model(_timm(name, channels=(16, 32, 64, 128), stem_width=8))
 
