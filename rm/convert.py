@@ -5,8 +5,9 @@ defines the type, or by its import path (`"torchvision.models.resnet.BasicBlock"
 package covers other libraries' blocks without importing them. Each turns one module into a list
 of items, which are `ConvLayer`s (the IR) or plain modules (pooling, Flatten, Linear, ReLU). A
 module without a converter that is not a plain module or Sequential goes to the graph pass
-(`rm/graph.py`), which traces its forward and converts residual adds with the same rules. The walker tracks whether the tensor between modules is known to be non-negative,
-which decides whether reserved channels can ride through a ReLU or need PReLU with slope 1.
+(`rm/graph.py`), which traces its forward and converts residual adds with the same rules. The
+walker tracks whether the tensor between modules is known to be non-negative, which decides
+whether reserved channels can ride through a ReLU or need PReLU with slope 1.
 A peephole folds BatchNorm2d/ReLU/PReLU modules (and `PreActivation` markers) that follow a conv
 into its `ConvLayer`; a last pass composes convs that have no activation between them (eq. 4).
 """
@@ -160,10 +161,9 @@ _LEAF_MODULES = (nn.Conv2d, nn.BatchNorm2d, nn.PReLU, *_NORMS, *_DROPPED, *_PASS
 def is_leaf(module: nn.Module, ctx: Context) -> bool:
     """Is `module` one node of the graph pass's trace: torch.nn's own modules (converted or refused
     with the reason), the plain-chain modules and every module with a converter."""
-    if isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)) and not isinstance(module, _LEAF_MODULES):
-        return False
-    return (_converter(module, ctx.use_registered) is not None or _is_torch_module(module)
-            or isinstance(module, _LEAF_MODULES))
+    if _converter(module, ctx.use_registered) is not None or isinstance(module, _LEAF_MODULES):
+        return True
+    return _is_torch_module(module) and not isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
 
 
 def unsupported(ctx: Context, module: nn.Module, reason: str) -> ConversionError:
@@ -205,9 +205,10 @@ def append_item(items: list[Item], item: Item, ctx: Context) -> None:
         if not isinstance(last, ConvLayer):
             raise ConversionError(f"the gate at {'.'.join(ctx.path)} does not follow a conv, whose width it needs")
         item = item.build(last.out_channels)
-    # First in a container: the enclosing container's walk folds it (a pre-activation block's BN).
-    if isinstance(item, (PreActivation, nn.BatchNorm2d)) and last is not None \
-            and not (isinstance(last, ConvLayer) and last.act is None and (last.bn is None or isinstance(item, PreActivation))):
+    # A BN or pre-activation the item before cannot take gets an identity 1x1 conv to fold into; first in
+    # a container, it stays for the enclosing container's walk to fold (a pre-activation block's BN).
+    foldable = isinstance(last, ConvLayer) and last.act is None and (last.bn is None or isinstance(item, PreActivation))
+    if isinstance(item, (PreActivation, nn.BatchNorm2d)) and last is not None and not foldable:
         c = item.bn.weight.numel() if isinstance(item, PreActivation) else item.num_features
         items.append(ConvLayer(dirac(c, (1, 1), (0, 0)), torch.zeros(c, dtype=torch.float64)))
         last = items[-1]
@@ -228,7 +229,7 @@ def append_item(items: list[Item], item: Item, ctx: Context) -> None:
             slopes = item.weight.detach().to("cpu", torch.float64).expand(last.out_channels).clone()
             items[-1] = last.with_act(slopes)
             return
-    if isinstance(item, nn.PReLU) or (isinstance(item, nn.BatchNorm2d) and last is not None):
+    if isinstance(item, nn.PReLU):
         raise ConversionError(f"{type(item).__name__} at {'.'.join(ctx.path)} does not follow a conv "
                               "and cannot be folded into the plain chain")
     items.append(item)
