@@ -13,16 +13,14 @@ last conv linear.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import replace
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 
 import rm
-from rm.blocks import branch_layers
+from rm.blocks import branch_layers, preact_residual
 from rm.layer import PreActivation
-from rm.ops import dirac, to_dense
 from rm.rules import rm_residual
 
 from .layers import check_widths, init_conv_weights, resnet_stem
@@ -90,15 +88,7 @@ def _convert_block(block: _PreActUnit, ctx: rm.Context) -> list:
     bn = rm.BNParams.from_module(block.bn1)
     if shortcut is not None:  # the projection reads the activated input; x itself is not needed
         return [PreActivation(bn, keep_raw=False), *rm_residual(main, shortcut, None, True, ctx.downsample)]
-    # The identity shortcut reads x before BN and ReLU, and x is signed. The preceding conv outputs
-    # [ReLU(bn1(x)), x]: the branch reads the first half, and the shortcut selects the second,
-    # which L1 reserves with an identity activation (the Fig. 2a layout) for the last conv to merge.
-    c = main[0].in_channels
-    first = main[0]
-    zeros = first.weight.new_zeros(first.out_channels, c, *first.kernel)
-    main[0] = replace(first, weight=torch.cat([to_dense(first.weight, first.groups), zeros], 1), groups=1)
-    select = rm.ConvLayer(dirac(c, (1, 1), (0, 0), in_offset=c), torch.zeros(c, dtype=torch.float64))
-    return [PreActivation(bn, keep_raw=True), *rm_residual(main, select, None, False, "reserve_shortcut")]
+    return preact_residual(main, None, bn)  # the identity shortcut reads the signed x
 
 
 class PreActResNet(nn.Sequential):

@@ -135,12 +135,6 @@ class RepVGG(nn.Module):
         return self.linear(torch.flatten(self.gap(x), 1))
 
 
-@rm.register_converter(RepVGG)
-def _convert_model(model: RepVGG, ctx: rm.Context) -> list:
-    names = [f"stage{i}" for i in range(5)] + ["gap"]
-    return ctx.convert_seq([getattr(model, n) for n in names], names) + [nn.Flatten(1), model.linear]
-
-
 _G2 = {i: 2 for i in range(2, 27, 2)}
 _G4 = {i: 4 for i in range(2, 27, 2)}
 _A, _B = [2, 4, 14, 1], [4, 6, 16, 1]

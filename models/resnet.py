@@ -7,7 +7,7 @@ stages 16/32/64 wide (He et al. 2016) with 1x1-conv projection shortcuts. `se_re
 Squeeze-and-Excitation after the block's (last) 3x3 activation (`models.layers.se_module`).
 `shortcut_bn=True` gives every identity shortcut a BatchNorm (network slimming through RM, paper
 §3.4: its scales rank the channels RM reserves for the shortcut). The blocks are torchvision's, whose
-converters `rm` has; this file registers the one for the model.
+converters `rm` has; the model needs none (the graph pass, rm/graph.py, reads its forward).
 """
 from __future__ import annotations
 
@@ -16,9 +16,6 @@ from typing import Sequence, Type, Union
 import torch
 import torch.nn as nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
-
-import rm
-from rm.blocks import convert_resnet
 
 from .layers import check_widths, init_conv_weights, resnet_stem, se_module
 from .registry import register_model
@@ -99,8 +96,6 @@ class ResNet(nn.Module):
             x = getattr(self, f"layer{i + 1}")(x)
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
-
-rm.register_converter(ResNet)(convert_resnet)
 
 
 @register_model

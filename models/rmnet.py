@@ -8,7 +8,8 @@ every stage. Attribute names follow the authors' code (`layer0`, `convK`/`bnK`, 
 `shortcut_bn=True` gives identity shortcuts a BatchNorm (network slimming through RM, paper §3.4).
 `zero_init_last_bn` (default true, as the authors train: fxmeng/RMNet models/rmnext.py:159-160) starts
 every block's bn3 at gamma 0, so each block starts as its shortcut.
-The RM converters of both classes are registered here.
+The RM converter of the block is registered here; the model needs none (the graph pass, rm/graph.py,
+reads the order of its forward).
 """
 from __future__ import annotations
 
@@ -97,12 +98,6 @@ class RMNet(nn.Module):
         for i in range(self.num_stages):
             x = getattr(self, f"layer{i + 1}")(x)
         return self.fc(torch.flatten(self.gap(x), 1))
-
-
-@rm.register_converter(RMNet)
-def _convert_model(model: RMNet, ctx: rm.Context) -> list:
-    names = ["layer0"] + [f"layer{i + 1}" for i in range(model.num_stages)] + ["gap"]
-    return ctx.convert_seq([getattr(model, n) for n in names], names) + [nn.Flatten(1), model.fc]
 
 
 @register_model

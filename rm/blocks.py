@@ -7,14 +7,22 @@ these helpers: a converter reads a block's convs and BNs into `ConvLayer`s and a
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn as nn
 
 from .convert import Context, Item, register_converter, unsupported
 from .deploy import SqueezeExcite
-from .layer import BNParams, ConvLayer, relu_slopes
-from .ops import ConversionError, dirac
+from .layer import BNParams, ConvLayer, PreActivation, relu_slopes
+from .ops import ConversionError, dirac, to_dense
 from .rules import rm_residual
+
+
+def bn_shortcut(bn: BNParams) -> ConvLayer:
+    """An identity shortcut with a BN (paper §3.4): a 1x1 Dirac conv with that BN."""
+    c = bn.weight.numel()
+    return ConvLayer(dirac(c, (1, 1), (0, 0)), torch.zeros(c, dtype=torch.float64), bn=bn)
 
 
 def shortcut_layer(downsample: nn.Module | None) -> ConvLayer | None:
@@ -23,9 +31,7 @@ def shortcut_layer(downsample: nn.Module | None) -> ConvLayer | None:
     if downsample is None:
         return None
     if isinstance(downsample, nn.Sequential) and len(downsample) == 1 and isinstance(downsample[0], nn.BatchNorm2d):
-        bn = downsample[0]
-        c = bn.num_features
-        return ConvLayer(dirac(c, (1, 1), (0, 0)), torch.zeros(c, dtype=torch.float64), bn=BNParams.from_module(bn))
+        return bn_shortcut(BNParams.from_module(downsample[0]))
     if not (isinstance(downsample, nn.Sequential) and len(downsample) == 2
             and isinstance(downsample[0], nn.Conv2d) and isinstance(downsample[1], nn.BatchNorm2d)):
         raise ConversionError(f"expected a shortcut of Conv2d + BatchNorm2d or of BatchNorm2d alone, got {downsample}")
@@ -68,6 +74,35 @@ def residual_block(block: nn.Module, pairs: list[tuple[str, str | None]], ctx: C
     return with_se(chain, getattr(block, "se", None), len(main) - 2)
 
 
+def preact_residual(main: list[ConvLayer], shortcut: ConvLayer | None, bn: BNParams) -> list[Item]:
+    """branch(ReLU(bn(x))) + shortcut(x) for a shortcut that reads the signed x before the BN and ReLU.
+
+    The preceding conv outputs [ReLU(bn(x)), x] (a `PreActivation` with keep_raw): the branch reads
+    the first half, and the shortcut (identity or a 1x1 conv) reads the second, which L1 computes
+    with an identity activation (the Fig. 2a layout) for the last conv to merge. No activation after
+    the addition: the next block's pre-activation folds into the merging conv."""
+    c, first = main[0].in_channels, main[0]
+    zeros = first.weight.new_zeros(first.out_channels, c, *first.kernel)
+    main = [replace(first, weight=torch.cat([to_dense(first.weight, first.groups), zeros], 1), groups=1), *main[1:]]
+    if shortcut is None:
+        select = ConvLayer(dirac(c, (1, 1), (0, 0), in_offset=c), torch.zeros(c, dtype=torch.float64))
+    else:
+        w, b = shortcut.fused()
+        select = ConvLayer(torch.cat([torch.zeros_like(w), w], 1), b, shortcut.stride, shortcut.padding,
+                           shortcut.dilation, shortcut.groups)
+    return [PreActivation(bn, keep_raw=True), *rm_residual(main, select, None, False, "reserve_shortcut")]
+
+
+def total_stride(items: list[Item]) -> int:
+    """The product of the strides of `items`: input sizes that are multiples of it give every feature
+    map an even size wherever a stride-2 layer reads it (what an average-pool shortcut needs)."""
+    multiple = 1
+    for item in items:
+        stride = getattr(item, "stride", 1)
+        multiple *= max(stride) if isinstance(stride, tuple) else stride
+    return multiple
+
+
 @register_converter("torchvision.models.resnet.BasicBlock")
 def _basic(block: nn.Module, ctx: Context) -> list[Item]:
     return residual_block(block, [("conv1", "bn1"), ("conv2", "bn2")], ctx)
@@ -76,15 +111,6 @@ def _basic(block: nn.Module, ctx: Context) -> list[Item]:
 @register_converter("torchvision.models.resnet.Bottleneck")
 def _bottleneck(block: nn.Module, ctx: Context) -> list[Item]:
     return residual_block(block, [("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")], ctx)
-
-
-@register_converter("torchvision.models.resnet.ResNet")
-def convert_resnet(model: nn.Module, ctx: Context) -> list[Item]:
-    """A model laid out as torchvision's ResNet: conv1, bn1, relu, maxpool, layer1..N, avgpool, fc."""
-    names = ["conv1", "bn1", "relu", "maxpool"]
-    names += [n for n, _ in model.named_children() if n.startswith("layer")]
-    items = ctx.convert_seq([getattr(model, n) for n in names + ["avgpool"]], names + ["avgpool"])
-    return items + [nn.Flatten(1), model.fc]
 
 
 @register_converter("torchvision.models.mobilenetv2.MobileNetV2", "torchvision.models.mobilenetv2.InvertedResidual")

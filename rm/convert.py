@@ -3,8 +3,11 @@
 Converters are registered per module type (`@register_converter(Type, ...)`), by the module that
 defines the type, or by its import path (`"torchvision.models.resnet.BasicBlock"`), so that this
 package covers other libraries' blocks without importing them. Each turns one module into a list
-of items, which are `ConvLayer`s (the IR) or plain modules (pooling, Flatten, Linear, ReLU). The walker tracks whether the tensor between modules is known to be non-negative,
-which decides whether reserved channels can ride through a ReLU or need PReLU with slope 1.
+of items, which are `ConvLayer`s (the IR) or plain modules (pooling, Flatten, Linear, ReLU). A
+module without a converter that is not a plain module or Sequential goes to the graph pass
+(`rm/graph.py`), which traces its forward and converts residual adds with the same rules. The
+walker tracks whether the tensor between modules is known to be non-negative, which decides
+whether reserved channels can ride through a ReLU or need PReLU with slope 1.
 A peephole folds BatchNorm2d/ReLU/PReLU modules (and `PreActivation` markers) that follow a conv
 into its `ConvLayer`; a last pass composes convs that have no activation between them (eq. 4).
 """
@@ -20,13 +23,25 @@ from torch.nn.utils import skip_init
 
 from .deploy import InputSizeCheck, SqueezeExcite
 from .layer import BNParams, ConvLayer, PreActivation, relu_slopes
-from .ops import ConversionError
+from .ops import ConversionError, dirac
 from .rules import SCHEMES, compose, split_output
 
-Item = Union[ConvLayer, PreActivation, nn.Module]
+
+@dataclass
+class ChannelGate:
+    """A gate whose `SqueezeExcite` depends on the width of the tensor it scales, which its module does not
+    record (timm's ECA): built from the conv before it when the walker appends it."""
+
+    build: Callable[[int], SqueezeExcite]
+
+
+Item = Union[ConvLayer, PreActivation, ChannelGate, nn.Module]
 Converter = Callable[[nn.Module, "Context"], list[Item]]
 
 _CONVERTERS: dict[type | str, Converter] = {}
+# Types whose converter stands for one operation, not a block with a forward of its own: they stay
+# converted by it when the graph pass is forced (`convert(..., use_registered=False)`).
+_LEAF_TYPES: set[type | str] = set()
 
 # Modules copied into the plain chain as they are; the bool says whether they keep a
 # non-negative input non-negative. (SqueezeExcite is there for plain chains converted again, to fold
@@ -38,12 +53,16 @@ _PASSTHROUGH: dict[type, bool] = {
 _DROPPED = (nn.Identity, nn.Dropout)  # no-ops in eval mode
 
 
-def register_converter(*types: type | str) -> Callable[[Converter], Converter]:
+def register_converter(*types: type | str, leaf: bool = False) -> Callable[[Converter], Converter]:
     """Register a converter for module types, given as classes or as "package.module.QualName"
-    import paths; a subclass uses its nearest registered base class."""
+    import paths; a subclass uses its nearest registered base class. leaf=True: the type is one
+    operation (a norm + activation, a pooling head), kept by its converter even when the graph pass
+    is forced on blocks."""
     def deco(fn: Converter) -> Converter:
         for t in types:
             _CONVERTERS[t] = fn
+            if leaf:
+                _LEAF_TYPES.add(t)
         return fn
     return deco
 
@@ -56,11 +75,11 @@ def import_path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _converter(module: nn.Module) -> Converter | None:
+def _converter(module: nn.Module, use_registered: bool = True) -> Converter | None:
     for cls in type(module).__mro__:
-        fn = _CONVERTERS.get(cls) or _CONVERTERS.get(import_path(cls))
-        if fn is not None:
-            return fn
+        for key in (cls, import_path(cls)):
+            if key in _CONVERTERS and (use_registered or key in _LEAF_TYPES):
+                return _CONVERTERS[key]
     return None
 
 
@@ -70,6 +89,7 @@ class Context:
     downsample: str = "reserve_input"
     nonneg: bool = False  # is the current tensor known to be >= 0?
     path: list[str] = field(default_factory=list)
+    use_registered: bool = True  # False: blocks with a converter go through the graph pass (tests compare both)
 
     def convert(self, module: nn.Module, name: str = "") -> list[Item]:
         """Convert one module (any registered or pass-through type) at the current position."""
@@ -85,12 +105,12 @@ class Context:
         names = names or [""] * len(modules)
         for name, module in zip(names, modules):
             for item in self.convert(module, name):
-                _append(items, item, self)
+                append_item(items, item, self)
         return items
 
 
 def _convert_one(module: nn.Module, ctx: Context) -> list[Item]:
-    converter = _converter(module)
+    converter = _converter(module, ctx.use_registered)
     if converter is not None:
         before = ctx.nonneg
         items = converter(module, ctx)
@@ -98,6 +118,10 @@ def _convert_one(module: nn.Module, ctx: Context) -> list[Item]:
         return items
     if isinstance(module, _DROPPED):
         return []
+    if isinstance(module, (nn.Conv2d, nn.BatchNorm2d, nn.PReLU)) and not _torch_forward(module):
+        raise unsupported(ctx, module, f"it computes something else than {_torch_base(module).__name__} (its forward "
+                                       f"is its own: weight standardisation, dynamic padding, ...), which RM cannot "
+                                       f"read from its weights; register a converter for it")
     if isinstance(module, nn.Conv2d):
         ctx.nonneg = False
         return [ConvLayer.from_conv(module)]
@@ -111,7 +135,35 @@ def _convert_one(module: nn.Module, ctx: Context) -> list[Item]:
     if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
         # Any Sequential (or subclass that keeps Sequential's forward) is its children in order.
         return ctx.convert_seq(list(module), [n for n, _ in module.named_children()])
-    raise unsupported(ctx, module, why_unsupported(module))
+    if _is_torch_module(module) or isinstance(module, _NORMS):
+        raise unsupported(ctx, module, why_unsupported(module))
+    from .graph import convert_graph  # rm/graph.py builds on this module's walker
+    return convert_graph(module, ctx)
+
+
+def _is_torch_module(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("torch.nn.")
+
+
+def _torch_base(module: nn.Module) -> type:
+    return next(cls for cls in (nn.Conv2d, nn.BatchNorm2d, nn.PReLU) if isinstance(module, cls))
+
+
+def _torch_forward(module: nn.Module) -> bool:
+    """Does a Conv2d/BatchNorm2d/PReLU (subclass) compute what torch's class computes from its weights?"""
+    return type(module).forward is _torch_base(module).forward
+
+
+_NORMS = (nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+_LEAF_MODULES = (nn.Conv2d, nn.BatchNorm2d, nn.PReLU, *_NORMS, *_DROPPED, *_PASSTHROUGH)
+
+
+def is_leaf(module: nn.Module, ctx: Context) -> bool:
+    """Is `module` one node of the graph pass's trace: torch.nn's own modules (converted or refused
+    with the reason), the plain-chain modules and every module with a converter."""
+    if _converter(module, ctx.use_registered) is not None or isinstance(module, _LEAF_MODULES):
+        return True
+    return _is_torch_module(module) and not isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
 
 
 def unsupported(ctx: Context, module: nn.Module, reason: str) -> ConversionError:
@@ -125,7 +177,7 @@ def why_unsupported(module: nn.Module) -> str:
     if type(module).__module__ == "torch.nn.modules.activation":
         return (f"the plain chain's activations are ReLU and PReLU, the ones RM can carry reserved channels "
                 f"through exactly; {type(module).__name__} has no exact plain form here")
-    if isinstance(module, (nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)):
+    if isinstance(module, _NORMS):
         return ("it normalises every input with that input's own statistics, which no conv can hold; only "
                 "BatchNorm with running statistics folds into a conv")
     return ("no RM converter is registered for this type; register one with rm.register_converter (a converter "
@@ -144,8 +196,22 @@ def _nonneg_after(items: list[Item], before: bool) -> bool:
     return state
 
 
-def _append(items: list[Item], item: Item, ctx: Context) -> None:
+def append_item(items: list[Item], item: Item, ctx: Context) -> None:
+    """Append `item`, folding a BN, ReLU, PReLU or pre-activation marker into the linear conv before it.
+    Where the item before cannot take a BN or pre-activation (pooling, an activated conv), an
+    identity 1x1 conv does."""
     last = items[-1] if items else None
+    if isinstance(item, ChannelGate):
+        if not isinstance(last, ConvLayer):
+            raise ConversionError(f"the gate at {'.'.join(ctx.path)} does not follow a conv, whose width it needs")
+        item = item.build(last.out_channels)
+    # A BN or pre-activation the item before cannot take gets an identity 1x1 conv to fold into; first in
+    # a container, it stays for the enclosing container's walk to fold (a pre-activation block's BN).
+    foldable = isinstance(last, ConvLayer) and last.act is None and (last.bn is None or isinstance(item, PreActivation))
+    if isinstance(item, (PreActivation, nn.BatchNorm2d)) and last is not None and not foldable:
+        c = item.bn.weight.numel() if isinstance(item, PreActivation) else item.num_features
+        items.append(ConvLayer(dirac(c, (1, 1), (0, 0)), torch.zeros(c, dtype=torch.float64)))
+        last = items[-1]
     if isinstance(item, PreActivation):
         if isinstance(last, ConvLayer) and last.act is None:
             items[-1] = split_output(last, item.bn, item.keep_raw)
@@ -163,13 +229,14 @@ def _append(items: list[Item], item: Item, ctx: Context) -> None:
             slopes = item.weight.detach().to("cpu", torch.float64).expand(last.out_channels).clone()
             items[-1] = last.with_act(slopes)
             return
-    if isinstance(item, (nn.BatchNorm2d, nn.PReLU)):
+    if isinstance(item, nn.PReLU):
         raise ConversionError(f"{type(item).__name__} at {'.'.join(ctx.path)} does not follow a conv "
                               "and cannot be folded into the plain chain")
     items.append(item)
 
 
-def convert(model: nn.Module, fuse_bn: bool = True, downsample: str = "reserve_input") -> nn.Sequential:
+def convert(model: nn.Module, fuse_bn: bool = True, downsample: str = "reserve_input", use_registered: bool = True
+            ) -> nn.Sequential:
     """Return a plain nn.Sequential (Conv2d, [BatchNorm2d,] ReLU/PReLU, pooling, Flatten, Linear,
     and `rm.deploy.SqueezeExcite` for SE models) computing the same function as `model` in eval
     mode. `model` is not modified.
@@ -177,11 +244,13 @@ def convert(model: nn.Module, fuse_bn: bool = True, downsample: str = "reserve_i
     fuse_bn=False keeps a BatchNorm2d after every conv (the original one where a conv maps onto one
     trained conv+BN, an identity one (paper eq. 2) where convs were merged) for fine-tuning/pruning.
     downsample: "reserve_input" (paper Fig. 2b, default) or "reserve_shortcut" (Fig. 2a).
+    use_registered=False converts blocks that have a registered converter through the graph pass
+    instead (the tests check that both give the same plain model).
     """
     check_preconditions(model)
     if downsample not in SCHEMES:
         raise ValueError(f"downsample must be one of {SCHEMES}, got {downsample!r}")
-    ctx = Context(fuse_bn=fuse_bn, downsample=downsample)
+    ctx = Context(fuse_bn=fuse_bn, downsample=downsample, use_registered=use_registered)
     param = next(model.parameters(), None)
     dtype = param.dtype if param is not None else torch.float32
     device = param.device if param is not None else torch.device("cpu")
@@ -248,9 +317,9 @@ def fuse_linear(items: list[Item]) -> list[Item]:
 def emit(items: list[Item], fuse_bn: bool) -> nn.Sequential:
     modules: list[nn.Module] = []
     for item in items:
-        if isinstance(item, PreActivation):
-            raise ConversionError("a pre-activation block does not follow a conv without activation, "
-                                  "so its BatchNorm and ReLU have no conv to fold into")
+        if isinstance(item, (PreActivation, nn.BatchNorm2d)):
+            raise ConversionError("a BatchNorm (of a pre-activation block) comes first in the model, "
+                                  "so it has no conv to fold into")
         if isinstance(item, ConvLayer):
             modules += _emit_conv(item, fuse_bn)
         else:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .blocks import branch_layers
-from .convert import Context, Item, import_path, register_converter, unsupported, why_unsupported
+from .blocks import branch_layers, total_stride
+from .convert import ChannelGate, Context, Item, import_path, register_converter, unsupported, why_unsupported
 from .deploy import InputSizeCheck, SqueezeExcite
 from .layer import ConvLayer, relu_slopes
 from .ops import ConversionError
@@ -103,6 +103,10 @@ def _gate(block: nn.Module, ctx: Context, channels: int, gated: int) -> SqueezeE
     else:
         raise unsupported(ctx, block, f"its attention module se ({kind}) is not timm's SEModule or EcaModule, the "
                                       f"gates rm.SqueezeExcite can compute")
+    return _as_gate(weights, channels, gated)
+
+
+def _as_gate(weights: list[torch.Tensor], channels: int, gated: int) -> SqueezeExcite:
     gate = SqueezeExcite(channels, weights[0].shape[0], gated).to(torch.float64)
     for param, value in zip((gate.fc1.weight, gate.fc1.bias, gate.fc2.weight, gate.fc2.bias), weights):
         param.detach().copy_(value)
@@ -143,14 +147,10 @@ def _resnet(model: nn.Module, ctx: Context) -> list[Item]:
     items = ctx.convert_seq([getattr(model, n) for n in names], names)
     if not any(type(m) is nn.AvgPool2d for n, m in model.named_modules() if ".downsample." in n):
         return items
-    multiple = 1
-    for item in items:
-        stride = getattr(item, "stride", 1)
-        multiple *= max(stride) if isinstance(stride, tuple) else stride
-    return [InputSizeCheck(multiple), *items]
+    return [InputSizeCheck(total_stride(items)), *items]
 
 
-@register_converter("timm.layers.adaptive_avgmax_pool.SelectAdaptivePool2d")
+@register_converter("timm.layers.adaptive_avgmax_pool.SelectAdaptivePool2d", leaf=True)
 def _global_pool(pool: nn.Module, ctx: Context) -> list[Item]:
     if type(pool.pool) not in (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Identity):
         raise unsupported(ctx, pool, f"pool_type {pool.pool_type!r} ({import_path(type(pool.pool))}) has no plain-chain "
@@ -158,15 +158,39 @@ def _global_pool(pool: nn.Module, ctx: Context) -> list[Item]:
     return ctx.convert_seq([pool.pool, pool.flatten], ["pool", "flatten"])
 
 
-@register_converter("timm.layers.blur_pool.BlurPool2d")
+@register_converter("timm.layers.blur_pool.BlurPool2d", leaf=True)
 def _blur_pool(pool: nn.Module, ctx: Context) -> list[Item]:
     raise unsupported(ctx, pool, "blur-pool anti-aliasing pads by reflection, which the zero-padded convs of the "
                                  "plain chain cannot reproduce")
 
 
-@register_converter("timm.layers.linear.Linear")
+@register_converter("timm.layers.linear.Linear", leaf=True)
 def _linear(linear: nn.Module, ctx: Context) -> list[Item]:
     """timm's Linear only casts its weights under TorchScript: in the chain it is a torch Linear."""
     plain = nn.Linear(linear.in_features, linear.out_features, linear.bias is not None)
     plain.load_state_dict(linear.state_dict())
     return [plain.to(linear.weight.dtype)]
+
+
+@register_converter("timm.layers.norm_act.BatchNormAct2d", leaf=True)
+def _bn_act(bn: nn.Module, ctx: Context) -> list[Item]:
+    """timm's BatchNorm + dropout + activation in one module: the BN (folded like any), then the others."""
+    if type(bn).forward is not _bn_act_forward(bn):
+        raise unsupported(ctx, bn, "its forward is not timm's BatchNormAct2d forward")
+    return [bn, *ctx.convert(bn.drop, "drop"), *ctx.convert(bn.act, "act")]
+
+
+def _bn_act_forward(bn: nn.Module):
+    return next(cls.forward for cls in type(bn).__mro__ if import_path(cls) == "timm.layers.norm_act.BatchNormAct2d")
+
+
+@register_converter("timm.layers.squeeze_excite.SEModule", leaf=True)
+def _se_module(se: nn.Module, ctx: Context) -> list[Item]:
+    """timm's SE as an `rm.SqueezeExcite` over all its channels (the graph pass lets reserved channels bypass it)."""
+    return [_as_gate(_se_weights(se, ctx, se), se.fc1.in_channels, se.fc1.in_channels)]
+
+
+@register_converter("timm.layers.eca.EcaModule", leaf=True)
+def _eca_module(eca: nn.Module, ctx: Context) -> list[Item]:
+    """timm's ECA as an `rm.SqueezeExcite` over the channels of the conv before it."""
+    return [ChannelGate(lambda c: _as_gate(_eca_weights(eca, ctx, eca, c), c, c))]

@@ -79,8 +79,8 @@ REFUSED = {
                      r"layer1\.0 of type .*BasicBlock: its attention module se \(.*EffectiveSEModule\)"),
     "3x3 shortcut": (lambda: _meta("resnet18", down_kernel_size=3), r"layer2\.0 of type .*BasicBlock: only 1x1"),
     "avg+max head": (lambda: _meta("resnet18", global_pool="avgmax"), r"global_pool of type .*: pool_type 'avgmax'"),
-    "another timm family": (lambda: _meta("resnet32ts"), r"ByobNet of type timm\.models\.byobnet\.ByobNet: no RM "
-                                                         r"converter is registered.*register one with rm\.register_converter"),
+    "another timm family": (lambda: _meta("resnet32ts"), r"ByobNet\.stem\.conv1\.bn\.act of type torch\.nn\.modules\."
+                                                         r"activation\.SiLU: the plain chain's activations"),
     "torchvision MobileNetV2": (lambda: torchvision.models.mobilenet_v2().eval(),
                                 r"MobileNetV2 of type torchvision\.models\.mobilenetv2\.MobileNetV2: its blocks use ReLU6"),
 }
