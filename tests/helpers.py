@@ -27,24 +27,6 @@ def tiny_config(tmp_path, *overrides: str, config_name: str = "train"):
     return check_overrides([*TINY, f"output_dir={tmp_path}", *overrides], config_name=config_name)
 
 
-def build_tiny(tmp_path, *overrides: str):
-    """engine.stages.build of tiny_config: (model, spec)."""
-    from engine.settings import TrainSettings
-    from engine.stages import build
-
-    return build(TrainSettings.from_cfg(tiny_config(tmp_path, *overrides)))
-
-
-def trainer_for(cfg, **loaders):
-    """The Trainer of a composed train config, with the model it builds (as train.py makes them)."""
-    from engine.settings import TrainSettings
-    from engine.stages import build
-    from engine.trainer import Trainer
-
-    settings = TrainSettings.from_cfg(cfg)
-    return Trainer(settings, *build(settings), **loaders)
-
-
 def randomize_bn(model: nn.Module, seed: int = 0, gamma_scale: float = 1.0) -> nn.Module:
     """Give every BatchNorm non-trivial affine parameters and running statistics (default BN
     statistics are an identity map and hide conversion bugs); returns the model in eval mode."""
@@ -96,3 +78,21 @@ def run_script(name: str, argv: list[str]) -> tuple[int, str, str]:
     finally:
         sys.argv = saved
     return code, out.getvalue(), err.getvalue()
+
+
+def build_tiny(tmp_path, *overrides: str):
+    """engine.stages.build of tiny_config: (model, spec)."""
+    from engine.settings import TrainSettings
+    from engine.stages import build
+
+    return build(TrainSettings.from_cfg(tiny_config(tmp_path, *overrides)))
+
+
+def trainer_for(cfg, **loaders):
+    """The Trainer of a composed train config, with the model it builds (as train.py makes them)."""
+    from engine.settings import TrainSettings
+    from engine.stages import build
+    from engine.trainer import Trainer
+
+    settings = TrainSettings.from_cfg(cfg)
+    return Trainer(settings, *build(settings), **loaders)
