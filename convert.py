@@ -13,4 +13,4 @@ from engine.cli import run_app
 from engine.convert_checkpoint import run
 
 if __name__ == "__main__":
-    run_app("convert", run, __doc__)
+    run_app("convert", run, __doc__, with_keys=True)

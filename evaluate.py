@@ -13,4 +13,4 @@ from engine.cli import run_app
 from engine.eval_checkpoint import run
 
 if __name__ == "__main__":
-    run_app("evaluate", run, __doc__)
+    run_app("evaluate", run, __doc__, with_keys=True)

@@ -16,21 +16,20 @@ Examples:
 from omegaconf import DictConfig
 
 from engine.cli import run_app, setup_logging
-from engine.config import command_line_keys
 from prune import job, pipeline
 from prune.figure import draw_figure6
 
 
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig, explicit: set[str]) -> None:
     setup_logging()
     if cfg.prune.eval:
-        pipeline.evaluate_file(cfg, cfg.prune.eval)
+        pipeline.evaluate_file(cfg, cfg.prune.eval, explicit)
     elif cfg.prune.finetune:
-        pipeline.finetune_file(cfg, cfg.prune.finetune, command_line_keys())
+        pipeline.finetune_file(cfg, cfg.prune.finetune, explicit)
     else:
         job.run(cfg, pipeline.Slimming())
         draw_figure6(cfg.output_dir)
 
 
 if __name__ == "__main__":
-    run_app("prune", main, __doc__)
+    run_app("prune", main, __doc__, with_keys=True)

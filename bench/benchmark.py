@@ -29,8 +29,7 @@ import os
 import re
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -40,7 +39,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from torch.fx.experimental.optimization import fuse
 from tqdm import tqdm
 
 import artifacts
@@ -56,9 +54,11 @@ from models.mobilenet import exact_forms
 
 from .export import EXPORTERS
 from .fidelity import compare, predictions
+from .forms import build_forms
 from .memory import peak_activation_memory
 from .report import FORMS, WIDE_SPREAD, source_labels, spread_warning, summary, to_markdown, write_report
 from .runtimes import RUNTIMES, Context, check_runtimes
+from .timing import cpu_threads, time_interleaved
 
 SCHEMA = "rmnet-benchmark/3"   # 3: rows keyed by source (`source`, `file`), `sources`, threads, spread
 PRECISIONS = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -97,25 +97,6 @@ def _plain_list(value) -> list:
     if value is None:
         return []
     return list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
-
-
-def physical_cores() -> int:
-    """Physical cores this process may run on (the hyper-threads of a core count once); the number of
-    logical CPUs where the topology cannot be read."""
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-    cores = set()
-    for cpu in cpus:
-        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-        try:
-            cores.add(((topology / "physical_package_id").read_text(), (topology / "core_id").read_text()))
-        except OSError:
-            return len(cpus)
-    return max(len(cores), 1)
-
-
-def cpu_threads() -> int:
-    """The CPU thread count for timing: physical cores minus one, at least one (see `_threads`)."""
-    return max(physical_cores() - 1, 1)
 
 
 def _threads(cfg: DictConfig, on_cpu: bool) -> int:
@@ -238,67 +219,6 @@ def resolve_models(cfg: DictConfig) -> tuple[list[ModelSpec | str], DictConfig]:
         stem = cfg.stem or models.model_stems(name)[0]  # raises UnknownModelError with suggestions
         sources.append(ModelSpec(name, int(cfg.num_classes or (10 if stem == "cifar" else 1000)), stem, kwargs))
     return sources + files, cfg
-
-
-def fold_bn(model: nn.Module) -> nn.Module:
-    """A copy of `model` with every Conv2d -> BatchNorm2d pair folded into the conv (torch.fx;
-    eval-mode statistics). BatchNorms that follow no conv (RepVGG identity branches) stay."""
-    return fuse(model.eval(), inplace=False).eval()
-
-
-def build_forms(model: nn.Module, spec: ModelSpec, forms: list[str]) -> dict[str, nn.Module]:
-    """The requested forms of `model`; a plain model has only its plain form."""
-    if spec.form == "plain":
-        return {"plain": model.eval()} if "plain" in forms else {}
-    builders = {"residual": lambda m: m, "bn_folded": fold_bn, "plain": rm.convert}
-    return {form: builders[form](model.eval()) for form in forms}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.inference_mode()
-def time_interleaved(calls: dict[Any, Callable[[], Any]], device: torch.device, warmup: int, iters: int,
-                     repeats: int) -> dict[Any, list[float]]:
-    """Seconds for `iters` calls of each function, once per repeat, after `warmup` untimed calls of
-    each. Repeats are interleaved (all functions' first timed block, then all second ones, ...). On
-    CUDA, `device` is the current device throughout and the events sit on its current stream, the
-    stream its work runs on (events on another device's stream would time nothing of it)."""
-    with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
-        return _time_blocks(calls, device, warmup, iters, repeats)
-
-
-def _time_blocks(calls: dict[Any, Callable[[], Any]], device: torch.device, warmup: int, iters: int,
-                 repeats: int) -> dict[Any, list[float]]:
-    for call in calls.values():
-        for _ in range(warmup):
-            call()
-    _sync(device)
-    seconds: dict[Any, list[float]] = {key: [] for key in calls}
-    for _ in range(repeats):
-        for key, call in calls.items():
-            if device.type == "cuda":
-                stream = torch.cuda.current_stream(device)
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record(stream)
-                for _ in range(iters):
-                    call()
-                end.record(stream)
-                end.synchronize()
-                seconds[key].append(start.elapsed_time(end) / 1000)
-            else:
-                t0 = time.perf_counter()
-                for _ in range(iters):
-                    call()
-                seconds[key].append(time.perf_counter() - t0)
-    return seconds
-
-
-def time_forward(model: nn.Module, x: torch.Tensor, warmup: int, iters: int, repeats: int) -> list[float]:
-    """Seconds for `iters` forward passes, once per repeat, after `warmup` untimed passes."""
-    return time_interleaved({0: lambda: model(x)}, x.device, warmup, iters, repeats)[0]
 
 
 def _cast(x: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:

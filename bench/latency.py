@@ -2,7 +2,7 @@
 them: a model's latency is predicted as the sum of its layers' latencies, each layer shape measured
 once in the deploy runtime and cached, so a pruner can price thousands of candidate widths.
 
-A model is read as deployed: BatchNorm folded into its convs (`benchmark.fold_bn`), then traced by
+A model is read as deployed: BatchNorm folded into its convs (`bench.forms.fold_bn`), then traced by
 torch.fx with the input shapes propagated. Every node that computes a tensor is a layer: convs,
 Linear, pools, flatten, SE's pieces, and a residual model's additions. A conv whose only reader is
 a ReLU is one layer with it, because ONNX Runtime fuses Conv+Relu (timing the ReLU apart would add
@@ -30,9 +30,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .benchmark import fold_bn, time_interleaved
 from .export import ort_session, to_onnx
+from .forms import fold_bn
 from .quantize import quantize_int8
+from .timing import time_interleaved
 
 SCHEMA = "rmnet-latency/1"
 RUNTIMES = ("onnxruntime", "onnxruntime_int8", "eager", "cuda")

@@ -30,9 +30,9 @@ import torch
 from onnx import numpy_helper
 
 import artifacts
-from bench.benchmark import build_forms
 from bench.export import ort_session, to_onnx
 from bench.fidelity import compare, predictions
+from bench.forms import build_forms
 from bench.quantize import layer_errors, quantize_int8
 from engine.environment import environment
 from engine.inputs import trained_loaders

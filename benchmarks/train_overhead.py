@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from engine import stages
 from engine.amp import autocast
 from engine.config import check_overrides
+from engine.settings import TrainSettings
 from engine.trainer import Trainer
 
 
@@ -61,7 +62,8 @@ def measure(name: str, args, out_dir: str) -> dict:
         "workers=0", f"max_steps_per_epoch={steps}", f"amp={args.amp}", f"channels_last={args.channels_last}",
         "sched=constant", "final.enabled=false", f"output_dir={out_dir}", f"run_name={name}",
         f"log_every_steps={steps}"])
-    trainer = Trainer(cfg, *stages.build(cfg))
+    settings = TrainSettings.from_cfg(cfg)
+    trainer = Trainer(settings, *stages.build(settings))
     images, targets = next(iter(trainer.train_loader))
     images, targets = images.to(trainer.device), targets.to(trainer.device)
     if args.channels_last:

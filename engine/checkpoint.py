@@ -2,8 +2,8 @@
 
   {"format": "rmnet-train", "version": 2, "model", "model_spec", "layers",   (artifacts.formats)
    "optimizer", "scheduler", "scaler", "ema": EMA weights or None, "ema_updates", "epoch", "step",
-   "step_in_epoch", "best_top1", "world_size", "rng": [per-rank RNG states], "config": the run's
-   resolved config}
+   "step_in_epoch", "best_top1", "world_size", "rng": [per-rank RNG states], "hooks": {hook name: its
+   state_dict()} (absent in files from before hooks had state), "config": the run's resolved config}
 
 Written atomically and read with `weights_only=True` (rm.io); `artifacts.load` reads the model of
 any of them, `load_checkpoint` the whole state for a resume, onto the CPU as torchvision's reference

@@ -3,7 +3,10 @@ amc.py, resrep.py).
 
 `run_app("evaluate", job, __doc__)` checks the overrides before Hydra sees them
 (`engine.config.prepare_argv`: unknown keys, options and model names are named with close matches),
-then lets Hydra compose the config (sweeps with `-m`, `--cfg job` work as usual) and runs `job(cfg)`.
+then lets Hydra compose the config (sweeps with `-m`, `--cfg job` work as usual) and runs `job(cfg)`;
+with `with_keys=True`, `job(cfg, keys)`, `keys` the settings the command line set (`data.input_size`
+for `data.input_size=16`). This is the one place that reads Hydra's global state: a job called from
+Python gets what it is passed, whatever app ran before in the process.
 Bad input, in the overrides or found by the job, ends with `error: <message>` on one line and exit
 status 2, Ctrl-C with `interrupted` and 130. `--help` prints the entry point's examples, the config
 groups with their options and every setting with its description: the commented YAML of
@@ -63,7 +66,15 @@ def setup_logging() -> None:
     logging.getLogger("rmnet").setLevel(logging.INFO)
 
 
-def run_app(config_name: str, job: Callable[[DictConfig], Any], doc: str = "") -> None:
+def _command_line_keys() -> frozenset[str]:
+    """The keys the running Hydra job's command line set (`data.input_size` for `data.input_size=16` or
+    `+data.input_size=16`); only inside `run_app`."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return frozenset(o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task)
+
+
+def run_app(config_name: str, job: Callable[..., Any], doc: str = "", with_keys: bool = False) -> None:
     import hydra
 
     if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
@@ -73,6 +84,6 @@ def run_app(config_name: str, job: Callable[[DictConfig], Any], doc: str = "") -
 
     def checked(cfg: DictConfig) -> Any:
         check_choices(cfg)
-        return job(cfg)
+        return job(cfg, _command_line_keys()) if with_keys else job(cfg)
 
     hydra.main(config_path=CONF_DIR, config_name=config_name, version_base="1.3")(exit_on_user_error(checked))()

@@ -257,16 +257,6 @@ def _check_key(cfg: DictConfig, key: str) -> None:
                           f"{', '.join(sorted(valid))}")
 
 
-def command_line_keys() -> set[str]:
-    """The keys set on the command line of the running Hydra app (`data.input_size` for
-    `data.input_size=16` or `+data.input_size=16`); empty outside a Hydra app."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return set()
-    return {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
-
-
 def check_choices(cfg: DictConfig) -> None:
     """The enumerated settings `cfg` has (any entry point's config) must be among their choices."""
     for key, choices in CHOICES.items():
@@ -316,10 +306,10 @@ def init_path(init: str) -> str:
     return path if sep and kind in ("ckpt", "deploy") else str(init)
 
 
-def per_process_batch(cfg: DictConfig, world: int) -> int:
+def per_process_batch(cfg: Any, world: int) -> int:
     """`batch_size`, or `global_batch_size` split evenly over the `world` processes (check_values has made
     sure exactly one of them is set)."""
-    gb = cfg.get("global_batch_size")
+    gb = getattr(cfg, "global_batch_size", None)   # a DictConfig or engine.settings.TrainSettings
     if gb is None:
         return cfg.batch_size
     if gb % world:

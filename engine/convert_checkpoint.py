@@ -25,7 +25,7 @@ from models.complexity import count_macs, count_params
 from rm import recalibrate_identity_bn
 from rm.deploy import input_multiple
 
-from .config import command_line_keys, model_kwargs
+from .config import model_kwargs
 from .faults import probe_output_file
 from .inputs import check_data, data_for
 
@@ -62,9 +62,9 @@ def default_output(cfg: DictConfig, spec: ModelSpec) -> str:
     return os.path.join("deploy", f"{base}.pt")
 
 
-def run(cfg: DictConfig, explicit: set[str] | None = None) -> str:
-    """Convert, verify (and recalibrate), write; returns the path written."""
-    explicit = command_line_keys() if explicit is None else explicit
+def run(cfg: DictConfig, explicit: set[str] = frozenset()) -> str:
+    """Convert, verify (and recalibrate), write; returns the path written. `explicit`: the keys the
+    command line set (engine.cli.run_app passes them), whose values win over the file's data settings."""
     source = load_source(cfg)
     out = cfg.out or default_output(cfg, source.spec)
     probe_output_file(out, "out")

@@ -26,7 +26,7 @@ from data import build_loader
 from models.mobilenet import exact_forms
 
 from . import distributed as D
-from .config import command_line_keys, model_kwargs
+from .config import model_kwargs
 from .environment import environment
 from .evaluate import backend_flags, evaluate
 from .faults import probe_output_file
@@ -56,13 +56,13 @@ def default_output(checkpoint: str, data_name: str) -> str:
     return f"{os.path.splitext(checkpoint)[0]}.eval-{data_name}.json"
 
 
-def run(cfg: DictConfig, explicit: set[str] | None = None) -> dict[str, Any] | None:
+def run(cfg: DictConfig, explicit: set[str] = frozenset()) -> dict[str, Any] | None:
     """Evaluate `cfg.checkpoint` (conf/evaluate.yaml); every rank runs it, rank 0 reports and
-    returns the report (None elsewhere). `explicit`: the keys set on the command line (default: those
-    of the running Hydra app)."""
+    returns the report (None elsewhere). `explicit`: the keys the command line set (engine.cli.run_app
+    passes them), whose values win over the file's trained input size and normalisation."""
     device = D.setup(cfg.device)
     try:
-        return _run(cfg, device, command_line_keys() if explicit is None else explicit)
+        return _run(cfg, device, explicit)
     finally:
         D.cleanup()
 

@@ -14,7 +14,9 @@
 step), and `after_step(trainer)` after every optimizer step (`trainer.step`, `.rank`, `.run_dir`,
 `.model` describe where the run is). `param_groups(model)`, asked once before the optimizer is
 built, returns optimizer groups with settings of their own (`{"params": [...], "weight_decay": 0.0}`);
-their parameters leave the default groups.
+their parameters leave the default groups. A hook with state of its own (ResRep's masks) returns it
+from `state_dict()`: checkpoints hold it under "hooks" by the hook's name, and a resumed run hands it
+back to `load_state_dict(state)` after `param_groups`.
 """
 from __future__ import annotations
 
@@ -38,6 +40,12 @@ class Hook:
         return None
 
     def after_step(self, trainer: Any) -> None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         return None
 
 
@@ -76,14 +84,14 @@ def _factory(name: str, target: str | None) -> Callable[..., Hook]:
                      f"import path (+hooks.{name}._target_=package.module.Class)")
 
 
-def build_hooks(cfg: Mapping[str, Any] | None) -> list[Hook]:
-    """Hooks from {name: {kwarg: value}} (None or {} builds none), in the config's order."""
-    hooks = []
+def build_hooks(cfg: Mapping[str, Any] | None) -> dict[str, Hook]:
+    """{name: hook} from {name: {kwarg: value}} (None or {} builds none), in the config's order."""
+    hooks = {}
     for name, kwargs in (cfg or {}).items():
         kwargs = dict(kwargs or {})
         factory = _factory(name, kwargs.pop("_target_", None))
         try:
-            hooks.append(factory(**kwargs))
+            hooks[name] = factory(**kwargs)
         except TypeError as e:
             raise ValueError(f"hook {name!r}: bad arguments {kwargs}: {e}") from None
     return hooks

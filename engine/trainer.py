@@ -1,7 +1,7 @@
 """The training loop: DDP, validation, checkpoints and resume, for a model it is given.
 
-`Trainer(cfg, model, spec).fit()` trains a built model (engine.stages builds it from the config, the
-pruners hand in pruned ones) on the loaders of `cfg.data` (or ones passed in). Rank 0 decides the
+`Trainer(settings, model, spec).fit()` trains a built model (engine.stages builds it from the settings,
+the pruners hand in pruned ones) on the loaders of `settings.data` (or ones passed in). Rank 0 decides the
 run directory (a fresh `<model>-<data>-<timestamp>` or the run being resumed) and broadcasts it, so
 all ranks agree; only rank 0 prints, writes TensorBoard scalars, `metrics.jsonl` and checkpoints.
 
@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 import torch
 import torch.nn as nn
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
 import data as datasets
@@ -31,76 +31,76 @@ from models import ModelSpec
 from . import distributed as D
 from .amp import autocast, check_amp, grad_scaler
 from .checkpoint import link_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import ConfigError, check_values, per_process_batch
+from .config import ConfigError, per_process_batch
 from .ema import EMA
 from .evaluate import evaluate
 from .faults import NonFiniteLossError, RunDirError, StopSignal, probe_run_dir
 from .hooks import build_hooks
 from .optim import build_optimizer, build_scheduler, scaled_lr
+from .settings import TrainSettings
 
 log = logging.getLogger("rmnet.train")
 RECORDS = ("config.yaml", "train.log", "metrics.jsonl", "tb")   # what a run writes before its first checkpoint
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, model: nn.Module, spec: ModelSpec, train_loader: Iterable | None = None,
+    def __init__(self, settings: TrainSettings, model: nn.Module, spec: ModelSpec, train_loader: Iterable | None = None,
                  val_loader: Iterable | None = None):
         """Train `model` (built identically on every rank; its description `spec` goes into the
-        checkpoints) with the settings of `cfg`; loaders default to `cfg.data`'s, sharded over the ranks."""
-        check_values(cfg)
-        self.cfg, self.spec = cfg, spec
-        self.device = D.setup(cfg.device, cfg.dist_timeout_min)
-        self.amp = check_amp(cfg.amp, self.device)
+        checkpoints) with `settings`; loaders default to `settings.data`'s, sharded over the ranks."""
+        self.settings, self.spec = settings, spec
+        self.device = D.setup(settings.device, settings.dist_timeout_min)
+        self.amp = check_amp(settings.amp, self.device)
         self.rank, self.world = D.rank(), D.world_size()
         self.main = self.rank == 0
-        torch.manual_seed(cfg.seed + self.rank)   # per-rank augmentation streams
+        torch.manual_seed(settings.seed + self.rank)   # per-rank augmentation streams
         # The data first: a missing dataset or a batch that does not fit fails before a run folder exists.
-        self.batch_size = per_process_batch(cfg, self.world)
-        self.train_loader = train_loader or datasets.build_loader(cfg.data, "train", self.batch_size, cfg.workers,
-                                                                  seed=cfg.seed, device=self.device)
-        self.val_loader = val_loader or datasets.build_loader(cfg.data, "val", self.batch_size, cfg.workers,
+        self.batch_size = per_process_batch(settings, self.world)
+        self.train_loader = train_loader or datasets.build_loader(settings.data, "train", self.batch_size, settings.workers,
+                                                                  seed=settings.seed, device=self.device)
+        self.val_loader = val_loader or datasets.build_loader(settings.data, "val", self.batch_size, settings.workers,
                                                               device=self.device)
         full = self.train_loader.sampler.num_samples // self.batch_size
         if full == 0:
             raise ConfigError(f"the batch of {self.batch_size} per process exceeds the "
                               f"{self.train_loader.sampler.num_samples} training samples per process; lower "
-                              f"{'global_batch_size' if cfg.get('global_batch_size') else 'batch_size'}")
-        self.steps_per_epoch = min(full, cfg.max_steps_per_epoch or full)
+                              f"{'global_batch_size' if settings.global_batch_size else 'batch_size'}")
+        self.steps_per_epoch = min(full, settings.max_steps_per_epoch or full)
         self.run_dir, resume_path = self._plan_run()
         self._setup_logging()
-        torch.backends.cudnn.benchmark = not cfg.deterministic
-        if cfg.deterministic:
+        torch.backends.cudnn.benchmark = not settings.deterministic
+        if settings.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
 
         model = model.train().to(self.device)
-        if cfg.sync_bn and self.world > 1:
+        if settings.sync_bn and self.world > 1:
             if self.device.type != "cuda":
                 raise ConfigError("sync_bn=true needs CUDA (SyncBatchNorm has no CPU/gloo kernel)")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        if cfg.channels_last:
+        if settings.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.ema = EMA(model, settings.ema_decay) if settings.ema_decay > 0 else None
         self.global_batch = self.batch_size * self.world
-        self.hooks = build_hooks(OmegaConf.to_container(cfg.hooks))
-        own_groups = [group for hook in self.hooks for group in hook.param_groups(model)]
-        self.optimizer = build_optimizer(model, cfg.optim, self.global_batch, own_groups)
-        self.scheduler = build_scheduler(self.optimizer, cfg.sched, self.steps_per_epoch, cfg.epochs)
+        self.hooks = build_hooks(settings.hooks)
+        own_groups = [group for hook in self.hooks.values() for group in hook.param_groups(model)]
+        self.optimizer = build_optimizer(model, settings.optim, self.global_batch, own_groups)
+        self.scheduler = build_scheduler(self.optimizer, settings.sched, self.steps_per_epoch, settings.epochs)
         self.scaler = grad_scaler(self.device, self.amp)
-        self.mixup, self.criterion = self._loss(cfg)
+        self.mixup, self.criterion = self._loss(settings)
 
         self.train_model: nn.Module = model
         if self.world > 1:
             self.train_model = D.wrap_ddp(model, self.device)
-        if cfg.compile:
+        if settings.compile:
             self.train_model = torch.compile(self.train_model)
 
         self.epoch = self.step_in_epoch = self.step = 0
         self.timed = False
         self.best_top1 = float("-inf")
         self.stop = StopSignal(announce=self.main)
-        self.progress = bool(cfg.progress)
+        self.progress = bool(settings.progress)
         # Non-finite losses are noticed without a host sync per step: the first bad step is kept on
         # the device and checked where the loop syncs anyway (log steps) and before every checkpoint.
         self.first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
@@ -117,7 +117,7 @@ class Trainer:
         plan: tuple = ("", None, None)
         if D.is_main():
             try:
-                plan = (*_choose_run(self.cfg), None)
+                plan = (*_choose_run(self.settings), None)
                 probe_run_dir(plan[0])   # a full disk or a read-only folder fails now, not at the first save
             except (ConfigError, RunDirError) as e:
                 plan = ("", None, str(e))
@@ -139,16 +139,16 @@ class Trainer:
             handler.setFormatter(fmt)
             log.addHandler(handler)
 
-    def _loss(self, cfg: DictConfig):
-        aug = cfg.data.augment
+    def _loss(self, settings: TrainSettings):
+        aug = settings.data.augment
         if aug.mixup > 0 or aug.cutmix > 0:
             from timm.data import Mixup
             from timm.loss import SoftTargetCrossEntropy
 
-            mixup = Mixup(mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, label_smoothing=cfg.label_smoothing,
-                          num_classes=cfg.data.num_classes)
+            mixup = Mixup(mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, label_smoothing=settings.label_smoothing,
+                          num_classes=settings.data.num_classes)
             return mixup, SoftTargetCrossEntropy()
-        return None, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        return None, nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
 
     def _writer(self):
         if not self.main:
@@ -160,7 +160,7 @@ class Trainer:
     def _save_config(self) -> None:
         path = os.path.join(self.run_dir, "config.yaml")
         if not os.path.exists(path):   # once per run: a resumed run keeps the config it started with
-            OmegaConf.save(self.cfg, path, resolve=True)
+            OmegaConf.save(OmegaConf.create(self.settings.to_dict()), path)
 
     # --- checkpoints -------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -171,7 +171,8 @@ class Trainer:
             "ema_updates": self.ema.updates if self.ema else 0,
             "epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch,
             "best_top1": self.best_top1, "world_size": self.world,
-            "config": OmegaConf.to_container(self.cfg, resolve=True)}
+            "hooks": {name: hook.state_dict() for name, hook in self.hooks.items()},
+            "config": self.settings.to_dict()}
 
     def save(self, best: bool = False) -> None:
         """Write last.pt (and make best.pt the same file: a hard link, not a second serialisation);
@@ -229,6 +230,9 @@ class Trainer:
                 raise ConfigError(f"{path} was trained without EMA; resume it with ema_decay=0")
             # Files written before the count was saved: the EMA had been updated once per step.
             self.ema.load(blob["ema"], blob.get("ema_updates", blob["step"]))
+        for name, state in (blob.get("hooks") or {}).items():   # files from before hooks had state: none
+            if name in self.hooks:
+                self.hooks[name].load_state_dict(state)
         self.epoch, self.step, self.step_in_epoch = blob["epoch"], blob["step"], blob["step_in_epoch"]
         self.best_top1 = blob["best_top1"]
         rngs = blob.get("rng") or []
@@ -237,21 +241,21 @@ class Trainer:
         else:   # another world size: with the same global batch (global_batch_size) the data order is still exact,
             # augmentation is not
             log.warning(f"{path} holds RNG states of {len(rngs)} ranks, not {self.world}; reseeding instead")
-            torch.manual_seed(self.cfg.seed + self.rank + 7919 * self.step)
+            torch.manual_seed(self.settings.seed + self.rank + 7919 * self.step)
         log.info(f"resumed {path} at {self.position()}, best top-1 {self.best_top1:.2f}")
 
     # --- the loop ----------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        cfg = self.cfg
-        log.info(f"run {self.run_dir}: {self.spec.label} on {cfg.data.name}, {self.world} process(es) on "
-                 f"{self.device.type}, global batch {self.global_batch}, lr {scaled_lr(cfg.optim, self.global_batch):g}, "
-                 f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
+        settings = self.settings
+        log.info(f"run {self.run_dir}: {self.spec.label} on {settings.data.name}, {self.world} process(es) on "
+                 f"{self.device.type}, global batch {self.global_batch}, lr {scaled_lr(settings.optim, self.global_batch):g}, "
+                 f"{self.steps_per_epoch} steps/epoch x {settings.epochs} epochs")
         with self.stop:
             return self._fit()
 
     def _fit(self) -> dict[str, Any]:
-        cfg = self.cfg
-        while self.epoch < cfg.epochs:
+        settings = self.settings
+        while self.epoch < settings.epochs:
             start = time.perf_counter()
             train_loss, steps = self.train_epoch()
             val = self.validate()
@@ -266,7 +270,7 @@ class Trainer:
             self._record({"epoch": self.epoch, "step": self.step, "train_loss": train_loss, "train_steps": steps,
                           "val_top1": val["top1"],
                           "val_top5": val["top5"], "val_loss": val["loss"], "epoch_time": elapsed})
-            log.info(f"epoch {self.epoch}/{cfg.epochs}: {self._train_loss_text(train_loss, steps)}  val loss "
+            log.info(f"epoch {self.epoch}/{settings.epochs}: {self._train_loss_text(train_loss, steps)}  val loss "
                      f"{val['loss']:.4f}  top-1 {val['top1']:.2f}  top-5 {val['top5']:.2f}  (best {self.best_top1:.2f})  "
                      f"{elapsed:.1f}s")
             if self.meet():   # a signal during validation or the save: the checkpoint is already written
@@ -285,11 +289,11 @@ class Trainer:
         """One epoch (or its rest, after a mid-epoch resume): the mean training loss of the steps run
         here (None if none were left) and their number. Between log steps a step only queues work on the
         device; at log steps the loss window is read and the ranks meet (non-finite check, stop flag)."""
-        cfg, loader = self.cfg, self.train_loader
+        settings, loader = self.settings, self.train_loader
         if self.step_in_epoch >= self.steps_per_epoch:   # stopped after the last step, before validation
             return None, 0
         loader.sampler.set_epoch(self.epoch, start=self.step_in_epoch * self.batch_size)
-        loader.generator.manual_seed(cfg.seed + 1000 * self.epoch + self.rank)
+        loader.generator.manual_seed(settings.seed + 1000 * self.epoch + self.rank)
         self.train_model.train()
         bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}",
                    dynamic_ncols=True, disable=None if self.main and self.progress else True)   # None: no bar off a terminal
@@ -304,13 +308,13 @@ class Trainer:
             window_steps += 1
             loss_sum += loss
             window += loss
-            log_step = self.step % cfg.log_every_steps == 0 or self.step_in_epoch == self.steps_per_epoch
+            log_step = self.step % settings.log_every_steps == 0 or self.step_in_epoch == self.steps_per_epoch
             if log_step:
                 self._log_window(window.item() / window_steps, window_steps, time.perf_counter() - tick, bar)
                 window.zero_()
                 window_steps, tick = 0, time.perf_counter()
             bar.update()
-            for hook in self.hooks:
+            for hook in self.hooks.values():
                 hook.after_step(self)
             # One process polls its own flag every step (no sync); ranks agree on a stop only where they meet.
             if (self.meet() if log_step else (self.world == 1 and self.stop.signum is not None)):
@@ -318,24 +322,24 @@ class Trainer:
                 self.exit_preempted()
             if self.step_in_epoch >= self.steps_per_epoch:
                 break
-            if cfg.ckpt_every_steps and self.step % cfg.ckpt_every_steps == 0:
+            if settings.ckpt_every_steps and self.step % settings.ckpt_every_steps == 0:
                 self.save()
         bar.close()
         return D.all_reduce_sum(loss_sum).item() / (steps_done * self.world), steps_done
 
     def train_step(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Forward, backward, optimizer, schedule and EMA for one batch; the detached loss (0 for a skipped step)."""
-        cfg = self.cfg
+        settings = self.settings
         images = images.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
-        if cfg.channels_last:
+        if settings.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         if self.mixup is not None:
             images, targets = self.mixup(images, targets)
         with autocast(self.device, self.amp):
             logits = self.train_model(images)
             loss = self.criterion(logits, targets)
-        for hook in self.hooks:
+        for hook in self.hooks.values():
             extra = hook.loss(self.model, logits, targets)
             if extra is not None:
                 loss = loss + extra
@@ -344,12 +348,12 @@ class Trainer:
         skipped = self.skip_nonfinite(loss)
         if not skipped:
             self.scaler.scale(loss).backward()
-            if cfg.grad_clip > 0 or self.hooks:   # hooks and clipping see true gradients
+            if settings.grad_clip > 0 or self.hooks:   # hooks and clipping see true gradients
                 self.scaler.unscale_(self.optimizer)
-            for hook in self.hooks:
+            for hook in self.hooks.values():
                 hook.after_backward(self.model)
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.grad_clip)
+            if settings.grad_clip > 0:
+                nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], settings.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         self.scheduler.step()
@@ -370,18 +374,18 @@ class Trainer:
     def _estimate(self, steps: int, seconds: float) -> None:
         """Once per process: the time the rest of the run takes at the first steps' pace."""
         self.timed = True
-        left = (self.cfg.epochs - self.epoch) * self.steps_per_epoch - self.step_in_epoch
+        left = (self.settings.epochs - self.epoch) * self.steps_per_epoch - self.step_in_epoch
         if left <= 0:
             return
         total = seconds / steps * left
         log.info(f"{seconds / steps:.3g} s/step: about {_duration(total)} for the {left} steps left "
-                 f"({self.cfg.epochs} epochs; validation not included)")
+                 f"({self.settings.epochs} epochs; validation not included)")
 
     def skip_nonfinite(self, loss: torch.Tensor) -> bool:
         """Whether this step's update is skipped: with nonfinite_loss=skip, when any rank's loss is
         NaN/Inf (one host sync per step); with `stop`, the step is only recorded for `meet`."""
         bad = ~torch.isfinite(loss.detach())
-        if self.cfg.nonfinite_loss == "stop":
+        if self.settings.nonfinite_loss == "stop":
             self.first_bad_step = torch.where(bad & (self.first_bad_step < 0), self.step + 1, self.first_bad_step)
             return False
         if D.all_reduce_sum(bad.float()).item() == 0:
@@ -392,7 +396,7 @@ class Trainer:
 
     def position(self) -> str:
         """Where the run stands, in the words of both the stop and the resume message."""
-        return f"epoch {self.epoch + 1}/{self.cfg.epochs}, {self.step_in_epoch} steps into it (global step {self.step})"
+        return f"epoch {self.epoch + 1}/{self.settings.epochs}, {self.step_in_epoch} steps into it (global step {self.step})"
 
     def exit_preempted(self) -> None:
         last = os.path.join(self.run_dir, "last.pt")
@@ -408,7 +412,7 @@ class Trainer:
         D.broadcast_buffers(self.model)
         if self.ema is not None:
             D.broadcast_buffers(self.ema.module)
-        val = evaluate(self.eval_model(), self.val_loader, self.device, self.amp, self.cfg.channels_last,
+        val = evaluate(self.eval_model(), self.val_loader, self.device, self.amp, self.settings.channels_last,
                        progress=self.progress, desc="val")
         self._scalars({"val/top1": val["top1"], "val/top5": val["top5"], "val/loss": val["loss"]})
         return val
@@ -444,32 +448,32 @@ class Trainer:
                 os.rmdir(self.run_dir)
 
 
-def _choose_run(cfg: DictConfig) -> tuple[str, str | None]:
+def _choose_run(settings: TrainSettings) -> tuple[str, str | None]:
     """(run directory, checkpoint to resume): see `resume` and `run_name` in conf/train.yaml."""
-    prefix = f"{cfg.model.name}-{cfg.data.name}-"
-    if cfg.resume not in (None, "auto"):
-        return os.path.dirname(os.path.abspath(cfg.resume)), cfg.resume
-    if cfg.run_name:
-        run_dir = os.path.join(cfg.output_dir, cfg.run_name)
+    prefix = f"{settings.model.name}-{settings.data.name}-"
+    if settings.resume not in (None, "auto"):
+        return os.path.dirname(os.path.abspath(settings.resume)), settings.resume
+    if settings.run_name:
+        run_dir = os.path.join(settings.output_dir, settings.run_name)
         last = os.path.join(run_dir, "last.pt")
         if os.path.isfile(last):
-            if cfg.resume == "auto":
+            if settings.resume == "auto":
                 return run_dir, last
             raise ConfigError(f"{run_dir} already holds a run (last.pt); pass resume=auto to continue it "
                               f"or choose another run_name")
         return run_dir, None
-    if cfg.resume == "auto" and os.path.isdir(cfg.output_dir):
-        candidates = [os.path.join(cfg.output_dir, d, "last.pt") for d in os.listdir(cfg.output_dir)
+    if settings.resume == "auto" and os.path.isdir(settings.output_dir):
+        candidates = [os.path.join(settings.output_dir, d, "last.pt") for d in os.listdir(settings.output_dir)
                       if d.startswith(prefix)]
         candidates = [c for c in candidates if os.path.isfile(c)]
         if candidates:
             last = max(candidates, key=os.path.getmtime)
             return os.path.dirname(last), last
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = os.path.join(cfg.output_dir, prefix + stamp)
+    run_dir = os.path.join(settings.output_dir, prefix + stamp)
     suffix = 1
     while os.path.exists(run_dir):
-        run_dir = os.path.join(cfg.output_dir, f"{prefix}{stamp}-{suffix}")
+        run_dir = os.path.join(settings.output_dir, f"{prefix}{stamp}-{suffix}")
         suffix += 1
     return run_dir, None
 

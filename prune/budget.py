@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from bench.benchmark import fold_bn
+from bench.forms import fold_bn
 from models.complexity import count_macs, count_params
 
 KINDS = ("macs", "params", "latency")

@@ -1,5 +1,5 @@
 """What every pruner (network slimming, RM + AMC, ResRep) shares: the form names, the run folder,
-settings checks, validation top-1, the trainer runs of a pruning job (train_cfg, finetune), the RM
+settings checks, validation top-1, the trainer runs of a pruning job (train_settings, finetune), the RM
 form a pruner starts from, and the one way to write a pruned model (save_model)."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import artifacts
@@ -23,6 +23,7 @@ from engine import stages
 from engine.config import model_kwargs, per_process_batch
 from engine.evaluate import evaluate
 from engine.inputs import check_data
+from engine.settings import TrainSettings
 from models import InputSpec, ModelSpec, create_model
 from rm import recalibrate_identity_bn
 
@@ -87,29 +88,22 @@ def shape_only_model(cfg: DictConfig) -> nn.Module:
                             **model_kwargs(cfg.model))
 
 
-def train_cfg(cfg: DictConfig, section: str, out_dir: str, run_name: str, hooks: dict[str, Any] | None = None,
-              **keys: Any) -> DictConfig:
-    """The train config of one trainer run of a pruning job (prune.py, amc.py, resrep.py): the user's
-    settings without the job's own `section` and without a sparsity penalty (bn_l1) of their own,
-    `hooks` added, a fixed run directory that a re-run resumes, and `keys` overridden."""
-    tcfg = copy.deepcopy(cfg)
-    with open_dict(tcfg):
-        del tcfg[section]
-        tcfg.output_dir, tcfg.run_name, tcfg.resume = out_dir, run_name, "auto"
-        tcfg.hooks.pop("bn_l1", None)
-        for name, kwargs in (hooks or {}).items():
-            tcfg.hooks[name] = kwargs
-        for key, value in keys.items():
-            OmegaConf.update(tcfg, key, value, merge=False)
-    return tcfg
+def train_settings(cfg: DictConfig, out_dir: str, run_name: str, hooks: dict[str, Any] | None = None) -> TrainSettings:
+    """The settings of one trainer run of a pruning job (prune.py, amc.py, resrep.py): the user's
+    train settings without a sparsity penalty (bn_l1) of their own, `hooks` added, a fixed run
+    directory that a re-run resumes, and no final conversion (the pruner converts what it prunes)."""
+    settings = TrainSettings.from_cfg(cfg)
+    own = {name: kwargs for name, kwargs in settings.hooks.items() if name != "bn_l1"}
+    return replace(settings, output_dir=out_dir, run_name=run_name, resume="auto", final=False,
+                   hooks={**own, **(hooks or {})})
 
 
-def train_residual(cfg: DictConfig, section: str, root: str, run_name: str, hooks: dict[str, Any] | None = None,
-                   **keys: Any) -> str:
-    """Train a pruning job's residual model in <root>/<run_name> (train_cfg; a re-run resumes, or
-    reuses a finished run); returns its best.pt."""
-    tcfg = train_cfg(cfg, section, root, run_name, hooks, **{"final.enabled": False, **keys})
-    stages.train(tcfg, *stages.build(tcfg))
+def train_residual(cfg: DictConfig, root: str, run_name: str, hooks: dict[str, Any] | None = None,
+                   model_kwargs: dict[str, Any] | None = None) -> str:
+    """Train a pruning job's residual model in <root>/<run_name> (train_settings, with `model_kwargs`
+    added to the model's; a re-run resumes, or reuses a finished run); returns its best.pt."""
+    settings = train_settings(cfg, root, run_name, hooks).with_model_kwargs(**(model_kwargs or {}))
+    stages.train(settings, *stages.build(settings))
     return os.path.join(root, run_name, "best.pt")
 
 
@@ -117,10 +111,10 @@ def finetune(cfg: DictConfig, model: nn.Module, spec: ModelSpec, out_dir: str, s
     """Fine-tune a pruned model with the trainer (no sparsity penalty, `<section>.finetune_epochs`
     epochs at `<section>.finetune_lr`); returns its best weights."""
     p = cfg[section]
-    keys: dict[str, Any] = {"epochs": int(p.finetune_epochs), "final.enabled": False}
+    settings = replace(train_settings(cfg, out_dir, "finetune"), epochs=int(p.finetune_epochs))
     if p.finetune_lr is not None:
-        keys["optim.lr"] = float(p.finetune_lr)
-    stages.train(train_cfg(cfg, section, out_dir, "finetune", **keys), copy.deepcopy(model), spec)
+        settings = settings.at_lr(p.finetune_lr)
+    stages.train(settings, copy.deepcopy(model), spec)
     return artifacts.load(os.path.join(out_dir, "finetune", "best.pt")).model
 
 

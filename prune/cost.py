@@ -22,7 +22,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from bench.benchmark import fold_bn
+from bench.forms import fold_bn
 
 from .budget import UNITS, Budget
 from .report import mega

@@ -25,7 +25,6 @@ from omegaconf import DictConfig, open_dict
 
 import artifacts
 from engine import stages
-from engine.config import command_line_keys
 from engine.inputs import check_data, data_for
 from models import model_family
 from models.rmnet_pruning import plain_channel_masks
@@ -136,9 +135,9 @@ class Slimming(Pruner):
         p = cfg.prune
         if p.sparse_ckpt:
             return p.sparse_ckpt
-        keys = {"model.kwargs.shortcut_bn": True} if p.penalty == "bn_scale" else {}
-        return train_residual(cfg, "prune", run_root(cfg), "sparse",
-                              hooks(p.penalty, float(p.sr), step_threshold(p)), **keys)
+        kwargs = {"shortcut_bn": True} if p.penalty == "bn_scale" else {}
+        return train_residual(cfg, run_root(cfg), "sparse", hooks(p.penalty, float(p.sr), step_threshold(p)),
+                              model_kwargs=kwargs)
 
     def base_model(self, cfg: DictConfig) -> artifacts.Artifact:
         residual = super().base_model(cfg)
@@ -205,10 +204,9 @@ def form_of(art: artifacts.Artifact) -> str:
     return "rm" if art.spec.form == "plain" else "residual"
 
 
-def with_file_data(cfg: DictConfig, art: artifacts.Artifact) -> DictConfig:
+def with_file_data(cfg: DictConfig, art: artifacts.Artifact, explicit: set[str]) -> DictConfig:
     """`cfg` with the data a model file is measured on: the data config it stores, at its trained input
     (as evaluate.py reads it), unless the command line sets data= or data.* itself."""
-    explicit = command_line_keys()
     if art.data_config is None or any(k.split(".")[0] == "data" for k in explicit):
         check_data(art.spec, cfg.data, art.origin)
         return cfg
@@ -220,12 +218,12 @@ def with_file_data(cfg: DictConfig, art: artifacts.Artifact) -> DictConfig:
     return cfg
 
 
-def evaluate_file(cfg: DictConfig, path: str) -> dict[str, Any]:
+def evaluate_file(cfg: DictConfig, path: str, explicit: set[str] = frozenset()) -> dict[str, Any]:
     """`prune.eval=PATH`: top-1, params, MACs and img/s of one model file (on the data it stores, at its
     trained input size)."""
     check_settings(cfg)
     art = artifacts.load(path)
-    cfg = with_file_data(cfg, art)
+    cfg = with_file_data(cfg, art, explicit)
     stats = {**model_stats(art.model, int(cfg.data.input_size), cfg.prune.bench),
              "top1": top1(art.model, stages.build_val_loader(cfg), cfg, "eval"), "form": form_of(art),
              "path": path}
@@ -249,9 +247,9 @@ def finetune_file(cfg: DictConfig, path: str, explicit: set[str] = frozenset()) 
             raise ValueError(f"{os.path.join(out_dir, result)} exists from an earlier fine-tune of this model; move "
                              f"it away (or copy {os.path.basename(path)} to another folder) to fine-tune again")
     art = artifacts.load(path)
-    cfg = with_file_data(cfg, art)
+    cfg = with_file_data(cfg, art, explicit)
     tuned = finetune(cfg, art.model, art.spec, out_dir, "prune")
     tuned_path = os.path.join(out_dir, "finetuned.pt")
     meta = {k: v for k, v in art.meta.items() if k not in ("config", "data_config")}
     save_model(tuned, art.spec, tuned_path, cfg.data, **{**meta, "form": form_of(art)})
-    return evaluate_file(cfg, tuned_path)
+    return evaluate_file(cfg, tuned_path, explicit)

@@ -12,8 +12,9 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from bench.benchmark import fold_bn, time_interleaved
+from bench.forms import fold_bn
 from bench.runtimes import RUNTIMES, Context, check_runtimes
+from bench.timing import time_interleaved
 from models.complexity import count_macs, count_params
 
 SCHEMA = "rmnet-prune/2"   # 2: forms (rm, residual) replace families (rmnet, resnet)

@@ -1,7 +1,7 @@
 """Time the pruned models of many reports again, all in one run and interleaved (`python -m
 prune.compare DIR --time`): each report timed its models while it ran, at whatever load the machine
 had then, so speeds of different reports (and of two forms of one report) are not comparable. Here
-every (model, runtime) pair is prepared first, then `bench.benchmark.time_interleaved` runs their
+every (model, runtime) pair is prepared first, then `bench.timing.time_interleaved` runs their
 timed blocks in turn, so a busy spell slows all of them alike and their ratios hold; the load
 average before and after is recorded with the numbers.
 """
@@ -15,8 +15,9 @@ import torch
 from tqdm import tqdm
 
 import artifacts
-from bench.benchmark import cpu_threads, fold_bn, time_interleaved
+from bench.forms import fold_bn
 from bench.runtimes import check_runtimes
+from bench.timing import cpu_threads, time_interleaved
 
 from .report import images_per_s, prepare_run
 

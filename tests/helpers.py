@@ -63,3 +63,21 @@ def run_script(name: str, argv: list[str]) -> tuple[int, str, str]:
     finally:
         sys.argv = saved
     return code, out.getvalue(), err.getvalue()
+
+
+def build_tiny(tmp_path, *overrides: str):
+    """engine.stages.build of tiny_config: (model, spec)."""
+    from engine.settings import TrainSettings
+    from engine.stages import build
+
+    return build(TrainSettings.from_cfg(tiny_config(tmp_path, *overrides)))
+
+
+def trainer_for(cfg, **loaders):
+    """The Trainer of a composed train config, with the model it builds (as train.py makes them)."""
+    from engine.settings import TrainSettings
+    from engine.stages import build
+    from engine.trainer import Trainer
+
+    settings = TrainSettings.from_cfg(cfg)
+    return Trainer(settings, *build(settings), **loaders)

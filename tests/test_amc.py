@@ -8,7 +8,7 @@ import torch.nn as nn
 
 import models
 import rm
-from bench.benchmark import fold_bn
+from bench.forms import fold_bn
 from models.complexity import count_macs
 from prune.amc import (
     ChannelPruningEnv,

@@ -1,5 +1,6 @@
 """The dependency rules of docs/ARCHITECTURE.md: `rm` needs torch alone (a deploy artifact loads with
-only the rm/ folder and torch), packages import each other one way, and no package cycle exists."""
+only the rm/ folder and torch), packages import each other one way, no package cycle exists, and no
+module imports a job (what an entry point runs) to borrow a helper."""
 import ast
 import os
 import shutil
@@ -24,6 +25,10 @@ ALLOWED = {
     "prune": {"artifacts", "models", "rm", "data", "engine", "bench"},
     "paper": {"models", "rm"},
 }
+# The jobs: each entry point's work. Only the entry points (and tests) import them; a helper two jobs share
+# lives in a module of its own (bench.timing, bench.forms, engine.environment, engine.inputs, ...).
+JOBS = ("engine.eval_checkpoint", "engine.convert_checkpoint", "bench.benchmark", "prune.pipeline",
+        "prune.amc.pipeline", "prune.resrep.pipeline")
 BLOCKED = ("models", "engine", "data", "prune", "artifacts", "bench", "paper", "hydra", "omegaconf", "timm",
            "torchvision", "tqdm")
 
@@ -45,6 +50,21 @@ def _imports(package: str) -> dict[str, set[str]]:
                     names.add(node.module.split(".")[0])
             found[os.path.relpath(path, ROOT)] = names
     return found
+
+
+def _modules_imported(path: str) -> set[str]:
+    """Dotted names of the modules (and imported attributes) a file imports, relative imports resolved."""
+    here = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".").removesuffix(".__init__").split(".")
+    package = here if path.endswith("__init__.py") else here[:-1]
+    names = set()
+    for node in ast.walk(ast.parse(open(path).read(), path)):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package[:len(package) - node.level + 1] if node.level else [])
+            module = ".".join(p for p in (base, node.module or "") if p)
+            names |= {module} | {f"{module}.{alias.name}" for alias in node.names}
+    return names
 
 
 def _graph() -> dict[str, set[str]]:
@@ -69,6 +89,19 @@ def test_packages_import_each_other_one_way():
         assert leaves, f"import cycle among {sorted(left)}"
         for p in leaves:
             del left[p]
+
+
+def test_no_module_imports_a_job():
+    """A job is imported by its entry point alone: prune/report.py once imported the benchmark job for
+    its BN folding and timer."""
+    for pkg in PACKAGES:
+        for folder, _, files in os.walk(os.path.join(ROOT, pkg)):
+            for name in (f for f in files if f.endswith(".py")):
+                path = os.path.join(folder, name)
+                own = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
+                borrowed = {job for job in JOBS for m in _modules_imported(path) if job != own and
+                            (m == job or m.startswith(job + "."))}
+                assert not borrowed, f"{os.path.relpath(path, ROOT)} imports the job(s) {sorted(borrowed)}"
 
 
 def test_a_trainer_deploy_artifact_runs_with_rm_alone(tmp_path):

@@ -12,6 +12,7 @@ import artifacts
 import models
 import rm
 from bench import benchmark as B
+from bench import timing
 from bench.export import export_onnx, export_torchscript
 from bench.memory import tensor_lifetime_peak
 from models import ModelSpec
@@ -234,7 +235,7 @@ def test_wide_spread_is_flagged_in_one_line_the_json_and_the_markdown(tmp_path, 
 def test_cpu_threads_default_to_a_stable_count_recorded_and_restored(tmp_path, monkeypatch, scripted_times):
     """threads=null on CPU: physical cores minus one (here 4 faked cores -> 3), used while timing,
     recorded in the JSON and the Markdown, and torch's own setting restored afterwards."""
-    monkeypatch.setattr(B, "physical_cores", lambda: 4)
+    monkeypatch.setattr(timing, "physical_cores", lambda: 4)
     seen = []
     scripted_times.append(1.0)
     fake = B.time_interleaved
@@ -245,7 +246,7 @@ def test_cpu_threads_default_to_a_stable_count_recorded_and_restored(tmp_path, m
                         "name=t"))
     assert seen == [3] and report["settings"]["threads"] == 3 and torch.get_num_threads() == 2
     assert "3 torch threads" in (tmp_path / "t.md").read_text()
-    monkeypatch.setattr(B, "physical_cores", lambda: 1)
+    monkeypatch.setattr(timing, "physical_cores", lambda: 1)
     assert B.resolve_settings(_cfg("device=cpu")).threads == 1
     assert B.resolve_settings(_cfg("device=cpu", "threads=2")).threads == 2
     with pytest.raises(ValueError, match="threads must be"):
@@ -319,11 +320,11 @@ def test_cuda_n_times_on_that_device_and_its_stream(monkeypatch):
     (before, on device 0's current stream, timing nothing of the model's work)."""
     cuda = FakeCuda(monkeypatch)
     ran_on = []
-    seconds = B.time_interleaved({"a": lambda: ran_on.append(cuda.current)}, torch.device("cuda:1"), warmup=1,
+    seconds = timing.time_interleaved({"a": lambda: ran_on.append(cuda.current)}, torch.device("cuda:1"), warmup=1,
                                  iters=2, repeats=2)
     assert seconds == {"a": [0.001, 0.001]} and set(ran_on) == {1} and len(ran_on) == 5
     assert cuda.recorded == ["stream of cuda:1"] * 4 and cuda.current == 0
-    B.time_forward(lambda x: ran_on.append(cuda.current), torch.zeros(1), 0, 1, 1)   # prune's timer: CPU input
+    timing.time_forward(lambda x: ran_on.append(cuda.current), torch.zeros(1), 0, 1, 1)   # prune's timer: CPU input
     assert ran_on[-1] == 0 and len(cuda.recorded) == 4
 
 

@@ -14,9 +14,8 @@ from engine.config import ConfigError
 from engine.evaluate import evaluate
 from engine.hooks import BNL1, build_hooks
 from engine.optim import lr_factor, param_groups
-from engine.stages import build
 from engine.trainer import _choose_run
-from tests.helpers import randomize_bn, tiny_config
+from tests.helpers import build_tiny, randomize_bn, tiny_config
 
 
 def test_evaluate_matches_direct_computation():
@@ -58,11 +57,11 @@ def test_hooks_by_name_and_import_path():
     with torch.no_grad():
         bn.weight.copy_(torch.tensor([0.5, -0.2, 0.0]))
     bn.weight.grad = torch.ones(3)
-    [hook] = build_hooks({"bn_l1": {"sr": 0.1}})
+    hook = build_hooks({"bn_l1": {"sr": 0.1}})["bn_l1"]
     hook.after_backward(nn.Sequential(bn))
     assert bn.weight.grad.tolist() == pytest.approx([1.1, 0.9, 1.0])
-    assert isinstance(build_hooks({"engine.hooks:BNL1": {}})[0], BNL1)
-    [by_target] = build_hooks({"mine": {"_target_": "engine.hooks.BNL1", "sr": 0.3}})
+    assert isinstance(build_hooks({"engine.hooks:BNL1": {}})["engine.hooks:BNL1"], BNL1)
+    by_target = build_hooks({"mine": {"_target_": "engine.hooks.BNL1", "sr": 0.3}})["mine"]
     assert isinstance(by_target, BNL1) and by_target.sr == 0.3
     with pytest.raises(ValueError, match="bn_l1"):
         build_hooks({"bn_l2": {}})
@@ -72,21 +71,21 @@ def test_hooks_by_name_and_import_path():
 
 def test_init_from_checkpoint_deploy_and_converted(tmp_path):
     """model.init takes any file the one load function reads; the run's data decides the recorded input."""
-    model, spec = build(tiny_config(tmp_path))
+    model, spec = build_tiny(tmp_path)
     model = randomize_bn(model)
     assert (spec.name, spec.stem, spec.num_classes, spec.input.size) == ("resnet18", "cifar", 10, 16)
     torch.save({"state_dict": model.state_dict()}, tmp_path / "w.pt")
     x = torch.randn(2, 3, 16, 16)
-    loaded, _ = build(tiny_config(tmp_path, f"model.init={tmp_path / 'w.pt'}"))
+    loaded, _ = build_tiny(tmp_path, f"model.init={tmp_path / 'w.pt'}")
     torch.testing.assert_close(loaded.eval()(x), model(x))
 
-    kept, kept_spec = build(tiny_config(tmp_path, f"model.init=ckpt:{tmp_path / 'w.pt'}", "model.convert=keep_bn"))
+    kept, kept_spec = build_tiny(tmp_path, f"model.init=ckpt:{tmp_path / 'w.pt'}", "model.convert=keep_bn")
     assert kept_spec.form == "plain" and kept_spec.conversion.fuse_bn is False
     assert any(isinstance(m, nn.BatchNorm2d) for m in kept.modules())
     torch.testing.assert_close(kept.eval()(x), model(x), rtol=1e-4, atol=1e-5)
 
     artifacts.save_deploy(rm.convert(model, fuse_bn=False), kept_spec, str(tmp_path / "plain.pt"))
-    plain, plain_spec = build(tiny_config(tmp_path, f"model.init=deploy:{tmp_path / 'plain.pt'}", "data.input_size=24"))
+    plain, plain_spec = build_tiny(tmp_path, f"model.init=deploy:{tmp_path / 'plain.pt'}", "data.input_size=24")
     assert plain.training and isinstance(plain, nn.Sequential) and plain_spec.form == "plain"
     assert plain_spec.input.size == 24   # trained on from now on
     torch.testing.assert_close(plain.eval()(x), model(x), rtol=1e-4, atol=1e-5)
@@ -98,9 +97,9 @@ def test_init_from_checkpoint_deploy_and_converted(tmp_path):
     torch.testing.assert_close(again.model(x), plain(x))
 
     with pytest.raises(ValueError, match="classifies 10 classes"):
-        build(tiny_config(tmp_path, "data.num_classes=5", f"model.init={tmp_path / 'plain.pt'}"))
+        build_tiny(tmp_path, "data.num_classes=5", f"model.init={tmp_path / 'plain.pt'}")
     with pytest.raises(artifacts.CheckpointError, match="holds resnet18, not resnet20"):
-        build(tiny_config(tmp_path, "model=resnet20", f"model.init={tmp_path / 'plain.pt'}"))
+        build_tiny(tmp_path, "model=resnet20", f"model.init={tmp_path / 'plain.pt'}")
 
 
 def test_run_directory_choice(tmp_path):

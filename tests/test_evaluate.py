@@ -12,11 +12,12 @@ import artifacts
 import rm
 from artifacts import CheckpointError
 from engine.checkpoint import save_checkpoint
+from engine.config import check_overrides
 from engine.eval_checkpoint import SCHEMA, run
 from models import ConversionSettings, InputSpec, ModelSpec
 from rm import atomic_save
 from tests.authors_models import RepVGGDeploy, RMNeXt, RMRep, authors_checkpoint, randomized
-from tests.helpers import randomize_bn
+from tests.helpers import randomize_bn, run_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WIDTHS = [8, 8, 16, 16]
@@ -50,7 +51,7 @@ def train_ckpt(tmp_path, residual):
 
 
 def _evaluate(*overrides: str):
-    """evaluate.py OVERRIDES, with the keys they set as its command line's (engine.config.command_line_keys)."""
+    """evaluate.py OVERRIDES, with the keys they set as its command line's (engine.cli.run_app passes them)."""
     explicit = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
         return run(compose("evaluate", overrides=[*COMMON, *overrides]), explicit)
@@ -74,6 +75,37 @@ def test_training_checkpoint_both_forms_agree(train_ckpt, tmp_path):
     report = _evaluate(f"checkpoint={train_ckpt}", "+data.val_size=20", "forms=[residual]")
     assert report["results"]["residual"]["num_samples"] == 20 and "plain" not in report["results"]
     assert os.path.isfile(tmp_path / "best.eval-synthetic.json")
+
+
+def test_the_job_from_python_is_the_command_line(residual, tmp_path):
+    """engine.eval_checkpoint.run reads no global state: called from Python inside another Hydra app
+    (whose command line set data.input_size), it gives what evaluate.py's command line with the same
+    settings gives; the keys a command line sets are passed explicitly (run_app does)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    path = str(tmp_path / "best.pt")   # trained at 16x16; its stored data config says 24
+    save_checkpoint(path, **artifacts.model_entries(residual, SPEC),
+                    config={"data": {**DATA, "input_size": 24}, "model": {"name": "resnet18"}})
+    argv = [f"checkpoint={path}", *COMMON, "forms=[residual]"]
+    reports = {}
+    for name, extra in (("trained", []), ("typed", ["data.input_size=24"])):
+        code, _, err = run_script("evaluate", [*argv, *extra, f"out={tmp_path / name}.json"])
+        assert code == 0, err
+        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert (reports["trained"]["data"]["input_size"], reports["typed"]["data"]["input_size"]) == (16, 24)
+
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
+        outer = compose("train", overrides=["data.input_size=24"], return_hydra_config=True)
+    HydraConfig.instance().set_config(outer)   # as inside another app's job
+    try:
+        from_python = {"trained": run(check_overrides([*argv, f"out={tmp_path / 'p1.json'}"], "evaluate")),
+                       "typed": run(check_overrides([*argv, "data.input_size=24", f"out={tmp_path / 'p2.json'}"],
+                                                    "evaluate"), {"data.input_size"})}
+    finally:
+        HydraConfig.instance().cfg = None
+    for name, report in from_python.items():
+        assert report["data"]["input_size"] == reports[name]["data"]["input_size"], name
+        assert report["results"]["residual"]["top1"] == reports[name]["results"]["residual"]["top1"], name
 
 
 def test_deploy_artifact_plain_only(residual, train_ckpt, tmp_path):

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import models
 from engine.config import CONF_DIR, check_values
+from engine.settings import TrainSettings
 from engine.stages import build
 
 PAPER_PREFIXES = ("paper_", "table1_", "table2_", "table3_", "fig5_", "depth_", "a3_")
@@ -70,7 +71,7 @@ def test_recipe_composes_and_builds(name, compose_train):
             assert (cfg.optim.lr, cfg.global_batch_size, cfg.optim.weight_decay, cfg.optim.momentum, cfg.epochs,
                     cfg.sched.name, cfg.sched.step_epochs, cfg.sched.gamma) == (0.1, 256, 5e-4, 0.9, 200, "step", 60, 0.1)
         with torch.device("meta"):
-            model = build(cfg)[0].eval()
+            model = build(TrainSettings.from_cfg(cfg))[0].eval()
         if i < 2:  # the swept models differ only in depth: forward the first two (RepVGG and RM)
             size = cfg.data.input_size
             assert model(torch.empty(1, 3, size, size, device="meta")).shape == (1, cfg.data.num_classes)
@@ -80,7 +81,7 @@ def test_a3_recipe_builds_a_plain_model_with_bn_for_real(compose_train):
     cfg = compose_train("experiment=a3_finetune_resnet18_cifar10")
     with open_dict(cfg):
         cfg.model.init, cfg.model.convert = None, "keep_bn"
-    model, spec = build(cfg)
+    model, spec = build(TrainSettings.from_cfg(cfg))
     assert spec.form == "plain" and not spec.conversion.fuse_bn
     assert isinstance(model, torch.nn.Sequential)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model)

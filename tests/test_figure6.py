@@ -155,7 +155,7 @@ def test_the_hooks_of_sparse_training():
 
     assert hooks("bn_scale", 1e-4, None) == {"bn_l1": {"sr": 1e-4}}
     for penalty, threshold in (("mask_conv", 5e-3), ("mask_conv", None), ("bn_scale", 5e-3)):
-        built = build_hooks(hooks(penalty, 1e-4, threshold))
+        built = list(build_hooks(hooks(penalty, 1e-4, threshold)).values())
         assert len(built) == 1 and isinstance(built[0], ScaleL1)
         assert (built[0].on, built[0].sr, built[0].threshold) == (penalty, 1e-4, threshold)
 

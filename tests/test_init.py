@@ -35,11 +35,12 @@ def test_zero_init_last_bn_flag_turns_it_off():
 
 
 def test_the_flag_reaches_the_model_from_the_config(tmp_path):
+    from engine.settings import TrainSettings
     from engine.stages import build
     for value, zero in (("true", True), ("false", False)):
         cfg = tiny_config(tmp_path, "model=rmnet26x3_32", "model.kwargs.widths=[16,32,64,128]",
                           f"model.kwargs.zero_init_last_bn={value}")
-        model, _ = build(cfg)
+        model, _ = build(TrainSettings.from_cfg(cfg))
         assert all(bool((w == 0).all()) == zero for w in _last_bn_weights(model, RMBlock, "bn3"))
 
 

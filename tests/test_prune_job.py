@@ -10,6 +10,7 @@ import artifacts
 from engine import stages
 from engine.checkpoint import save_checkpoint
 from engine.config import CONF_DIR
+from engine.settings import TrainSettings
 from prune import job
 from prune.amc import pipeline as amc_pipeline
 from prune.job import Pruner, Selection
@@ -48,7 +49,7 @@ class Fixed(Pruner):
     def checkpoint(self, cfg):
         """A built model (distinct BN scales to rank) saved as a training checkpoint."""
         self.calls.append("checkpoint")
-        model, spec = stages.build(cfg)
+        model, spec = stages.build(TrainSettings.from_cfg(cfg))
         path = os.path.join(self.root(cfg), "base.pt")
         save_checkpoint(path, model=randomize_bn(model).state_dict(), model_spec=spec.to_dict())
         return path

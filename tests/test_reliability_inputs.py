@@ -22,10 +22,10 @@ from artifacts import CheckpointError, extract_state_dict
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import CONF_DIR, ConfigError, check_values, per_process_batch
 from engine.errors import exit_on_user_error
+from engine.settings import TrainSettings
 from engine.stages import build
-from engine.trainer import Trainer
 from rm import ConversionError, DeployFormatError, load_file
-from tests.helpers import run_script, tiny_config
+from tests.helpers import run_script, tiny_config, trainer_for
 
 WIDTHS = [8, 8, 16, 16]
 REFUSED = (CheckpointError, DeployFormatError)
@@ -188,7 +188,7 @@ def test_foreign_checkpoints_are_refused_with_the_mismatch(tmp_path, other, monk
     torch.save(tiny(**other).state_dict(), bare)
     wanted = ["model=resnet18", f"model.kwargs.widths=[{','.join(map(str, WIDTHS))}]"]
     loads = [lambda: artifacts.load(bare, name="resnet18", num_classes=10, stem="cifar", kwargs={"widths": WIDTHS}),
-             lambda: build(tiny_config(tmp_path, f"model.init={bare}")),
+             lambda: build(TrainSettings.from_cfg(tiny_config(tmp_path, f"model.init={bare}"))),
              lambda: _cli(monkeypatch, capsys, "convert", [f"checkpoint={bare}", *wanted, "num_classes=10",
                                                           "stem=cifar", f"out={tmp_path / 'o.pt'}"])]
     for load in loads:
@@ -279,7 +279,7 @@ def test_a_batch_larger_than_the_training_set_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"the batch of 512 per process exceeds the 256 training samples per "
                                           r"process; lower global_batch_size"):
         cfg = tiny_config(tmp_path, "batch_size=null", "global_batch_size=512")
-        Trainer(cfg, *build(cfg))
+        trainer_for(cfg)
     assert not os.listdir(tmp_path)   # refused before a run folder is made
 
 

@@ -18,9 +18,9 @@ from artifacts import CheckpointError
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import ConfigError
 from engine.faults import NonFiniteLossError, StopSignal
-from engine.stages import build, run_training
+from engine.stages import run_training
 from engine.trainer import Trainer
-from tests.helpers import TINY, tiny_config
+from tests.helpers import TINY, tiny_config, trainer_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHORT = ["epochs=2", "max_steps_per_epoch=4", "final.enabled=false"]
@@ -90,7 +90,7 @@ def test_a_signal_at_the_epochs_last_step_checkpoints_before_validating(tmp_path
 def test_best_is_the_checkpoint_written_once(tmp_path, monkeypatch):
     """best.pt is last.pt's file (a hard link), not a second serialisation, and a later last.pt leaves it as it was."""
     cfg = tiny_config(tmp_path, "run_name=b", *SHORT)
-    trainer = Trainer(cfg, *build(cfg))
+    trainer = trainer_for(cfg)
     writes = []
     real_save = trainer_mod.save_checkpoint
     monkeypatch.setattr(trainer_mod, "save_checkpoint", lambda path, **kw: writes.append(path) or real_save(path, **kw))
@@ -221,7 +221,7 @@ def test_disk_full_during_a_run_is_a_clear_error(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     cfg = tiny_config(tmp_path, "run_name=full", *SHORT)
-    trainer = Trainer(cfg, *build(cfg))
+    trainer = trainer_for(cfg)
     try:
         trainer.save()
         monkeypatch.setattr(trainer_mod, "save_checkpoint", disk_full)
@@ -261,7 +261,7 @@ def test_unwritable_run_directory_fails_at_start(tmp_path):
     (tmp_path / "file").write_text("a file where a folder should be")
     with pytest.raises(ConfigError, match="cannot write to the run directory .*choose another output_dir"):
         cfg = tiny_config(tmp_path / "file" / "runs", *SHORT)
-        Trainer(cfg, *build(cfg))
+        trainer_for(cfg)
 
 
 class _NaNAt(nn.Module):
@@ -277,7 +277,7 @@ class _NaNAt(nn.Module):
 
 
 def test_nonfinite_loss_stops_and_never_overwrites_a_good_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setattr(Trainer, "_loss", lambda self, cfg: (None, _NaNAt(3)))
+    monkeypatch.setattr(Trainer, "_loss", lambda self, settings: (None, _NaNAt(3)))
     with pytest.raises(NonFiniteLossError) as e:
         run_training(tiny_config(tmp_path, "run_name=diverged", *SHORT, "ckpt_every_steps=1", "log_every_steps=2"))
     last = tmp_path / "diverged" / "last.pt"
@@ -288,7 +288,7 @@ def test_nonfinite_loss_stops_and_never_overwrites_a_good_checkpoint(tmp_path, m
 
 
 def test_nonfinite_loss_skip_mode_skips_the_update(tmp_path, monkeypatch):
-    monkeypatch.setattr(Trainer, "_loss", lambda self, cfg: (None, _NaNAt(3)))
+    monkeypatch.setattr(Trainer, "_loss", lambda self, settings: (None, _NaNAt(3)))
     run_training(tiny_config(tmp_path, "run_name=skip", *SHORT, "nonfinite_loss=skip"))
     ckpt = load_checkpoint(str(tmp_path / "skip" / "last.pt"))
     assert ckpt["step"] == 8
@@ -306,4 +306,4 @@ def test_resume_from_a_checkpoint_of_another_model_is_refused(tmp_path):
                     scaler={}, epoch=0, step=0, step_in_epoch=0, best_top1=0.0)
     cfg = tiny_config(tmp_path, f"resume={path}", *SHORT)
     with pytest.raises(CheckpointError, match=r"does not fit this run \(resnet20, 10 classes, cifar stem"):
-        Trainer(cfg, *build(cfg))
+        trainer_for(cfg)

@@ -1,5 +1,8 @@
 """ResRep (issue 15): compactors, their exact fold, gradient resetting, the mask schedule, the hook's
 optimizer group and resumable masks."""
+import os
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn as nn
@@ -10,6 +13,7 @@ import models
 import rm
 from engine.checkpoint import load_checkpoint
 from engine.optim import build_optimizer
+from engine.settings import TrainSettings
 from engine.trainer import Trainer
 from models import InputSpec, ModelSpec
 from models.complexity import count_macs
@@ -253,13 +257,18 @@ def test_hook_settings_are_checked():
 
 
 def test_masks_resume_with_the_run(tmp_path):
-    """The masks are part of the checkpoint: a resumed run starts from the masks it had. The
-    checkpoint of a plain model with compactors is a training form, and artifacts.load says so."""
+    """The masks are the resrep hook's state: the checkpoint holds them under "hooks", not among the
+    model's weights, and a resumed run starts from them bit for bit. A checkpoint from when the mask was a
+    buffer (in the weights, no "hooks") resumes with its masks too. The checkpoint of a plain model with
+    compactors is a training form, and artifacts.load says so."""
     import artifacts
+    from engine.checkpoint import save_checkpoint
     from engine.stages import train
+    from prune.resrep.compactor import Compactor
 
     cfg = tiny_config(tmp_path, "run_name=r", "epochs=1", "max_steps_per_epoch=3", "+hooks.resrep.target=1e5",
                       "+hooks.resrep.interval=1", "+hooks.resrep.start_epochs=0", "final.enabled=false")
+    settings = TrainSettings.from_cfg(cfg)
     base = randomize_bn(models.create_model("resnet18", num_classes=10, stem="cifar", widths=[8, 8, 16, 16]))
     spec = ModelSpec("resnet18", 10, "cifar", {"widths": [8, 8, 16, 16]},
                      input=InputSpec(16, (0.5,) * 3, (0.25,) * 3, "synthetic")).as_plain(
@@ -270,13 +279,24 @@ def test_masks_resume_with_the_run(tmp_path):
         add_compactors(model)
         return model
 
-    train(cfg, fresh(), spec)
-    saved = load_checkpoint(str(tmp_path / "r" / "last.pt"))["model"]
-    masks = {k: v for k, v in saved.items() if k.endswith("compactor.mask")}
-    assert masks and any((m == 0).any() for m in masks.values())
-    model = fresh()
-    trainer = Trainer(OmegaConf.merge(cfg, {"resume": "auto", "epochs": 2}), model, spec)
-    trainer.close()
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in masks.items())
+    def resumed_masks(path):
+        model = fresh()
+        Trainer(replace(settings, resume=path, epochs=2), model, spec).close()
+        return [c.mask for c in compactors(model)]
+
+    train(settings, fresh(), spec)
+    last = str(tmp_path / "r" / "last.pt")
+    blob = load_checkpoint(last)
+    masks = blob["hooks"]["resrep"]["masks"]
+    assert masks and any((m == 0).any() for m in masks)
+    assert not any(k.endswith("compactor.mask") for k in blob["model"])
+    assert all(torch.equal(a, b) for a, b in zip(resumed_masks(last), masks, strict=True))
+
+    names = [n for n, m in fresh().named_modules() if isinstance(m, Compactor)]
+    old = {**blob, "model": {**blob["model"], **{f"{n}.mask": m for n, m in zip(names, masks, strict=True)}}}
+    del old["hooks"]
+    os.makedirs(tmp_path / "old")
+    save_checkpoint(str(tmp_path / "old" / "last.pt"), **old)
+    assert all(torch.equal(a, b) for a, b in zip(resumed_masks(str(tmp_path / "old" / "last.pt")), masks, strict=True))
     with pytest.raises(artifacts.CheckpointError, match="training form of a plain model"):
-        artifacts.load(str(tmp_path / "r" / "last.pt"))
+        artifacts.load(last)

@@ -2,9 +2,11 @@
 import os
 
 import pytest
+from omegaconf import OmegaConf
 
 import models
 from engine.config import CONF_DIR, ConfigError, check_overrides, check_values
+from engine.settings import TrainSettings
 from engine.stages import build
 from tests.helpers import run_script
 
@@ -57,12 +59,32 @@ def test_experiments_compose_and_validate(experiment):
 
 def test_data_config_decides_stem_and_classes():
     cfg = check_overrides(["model=resnet18", "data=cifar100"])
-    model, spec = build(cfg)
+    model, spec = build(TrainSettings.from_cfg(cfg))
     assert spec.stem == "cifar" and model.fc.out_features == 100
     assert model.conv1.stride == (1, 1)   # the CIFAR stem
     cfg = check_overrides(["model=resnet20", "data=imagenet"])
     with pytest.raises(ValueError, match="no 'imagenet' stem"):
-        build(cfg)
+        build(TrainSettings.from_cfg(cfg))
+
+
+def test_train_settings_are_built_once_and_edited_as_values(tmp_path):
+    """TrainSettings: a train config's values, typed, in conf/train.yaml's layout again for config.yaml and
+    checkpoints; a pruner's run is a copy with other values (its own section is not the trainer's)."""
+    cfg = check_overrides(["model=resnet18", "data=cifar100", "+hooks.bn_l1.sr=1e-4", "optim.lr=0.2"])
+    settings = TrainSettings.from_cfg(cfg)
+    assert settings.to_dict() == OmegaConf.to_container(cfg, resolve=True)
+    assert settings.final is True and settings.hooks == {"bn_l1": {"sr": 1e-4}} and settings.model.kwargs == {}
+    narrow = settings.with_model_kwargs(shortcut_bn=True).at_lr(0.01)
+    assert narrow.model.kwargs == {"shortcut_bn": True} and narrow.optim.lr == 0.01
+    assert settings.model.kwargs == {} and settings.optim.lr == 0.2   # the original is untouched
+
+    from prune.common import train_settings
+    pruner = check_overrides(["model=resnet20", "+hooks.bn_l1.sr=1e-4"], config_name="prune")
+    run = train_settings(pruner, str(tmp_path), "finetune", {"resrep": {"target": 1.0}})
+    assert (run.output_dir, run.run_name, run.resume, run.final) == (str(tmp_path), "finetune", "auto", False)
+    assert run.hooks == {"resrep": {"target": 1.0}} and "prune" not in run.to_dict()
+    with pytest.raises(ConfigError, match="epochs must be a positive integer"):
+        TrainSettings.from_cfg(check_overrides(["epochs=0"]))
 
 
 def test_recipes_of_one_entry_point_are_refused_by_the_others_in_one_line(capsys):

@@ -9,9 +9,7 @@ import engine.distributed as D
 from engine.checkpoint import load_checkpoint
 from engine.ema import EMA
 from engine.hooks import Hook
-from engine.stages import build
-from engine.trainer import Trainer
-from tests.helpers import tiny_config
+from tests.helpers import tiny_config, trainer_for
 
 SHORT = ["epochs=1", "max_steps_per_epoch=6", "final.enabled=false"]
 
@@ -21,7 +19,7 @@ def test_resume_onto_a_non_cpu_device_loads_to_the_cpu(tmp_path, monkeypatch):
     """A trainer on a GPU resumes a checkpoint: the meta device stands in for cuda:N, so every tensor
     the trainer would load onto its device has no data (as a CUDA RNG state has no `.numpy()`)."""
     cfg = tiny_config(tmp_path, "run_name=r", *SHORT, "ema_decay=0.9")
-    trainer = Trainer(cfg, *build(cfg))
+    trainer = trainer_for(cfg)
     trainer.save()
     trainer.close()
     saved = load_checkpoint(str(tmp_path / "r" / "last.pt"))
@@ -30,7 +28,7 @@ def test_resume_onto_a_non_cpu_device_loads_to_the_cpu(tmp_path, monkeypatch):
     monkeypatch.setattr(D, "setup", lambda *a, **k: (real_setup(*a, **k), torch.device("meta"))[1])
     torch.manual_seed(123)   # another stream than the one saved
     cfg = tiny_config(tmp_path, "run_name=r", "resume=auto", *SHORT, "ema_decay=0.9")
-    resumed = Trainer(cfg, *build(cfg))
+    resumed = trainer_for(cfg)
     resumed.close()
     assert resumed.device.type == "meta" and next(resumed.model.parameters()).is_meta
     assert torch.equal(torch.get_rng_state(), saved["rng"][0]["torch"])
@@ -80,7 +78,7 @@ class _SyncCounter:
 def test_no_host_sync_between_log_steps(tmp_path, monkeypatch, ema):
     """Steps 2-5 of 6 (logged only at the epoch's end) call nothing that waits for the GPU."""
     cfg = tiny_config(tmp_path, "run_name=s", *SHORT, "log_every_steps=100", f"ema_decay={ema}")
-    trainer = Trainer(cfg, *build(cfg))
+    trainer = trainer_for(cfg)
     counter = _SyncCounter(monkeypatch)
     trainer.train_loader = counter.loader(trainer.train_loader)
 
@@ -88,7 +86,7 @@ def test_no_host_sync_between_log_steps(tmp_path, monkeypatch, ema):
         def after_step(self, t):
             counter.counts.append(list(counter.calls))
 
-    trainer.hooks.append(Mark())
+    trainer.hooks["mark"] = Mark()
     try:
         trainer.train_epoch()
     finally:

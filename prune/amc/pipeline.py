@@ -52,7 +52,7 @@ from models.mobilenet import has_relu6, relu6_as_relu
 from .. import common
 from ..budget import UNITS, Budget
 from ..budget import check_budget as check_cost_budget
-from ..common import shape_only_model, to_prunable_plain, top1, train_cfg, train_residual
+from ..common import shape_only_model, to_prunable_plain, top1, train_residual, train_settings
 from ..cost import amount, kind_suffix
 from ..job import Form, Job, Pruner, Selection
 from ..job import run as run_job
@@ -188,7 +188,7 @@ class AMC(Pruner):
     to_markdown, check_settings, root = staticmethod(to_markdown), staticmethod(check_settings), staticmethod(run_root)
 
     def checkpoint(self, cfg: DictConfig) -> str:
-        return cfg.amc.checkpoint or train_residual(cfg, "amc", run_root(cfg), "train")
+        return cfg.amc.checkpoint or train_residual(cfg, run_root(cfg), "train")
 
     def out_dir(self, cfg: DictConfig, base: artifacts.Artifact) -> str:
         a = cfg.amc
@@ -214,9 +214,8 @@ class AMC(Pruner):
         if cfg.amc.rm_finetune_epochs == 0:
             return plain
         root = run_root(cfg)
-        tcfg = train_cfg(cfg, "amc", root, "rm_finetune",
-                         **{"epochs": int(cfg.amc.rm_finetune_epochs), "final.enabled": False})
-        stages.train(tcfg, plain.model, plain.spec)
+        settings = dataclasses.replace(train_settings(cfg, root, "rm_finetune"), epochs=int(cfg.amc.rm_finetune_epochs))
+        stages.train(settings, plain.model, plain.spec)
         tuned = artifacts.load(os.path.join(root, "rm_finetune", "best.pt")).model
         return dataclasses.replace(plain, model=tuned)
 

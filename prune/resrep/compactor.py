@@ -4,8 +4,9 @@ A compactor is a 1x1 conv without bias, initialised to the identity, placed afte
 conv to be pruned: conv -> BN -> compactor -> activation computes what conv -> BN -> activation
 did, and the training that follows drives whole rows of it to zero. A row that is zero makes its
 output channel zero, and activations and pooling keep a zero channel zero, so the channel and the
-reader's input slice go without a trace (`fold`). The compactor's `mask` buffer marks the rows
-being zeroed; as a buffer it is in the state dict, so a resumed run continues with its masks.
+reader's input slice go without a trace (`fold`). The compactor's `mask` marks the rows being
+zeroed; it is the `resrep` hook's state, which checkpoints hold under "hooks" (prune.resrep.hook), not
+a weight of the model. Files written when it was a buffer still load, mask included.
 
 Where compactors go (`slots`):
 * a plain chain (`rm.convert(model, fuse_bn=False)`): after every conv unit whose output another
@@ -37,10 +38,16 @@ class Compactor(nn.Module):
         per = channels // groups
         self.groups = groups
         self.weight = nn.Parameter(torch.eye(per).repeat(groups, 1).view(channels, per, 1, 1))
-        self.register_buffer("mask", torch.ones(channels))
+        self.register_buffer("mask", torch.ones(channels), persistent=False)   # moves with the model, not saved
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight, groups=self.groups)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args) -> None:
+        old = state_dict.pop(prefix + "mask", None)   # a checkpoint from when the mask was a saved buffer
+        if old is not None:
+            self.mask.copy_(old)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def row_norms(self) -> torch.Tensor:
         """The pruning metric: the L2 norm of every row (output channel), float64 on the CPU."""

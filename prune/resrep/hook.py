@@ -12,7 +12,8 @@
   latency (ms in `runtime` at `batch_size`, the per-layer table of `bench.latency`: `fold.folded_cost`).
   A latency is measured in each process, so it is refused in a distributed run, whose processes must
   agree on the masks.
-The masks are the compactors' buffers, so a checkpoint holds them and a resumed run goes on with them.
+The masks are the hook's state (`state_dict`): a checkpoint holds them under "hooks" -> "resrep" and
+a resumed run goes on with them; `load_masks` reads them from a finished run's checkpoint.
 """
 from __future__ import annotations
 
@@ -52,6 +53,23 @@ def reset_gradient(compactor: Compactor, lasso: float, all_rows: bool = False) -
         grad[~masked] += penalty[~masked]
 
 
+def set_masks(found: list[Compactor], masks: list[torch.Tensor]) -> None:
+    """Copy saved masks (the hook's state) into the compactors, which must be the ones they were saved from."""
+    if [len(m) for m in masks] != [len(c.mask) for c in found]:
+        raise ValueError(f"the saved resrep masks ({len(masks)} compactors) do not fit this model's "
+                         f"{len(found)} compactors")
+    for c, m in zip(found, masks):
+        c.mask.copy_(m)
+
+
+def load_masks(model: nn.Module, checkpoint: dict[str, Any]) -> None:
+    """The masks of a run with the resrep hook, from its checkpoint (already loaded with torch.load),
+    into `model`'s compactors; a checkpoint from when they were buffers brought them with its weights."""
+    state = (checkpoint.get("hooks") or {}).get("resrep")
+    if state is not None:
+        set_masks(compactors(model), state["masks"])
+
+
 @register_hook("resrep")
 class ResRepHook(Hook):
     def __init__(self, target: float, lasso: float = 1e-4, penalty_rows: str = "masked", interval: int = 200,
@@ -78,9 +96,11 @@ class ResRepHook(Hook):
         self.compactor_momentum = compactor_momentum
         self.layout: Layout | None = None
         self.cost: Callable[[list[torch.Tensor]], float] | None = None   # built with the layout
+        self.compactors: list[Compactor] = []   # the trained model's, in model order (param_groups)
 
     def param_groups(self, model: nn.Module) -> list[dict]:
-        params = [c.weight for c in compactors(model)]
+        self.compactors = compactors(model)
+        params = [c.weight for c in self.compactors]
         if not params:
             raise ValueError("the resrep hook trains compactors, and the model has none: put them in with "
                              "prune.resrep.add_compactors (resrep.py does)")
@@ -88,6 +108,12 @@ class ResRepHook(Hook):
         if self.compactor_momentum is not None:
             group["momentum"] = float(self.compactor_momentum)
         return [group]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"masks": [c.mask.detach().cpu().clone() for c in self.compactors]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        set_masks(self.compactors, state["masks"])
 
     def after_backward(self, model: nn.Module) -> None:
         for c in compactors(model):

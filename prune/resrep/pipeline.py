@@ -21,28 +21,30 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from dataclasses import replace
 from typing import Any
 
 import torch
 import torch.nn as nn
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 import artifacts
 from engine import stages
 from engine.checkpoint import load_checkpoint
+from engine.settings import TrainSettings
 from rm import CheckpointError
 
 from .. import common
 from ..budget import UNITS, Budget
 from ..budget import check_budget as check_cost_budget
-from ..common import check_stored_model, top1, train_cfg, train_residual
+from ..common import check_stored_model, top1, train_residual, train_settings
 from ..cost import amount, kind_suffix
 from ..job import Form, Job, Pruner, Selection
 from ..job import run as run_job
 from ..report import check_bench
 from .compactor import add_compactors
 from .fold import fold_compactors, folded_cost
-from .hook import ResRepHook  # also registers the `resrep` hook the training runs name
+from .hook import ResRepHook, load_masks  # also registers the `resrep` hook the training runs name
 from .layout import Layout, resolve
 from .report import SCHEMA, budget_text, to_markdown
 
@@ -96,10 +98,9 @@ def base_model(cfg: DictConfig, path: str) -> artifacts.Artifact:
         stored = None
     if stored is not None and stored.kind != "state_dict":
         check_stored_model(stored.spec, cfg, path)
-    bcfg = copy.deepcopy(cfg)
-    with open_dict(bcfg):
-        bcfg.model.init = path   # stages.build reads it as train.py's model.init does (checked against model, data)
-    model, spec = stages.build(bcfg)
+    settings = TrainSettings.from_cfg(cfg)
+    # stages.build reads it as train.py's model.init does (checked against model, data)
+    model, spec = stages.build(replace(settings, model=replace(settings.model, init=path)))
     return artifacts.Artifact("train", model.eval(), spec, {}, path)
 
 
@@ -123,7 +124,7 @@ class ResRep(Pruner):
     to_markdown, check_settings, root = staticmethod(to_markdown), staticmethod(check_settings), staticmethod(run_root)
 
     def checkpoint(self, cfg: DictConfig) -> str:
-        return cfg.resrep.base or train_residual(cfg, "resrep", run_root(cfg), "base")
+        return cfg.resrep.base or train_residual(cfg, run_root(cfg), "base")
 
     def base_model(self, cfg: DictConfig) -> artifacts.Artifact:
         return base_model(cfg, self.checkpoint(cfg))
@@ -141,12 +142,13 @@ class ResRep(Pruner):
         add_compactors(model)
         check_reachable(model, job.size, target, form, job.budget)
         hooks = {"resrep": {"target": float(target), **_hook_settings(r)}}
-        keys: dict[str, Any] = {"epochs": int(r.epochs)}
+        settings = replace(train_settings(cfg, form_dir, "train", hooks), epochs=int(r.epochs))
         if r.lr is not None:
-            keys["optim.lr"] = float(r.lr)
-        stages.train(train_cfg(cfg, "resrep", form_dir, "train", hooks, **{"final.enabled": False, **keys}), model,
-                     start.spec)
-        model.load_state_dict(load_checkpoint(os.path.join(form_dir, "train", "last.pt"))["model"])
+            settings = settings.at_lr(r.lr)
+        stages.train(settings, model, start.spec)
+        last = load_checkpoint(os.path.join(form_dir, "train", "last.pt"))
+        model.load_state_dict(last["model"])
+        load_masks(model, last)
         top1_compactor = top1(model, job.val, cfg, f"{form} with compactors")
         result = fold_compactors(model.cpu(), float(r.threshold), int(r.channel_round))
         meta = {"method": "resrep", "target": float(r.target), "threshold": result.threshold}
