@@ -22,8 +22,10 @@ def _one_thread(one_thread):
 
 
 def _doc_code() -> str:
-    with open(os.path.join(ROOT, "docs", "incoming", "bring_your_own.md")) as f:
-        blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+    """The python block of the guide's section on blocks of one's own."""
+    with open(os.path.join(ROOT, "docs", "bring-your-own-model.md")) as f:
+        section = f.read().split("## Your own residual blocks", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
     assert len(blocks) == 1
     return blocks[0]
 
@@ -31,7 +33,7 @@ def _doc_code() -> str:
 def test_the_bring_your_own_example_converts_exactly(capsys):
     """Exactly the code of the guide runs, and its model converts exactly with random BN statistics."""
     namespace: dict = {}
-    exec(compile(_doc_code(), "bring_your_own.md", "exec"), namespace)
+    exec(compile(_doc_code(), "bring-your-own-model.md", "exec"), namespace)
     assert "max abs difference" in capsys.readouterr().out
     plain = namespace["plain"]
     assert all(isinstance(m, PLAIN) for m in plain)

@@ -115,6 +115,13 @@ PLAN = {
         ("check",),
     ".venv/bin/python amc.py experiment=amc_imagenet_r0.5 data.root=/data/imagenet": ("cfg",),
     ".venv/bin/python amc.py -m experiment=amc_cifar10_ours amc.flops_ratio=0.5,0.6,0.7,0.75": ("check",),
+    ".venv/bin/python -m bench.timm_coverage": ("skip", "the whole 207-name sweep, about 3 CPU minutes: "
+                                                 "tests/test_timm_sweep.py runs it on a sample, and on all with -m slow"),
+    ".venv/bin/python -m bench.timm_coverage --names regnetx_002 repvgg_a0 --out /tmp/coverage.md": ("run", []),
+    ".venv/bin/python -m pytest -m slow tests/test_timm_sweep.py": ("skip", "a test of this suite"),
+    ".venv/bin/python convert.py model=resnet152 out=r152_plain.pt": ("cfg",),
+    ".venv/bin/python convert.py model=resnet152 out=r152_plain.pt verify_float64=true": ("cfg",),
+    ".venv/bin/python convert.py model=resnet50 out=r50_plain.pt verify_float64=false": ("cfg",),
     ".venv/bin/python resrep.py": ("run", RESREP),
     ".venv/bin/python resrep.py resrep.base=RUN/best.pt resrep.target=0.6 resrep.forms=[rm]": ("run", RESREP),
     ".venv/bin/python train.py experiment=paper_cifar model=resnet56 data=cifar10 run_name=resnet56_cifar10":
