@@ -156,7 +156,8 @@ def _argv(command: str, subs: dict[str, str]) -> list[str]:
     how = PLAN[command]
     for key, value in subs.items():
         command = command.replace(key, value)
-    argv = [a for a in shlex.split(command)[1:] if a != "..." and not a.startswith(("--n", "--master"))]
+    torchrun = ("--nproc_per_node", "--nnodes", "--node_rank", "--master")   # torchrun's own options
+    argv = [a for a in shlex.split(command)[1:] if a != "..." and not a.startswith(torchrun)]
     if how[0] == "cfg":
         return argv + ["--cfg", "job"]
     if how[0] == "check":
