@@ -17,8 +17,9 @@ scales the BN (or the merged conv) before it (mask1, mask2: the block's merged c
 (followed by a ReLU, on the non-negative block input) makes the shortcut read max(mask, 0) * x
 (`rm_residual`'s input_scale): it scales the reserved channels' Dirac rows under `reserve_input`, as
 the authors' deploy does, or the shortcut conv's inputs under `reserve_shortcut`. The model's order
-comes from its forward (the graph pass); the block converter gives what the graph pass derives. `plain_channel_masks` gives the mask of every
-channel of the converted chain (`reserve_input`), which network slimming ranks them by.
+comes from its forward (the graph pass); the block converter gives what the graph pass derives.
+`plain_channel_masks` gives the mask of every channel of the converted chain (`reserve_input`), which
+network slimming ranks them by.
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ class ChannelMask(nn.Conv2d):
         nn.init.ones_(self.weight)
 
     def scale(self) -> torch.Tensor:
-        return self.weight.detach().to(torch.float64).flatten().cpu()
+        """The scales in float64 on the model's device (conversion runs there: a GPU, or meta for shapes)."""
+        return self.weight.detach().to(torch.float64).flatten()
 
 
 class MaskedBlock(nn.Module):
@@ -132,7 +134,7 @@ def plain_channel_masks(model: RMNetPruning) -> list[torch.Tensor]:
         for block in getattr(model, stage):
             masks += [torch.cat([block.mask1.scale().abs(), block.mask_res.scale().clamp(min=0)]),
                       block.mask2.scale().abs()]
-    return masks
+    return [m.cpu() for m in masks]
 
 
 @register_model

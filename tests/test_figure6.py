@@ -78,6 +78,14 @@ def test_the_graph_pass_folds_trained_masks_as_the_block_converter_does(scheme, 
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
 
 
+def test_conversion_keeps_the_masks_on_the_models_device():
+    """The mask scales stay on the model's device, as every other weight (a GPU model converts on the GPU):
+    on the meta device the conversion gives the CPU conversion's layer shapes."""
+    model = masked_model()
+    shapes = [p.shape for p in rm.convert(model, use_registered=False).parameters()]
+    assert [p.shape for p in rm.convert(model.to("meta")).parameters()] == shapes
+
+
 def test_plain_channel_masks_name_the_zero_channels():
     """Every plain channel whose mask is 0 is exactly 0 before its activation (so removing it is exact),
     in the chain the pruner ranks (BN kept, reserve_input); the masks line up with the chain's units."""
