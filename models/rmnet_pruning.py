@@ -12,15 +12,17 @@ reads (the channels RM reserves). Masks start at 1. Left out of the authors' mod
 (`rm.recalibrate_identity_bn` measures them from data), and the per-model `prune()`
 (`prune.plain.prune_plain` prunes the converted chain). Their conv init is PyTorch's default, kept.
 
-RM conversion folds every mask into its neighbours, exactly: mask1 and mask2 scale the BN (or the
-merged conv) before them; mask_res (followed by a ReLU, on the non-negative block input) scales the
-reserved channels' Dirac rows by max(mask, 0) under `reserve_input`, as the authors' deploy does, or
-the shortcut conv's inputs under `reserve_shortcut`. `plain_channel_masks` gives the mask of every
-channel of the converted chain (`reserve_input`), which network slimming ranks them by.
+RM conversion folds every mask into its neighbours, exactly: a mask is a `ChannelScale` item, which
+scales the BN (or the merged conv) before it (mask1, mask2: the block's merged conv); mask_res
+(followed by a ReLU, on the non-negative block input) makes the shortcut read max(mask, 0) * x
+(`rm_residual`'s input_scale): it scales the reserved channels' Dirac rows under `reserve_input`, as
+the authors' deploy does, or the shortcut conv's inputs under `reserve_shortcut`. The model's order
+comes from its forward (the graph pass); the block converter gives what the graph pass derives.
+`plain_channel_masks` gives the mask of every channel of the converted chain (`reserve_input`), which
+network slimming ranks them by.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Sequence
 
 import torch
@@ -28,10 +30,9 @@ import torch.nn as nn
 
 import rm
 from rm.blocks import with_relu
-from rm.convert import unsupported
+from rm.convert import ChannelScale, unsupported
 from rm.layer import ConvLayer, relu_slopes
-from rm.ops import dirac
-from rm.rules import rm_residual
+from rm.rules import rm_residual, scale_output
 
 from .layers import check_widths, resnet_stem
 from .registry import register_model
@@ -45,7 +46,8 @@ class ChannelMask(nn.Conv2d):
         nn.init.ones_(self.weight)
 
     def scale(self) -> torch.Tensor:
-        return self.weight.detach().to(torch.float64).flatten().cpu()
+        """The scales in float64 on the model's device (conversion runs there: a GPU, or meta for shapes)."""
+        return self.weight.detach().to(torch.float64).flatten()
 
 
 class MaskedBlock(nn.Module):
@@ -74,33 +76,22 @@ class MaskedBlock(nn.Module):
         return self.relu(self.mask2(out + shortcut))
 
 
-def _scaled(layer: ConvLayer, scale: torch.Tensor) -> ConvLayer:
-    """`layer`'s output times `scale` per channel (before its activation): in its BN, else its conv."""
-    if layer.bn is not None:
-        return replace(layer, bn=replace(layer.bn, weight=layer.bn.weight * scale, bias=layer.bn.bias * scale))
-    return replace(layer, weight=layer.weight * scale.view(-1, 1, 1, 1), bias=layer.bias * scale)
+@rm.register_converter(ChannelMask, leaf=True)
+def _convert_mask(mask: ChannelMask, ctx: rm.Context) -> list:
+    return [ChannelScale(mask.scale())]
 
 
 @rm.register_converter(MaskedBlock)
 def _convert_block(block: MaskedBlock, ctx: rm.Context) -> list:
     if not ctx.nonneg:
         raise unsupported(ctx, block, "relu(mask_res * x) is a per-channel scale only on a non-negative "
-                                          "input; the block must follow a ReLU (as in rmnet_pruning_*)")
-    m2, keep = block.mask2.scale(), block.mask_res.scale().clamp(min=0)
-    main = [with_relu(_scaled(ConvLayer.from_conv(block.conv1, block.bn1), block.mask1.scale())),
-            _scaled(ConvLayer.from_conv(block.conv2, block.bn2), m2)]
-    c_in = block.conv1.in_channels
-    if block.downsample is None:
-        shortcut = ConvLayer(dirac(c_in, (1, 1), (0, 0)), torch.zeros(c_in, dtype=torch.float64))
-    else:
-        shortcut = ConvLayer.from_conv(*block.downsample)
-    shortcut = _scaled(shortcut, m2)
-    if ctx.downsample != "reserve_input":   # the shortcut (reserved in L1) reads relu(mask_res * x)
-        shortcut = replace(shortcut, weight=shortcut.weight * keep.view(1, -1, 1, 1))
-    chain = rm_residual(main, shortcut, relu_slopes(main[-1].out_channels), True, ctx.downsample)
-    if ctx.downsample == "reserve_input":   # the reserved channels (L1's last c_in) carry relu(mask_res * x)
-        rows = torch.cat([torch.ones(chain[0].out_channels - c_in, dtype=torch.float64), keep])
-        chain[0] = replace(chain[0], weight=chain[0].weight * rows.view(-1, 1, 1, 1))
+                                      "input; the block must follow a ReLU (as in rmnet_pruning_*)")
+    main = [with_relu(scale_output(ConvLayer.from_conv(block.conv1, block.bn1), block.mask1.scale())),
+            ConvLayer.from_conv(block.conv2, block.bn2)]
+    shortcut = None if block.downsample is None else ConvLayer.from_conv(*block.downsample)
+    chain = rm_residual(main, shortcut, relu_slopes(main[-1].out_channels), True, ctx.downsample,
+                        input_scale=block.mask_res.scale().clamp(min=0))
+    chain[-1] = scale_output(chain[-1], block.mask2.scale())   # mask2 scales the sum, before the ReLU
     return chain
 
 
@@ -132,14 +123,6 @@ class RMNetPruning(nn.Module):
         return [f"layer{i + 1}" for i in range(self.num_stages)]
 
 
-@rm.register_converter(RMNetPruning)
-def _convert_model(model: RMNetPruning, ctx: rm.Context) -> list:
-    stem = with_relu(_scaled(ConvLayer.from_conv(model.conv1, model.bn1), model.mask1.scale()))
-    ctx.nonneg = True
-    names = ["maxpool", *model.stages(), "avgpool"]
-    return [stem, *ctx.convert_seq([getattr(model, n) for n in names], names), nn.Flatten(1), model.fc]
-
-
 def plain_channel_masks(model: RMNetPruning) -> list[torch.Tensor]:
     """|mask| of every conv unit's output channels of the model converted with `reserve_input`, in
     chain order: the stem; per block L1 = [mask1, max(mask_res, 0) of the reserved inputs] and
@@ -151,7 +134,7 @@ def plain_channel_masks(model: RMNetPruning) -> list[torch.Tensor]:
         for block in getattr(model, stage):
             masks += [torch.cat([block.mask1.scale().abs(), block.mask_res.scale().clamp(min=0)]),
                       block.mask2.scale().abs()]
-    return masks
+    return [m.cpu() for m in masks]
 
 
 @register_model

@@ -8,8 +8,8 @@ module without a converter that is not a plain module or Sequential goes to the 
 (`rm/graph.py`), which traces its forward and converts residual adds with the same rules. The
 walker tracks whether the tensor between modules is known to be non-negative, which decides
 whether reserved channels can ride through a ReLU or need PReLU with slope 1.
-A peephole folds BatchNorm2d/ReLU/PReLU modules (and `PreActivation` markers) that follow a conv
-into its `ConvLayer`; a last pass composes convs that have no activation between them (eq. 4).
+A peephole folds BatchNorm2d/ReLU/PReLU modules (and `PreActivation`, `ChannelScale` items) that follow
+a conv into its `ConvLayer`; a last pass composes convs that have no activation between them (eq. 4).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from torch.nn.utils import skip_init
 from .deploy import InputSizeCheck, SqueezeExcite
 from .layer import BNParams, ConvLayer, PreActivation, relu_slopes
 from .ops import ConversionError, dirac
-from .rules import SCHEMES, compose, split_output
+from .rules import SCHEMES, compose, scale_output, split_output
 
 
 @dataclass
@@ -35,7 +35,15 @@ class ChannelGate:
     build: Callable[[int], SqueezeExcite]
 
 
-Item = Union[ConvLayer, PreActivation, ChannelGate, nn.Module]
+@dataclass
+class ChannelScale:
+    """x * scale per channel (a mask conv: a depthwise 1x1 conv without bias), folded into the linear conv
+    before it; at the head of a residual shortcut, followed by a ReLU on x >= 0, a scaled identity."""
+
+    scale: torch.Tensor  # float64, one per channel
+
+
+Item = Union[ConvLayer, PreActivation, ChannelGate, ChannelScale, nn.Module]
 Converter = Callable[[nn.Module, "Context"], list[Item]]
 
 _CONVERTERS: dict[type | str, Converter] = {}
@@ -191,27 +199,33 @@ def _nonneg_after(items: list[Item], before: bool) -> bool:
             state = item.output_nonneg
         elif isinstance(item, nn.ReLU):
             state = True
-        elif isinstance(item, (nn.Linear, nn.BatchNorm2d)):
+        elif isinstance(item, (nn.Linear, nn.BatchNorm2d, ChannelScale)):
             state = False
     return state
 
 
 def append_item(items: list[Item], item: Item, ctx: Context) -> None:
-    """Append `item`, folding a BN, ReLU, PReLU or pre-activation marker into the linear conv before it.
-    Where the item before cannot take a BN or pre-activation (pooling, an activated conv), an
-    identity 1x1 conv does."""
+    """Append `item`, folding a BN, ReLU, PReLU, channel scale or pre-activation marker into the linear
+    conv before it. Where the item before cannot take a BN, scale or pre-activation (pooling, an
+    activated conv), an identity 1x1 conv does."""
     last = items[-1] if items else None
     if isinstance(item, ChannelGate):
         if not isinstance(last, ConvLayer):
             raise ConversionError(f"the gate at {'.'.join(ctx.path)} does not follow a conv, whose width it needs")
         item = item.build(last.out_channels)
-    # A BN or pre-activation the item before cannot take gets an identity 1x1 conv to fold into; first in
-    # a container, it stays for the enclosing container's walk to fold (a pre-activation block's BN).
-    foldable = isinstance(last, ConvLayer) and last.act is None and (last.bn is None or isinstance(item, PreActivation))
-    if isinstance(item, (PreActivation, nn.BatchNorm2d)) and last is not None and not foldable:
-        c = item.bn.weight.numel() if isinstance(item, PreActivation) else item.num_features
-        items.append(ConvLayer(dirac(c, (1, 1), (0, 0)), torch.zeros(c, dtype=torch.float64)))
+    # A BN, scale or pre-activation the item before cannot take gets an identity 1x1 conv to fold into;
+    # first in a container, it stays for the enclosing container's walk to fold (a pre-activation block's BN).
+    foldable = isinstance(last, ConvLayer) and last.act is None and (
+        last.bn is None or isinstance(item, (PreActivation, ChannelScale)))
+    if isinstance(item, (PreActivation, nn.BatchNorm2d, ChannelScale)) and last is not None and not foldable:
+        items.append(ConvLayer(dirac(_width(item), (1, 1), (0, 0)), torch.zeros(_width(item), dtype=torch.float64)))
         last = items[-1]
+    if isinstance(item, ChannelScale):
+        if last is None:
+            items.append(item)
+        else:
+            items[-1] = scale_output(last, item.scale)
+        return
     if isinstance(item, PreActivation):
         if isinstance(last, ConvLayer) and last.act is None:
             items[-1] = split_output(last, item.bn, item.keep_raw)
@@ -233,6 +247,12 @@ def append_item(items: list[Item], item: Item, ctx: Context) -> None:
         raise ConversionError(f"{type(item).__name__} at {'.'.join(ctx.path)} does not follow a conv "
                               "and cannot be folded into the plain chain")
     items.append(item)
+
+
+def _width(item: PreActivation | nn.BatchNorm2d | ChannelScale) -> int:
+    if isinstance(item, PreActivation):
+        return item.bn.weight.numel()
+    return item.num_features if isinstance(item, nn.BatchNorm2d) else item.scale.numel()
 
 
 def convert(model: nn.Module, fuse_bn: bool = True, downsample: str = "reserve_input", use_registered: bool = True
@@ -317,9 +337,9 @@ def fuse_linear(items: list[Item]) -> list[Item]:
 def emit(items: list[Item], fuse_bn: bool) -> nn.Sequential:
     modules: list[nn.Module] = []
     for item in items:
-        if isinstance(item, (PreActivation, nn.BatchNorm2d)):
-            raise ConversionError("a BatchNorm (of a pre-activation block) comes first in the model, "
-                                  "so it has no conv to fold into")
+        if isinstance(item, (PreActivation, nn.BatchNorm2d, ChannelScale)):
+            raise ConversionError("a BatchNorm (of a pre-activation block) or a channel scale comes first in "
+                                  "the model, so it has no conv to fold into")
         if isinstance(item, ConvLayer):
             modules += _emit_conv(item, fuse_bn)
         else:

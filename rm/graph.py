@@ -12,7 +12,9 @@ uses (`rules.rm_residual`, `rules.fuse_branches`, `blocks.preact_residual`, `blo
 
 * one multi-layer branch (conv/BN/ReLU chains, ending linear; an SE after an activation, or a gate
   after the last conv) plus a shortcut (identity, BN, 1x1 conv [+ BN], average pool then 1x1 conv
-  + BN) -> `rm_residual`; a branch that starts with BN + ReLU is a pre-activation block;
+  + BN) -> `rm_residual`; a branch that starts with BN + ReLU is a pre-activation block; a shortcut
+  that starts with a per-channel scale s and a ReLU on a non-negative fork x reads max(s, 0) * x
+  (relu(s * x) = max(s, 0) * x for x >= 0: the authors' pruning network's mask on the shortcut);
 * single linear layers (RepVGG's parallel branches, an identity BN) -> `fuse_branches`.
 
 A concatenation of one-layer paths and channel slices of its fork (RM-RepVGG's kept channels, a
@@ -32,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .blocks import bn_shortcut, preact_residual, total_stride, with_se
-from .convert import Context, Item, append_item, is_leaf, unsupported
+from .convert import ChannelScale, Context, Item, append_item, is_leaf, unsupported
 from .deploy import InputSizeCheck, SqueezeExcite
 from .layer import BNParams, ConvLayer, identity_slopes, relu_slopes
 from .ops import ConversionError, dirac, embed_kernel, kernel_center, to_dense
@@ -301,7 +303,8 @@ def _raw_items(steps: list[Step], ctx: Context) -> list[Item]:
 
 @dataclass
 class _Term:
-    """One operand of an add: [average pool ->] [BN + ReLU ->] layers (with SE gates) from the fork."""
+    """One operand of an add: [average pool ->] [BN + ReLU | scale + ReLU ->] layers (with SE gates) from
+    the fork."""
 
     layers: list[ConvLayer]
     gates: list[tuple[int, SqueezeExcite]]  # (index of the layer the gate follows, gate)
@@ -309,6 +312,7 @@ class _Term:
     offset: int = 0
     preact: BNParams | None = None          # the operand starts with ReLU(BN(fork))
     pool: int = 1                           # the operand starts with an average pool of this window
+    input_scale: torch.Tensor | None = None  # the operand starts with ReLU(s * fork), fork >= 0: max(s, 0)
 
     @property
     def simple(self) -> bool:
@@ -318,13 +322,20 @@ class _Term:
 
 
 def _term(steps: list[Step], ctx: Context, where: str) -> _Term:
+    nonneg = ctx.nonneg   # of the fork (reading the items moves it on)
     raw = _raw_items(steps, ctx)
     pool = 1
     if raw and isinstance(raw[0], nn.AvgPool2d):
         pool = _pool_window(raw.pop(0), where)
+    input_scale = None
+    if len(raw) >= 2 and isinstance(raw[0], ChannelScale) and isinstance(raw[1], nn.ReLU):
+        if not nonneg:
+            raise ConversionError(f"a residual operand at {where} starts with relu(scale * x), a per-channel scale "
+                                  f"only on a non-negative x; the block must follow a ReLU")
+        input_scale, raw = raw[0].scale.clamp(min=0), raw[2:]
     offset = raw.pop(0).start if raw and isinstance(raw[0], ChannelSlice) and len(raw) == 2 else 0
     if len(raw) == 1 and isinstance(raw[0], nn.BatchNorm2d) and pool == 1:
-        return _Term([], [], bn_only=BNParams.from_module(raw[0]), offset=offset)
+        return _Term([], [], bn_only=BNParams.from_module(raw[0]), offset=offset, input_scale=input_scale)
     preact = None
     if len(raw) > 2 and isinstance(raw[0], nn.BatchNorm2d) and isinstance(raw[1], nn.ReLU):
         preact, raw = BNParams.from_module(raw[0]), raw[2:]
@@ -342,7 +353,7 @@ def _term(steps: list[Step], ctx: Context, where: str) -> _Term:
     if odd:
         raise ConversionError(f"a residual operand at {where} holds {', '.join(odd)} between its "
                               f"convs; RM carries the shortcut through conv, BN, ReLU/PReLU and SE gates only")
-    return _Term(layers, gates, preact=preact, pool=pool)
+    return _Term(layers, gates, preact=preact, pool=pool, input_scale=input_scale)
 
 
 def _pool_window(pool: nn.AvgPool2d, where: str) -> int:
@@ -360,7 +371,7 @@ def _add_items(term_steps: list[list[Step]], ctx: Context, where: str) -> list[I
         ctx.nonneg = before
         terms.append(_term(steps, ctx, where))
     ctx.nonneg = before
-    if all(t.simple and t.pool == 1 for t in terms):
+    if all(t.simple and t.pool == 1 and t.input_scale is None for t in terms):
         items = [_fuse(terms, where)]
     else:
         branches = [t for t in terms if not t.simple]
@@ -368,6 +379,9 @@ def _add_items(term_steps: list[list[Step]], ctx: Context, where: str) -> list[I
             raise ConversionError(f"the add at {where} sums {len(branches)} multi-layer branches and "
                                   f"{len(terms) - len(branches)} shortcuts; RM merges one branch with one shortcut")
         shortcut = next(t for t in terms if t.simple)
+        if branches[0].input_scale is not None:
+            raise ConversionError(f"the residual branch at {where} starts with relu(scale * x); RM scales the "
+                                  f"reserved shortcut input, not the branch's")
         items = _residual(branches[0], shortcut, ctx, where)
     return items
 
@@ -394,15 +408,15 @@ def _fuse(terms: list[_Term], where: str) -> ConvLayer:
 
 def _residual(branch: _Term, shortcut: _Term, ctx: Context, where: str) -> list[Item]:
     main = branch.layers
-    if shortcut.pool != 1 and branch.preact is not None:
-        raise ConversionError(f"a pre-activation block at {where} with an average-pool shortcut")
+    if branch.preact is not None and (shortcut.pool != 1 or shortcut.input_scale is not None):
+        raise ConversionError(f"a pre-activation block at {where} with an average-pool or scaled shortcut")
     gate_last = [g for i, g in branch.gates if i == len(main) - 1]
     try:
         if branch.preact is not None:
             marker, *chain = preact_residual(main, _shortcut_layer(shortcut), branch.preact)
             return [marker, *with_se(chain, _one(branch.gates, where), len(main) - 2)]
         chain = rm_residual(main, _shortcut_layer(shortcut), None, ctx.nonneg, ctx.downsample, shortcut.pool,
-                            gate=bool(gate_last))
+                            gate=bool(gate_last), input_scale=shortcut.input_scale)
     except ConversionError as e:
         raise ConversionError(f"the residual add at {where}: {e}") from None
     if gate_last:

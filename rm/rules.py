@@ -11,7 +11,8 @@ a plain chain of n layers:
 Two downsample schemes (§3.2): "reserve_input" (Fig. 2b, the default) reserves x itself and merges
 with the 1x1 shortcut kernel; "reserve_shortcut" (Fig. 2a) computes the shortcut in L1 and
 reserves its (signed) output with PReLU slope 1, merging with a Dirac kernel. Beyond the paper: an
-average-pool shortcut (ResNet-D) and a gate (SE, ECA) on the branch before the addition.
+average-pool shortcut (ResNet-D), a gate (SE, ECA) on the branch before the addition, and a
+shortcut that reads x scaled per channel (the authors' pruning network: relu(mask * x) on x >= 0).
 """
 from __future__ import annotations
 
@@ -76,8 +77,8 @@ def merge(layer: ConvLayer, weight: torch.Tensor, bias: torch.Tensor, act: torch
 
 
 def rm_residual(main: list[ConvLayer], shortcut: ConvLayer | None, act: torch.Tensor | None,
-                input_nonneg: bool, scheme: str = "reserve_input", pool: int = 1, gate: bool = False
-                ) -> list[ConvLayer]:
+                input_nonneg: bool, scheme: str = "reserve_input", pool: int = 1, gate: bool = False,
+                input_scale: torch.Tensor | None = None) -> list[ConvLayer]:
     """Plain chain equal to act(main(x) + shortcut(x)); shortcut None means identity.
 
     pool > 1: the shortcut averages pool x pool windows (stride pool) before its 1x1 conv (ResNet-D).
@@ -87,6 +88,9 @@ def rm_residual(main: list[ConvLayer], shortcut: ConvLayer | None, act: torch.Te
     gate: a gate (SE, ECA) scales main(x) before the addition. Ln then keeps its output and the
     reserved channels apart (the gate goes after it, on the first Ln.out_channels channels) and
     an extra 1x1 conv adds them: the chain has n + 1 layers.
+    input_scale: the shortcut reads input_scale * x (per channel, >= 0, so that reserved channels stay
+    non-negative): the kernel that reads x for the shortcut (the reserved rows, the shortcut conv
+    computed in L1, or the one layer's added kernel) takes it on its input channels.
     """
     if scheme not in SCHEMES:
         raise ValueError(f"downsample scheme must be one of {SCHEMES}, got {scheme!r}")
@@ -111,16 +115,17 @@ def rm_residual(main: list[ConvLayer], shortcut: ConvLayer | None, act: torch.Te
 
     if len(main) == 1 and not gate:  # a one-layer branch needs no reserving: add the shortcut kernel directly
         w, b = main[0].fused()
+        s_w = _scale_inputs(s_w, input_scale)
         w = to_dense(w, main[0].groups) + embed_kernel(s_w, main[0].kernel, kernel_center(main[0]), windows[0])
         return [replace(main[0], weight=w, bias=b + s_b, groups=1, bn=None, act=act)]
 
     if scheme == "reserve_shortcut" and shortcut is not None:
         # Fig. 2a: L1 computes the shortcut; its output may be negative, so PReLU keeps it.
-        n_res, first_w, first_b = c_out, s_w, s_b
+        n_res, first_w, first_b = c_out, _scale_inputs(s_w, input_scale), s_b
         res_act, merge_w = identity_slopes(c_out), dirac(c_out, (1, 1), (0, 0))
         merge_b = torch.zeros(c_out, dtype=torch.float64)
     else:
-        n_res, first_w = c_in, dirac(c_in, (1, 1), (0, 0))
+        n_res, first_w = c_in, _scale_inputs(dirac(c_in, (1, 1), (0, 0)), input_scale)
         first_b = torch.zeros(c_in, dtype=torch.float64)
         res_act = relu_slopes(c_in) if input_nonneg else identity_slopes(c_in)
         merge_w, merge_b = s_w, s_b
@@ -133,6 +138,18 @@ def rm_residual(main: list[ConvLayer], shortcut: ConvLayer | None, act: torch.Te
     chain += [pass_through(layer, n_res, res_act, w) for layer, w in zip(main[1:-1], windows[1:-1])]
     chain.append(merge(main[-1], merge_w, merge_b, act, windows[-1]))
     return chain
+
+
+def _scale_inputs(weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    return weight if scale is None else weight * scale.view(1, -1, 1, 1)
+
+
+def scale_output(layer: ConvLayer, scale: torch.Tensor) -> ConvLayer:
+    """`layer`'s output times `scale` per channel, before its activation: in its BN, else its conv
+    (a mask conv, network slimming's per-channel scale, folded into the conv before it)."""
+    if layer.bn is not None:
+        return replace(layer, bn=replace(layer.bn, weight=layer.bn.weight * scale, bias=layer.bn.bias * scale))
+    return replace(layer, weight=layer.weight * scale.view(-1, 1, 1, 1), bias=layer.bias * scale)
 
 
 def _windows(main: list[ConvLayer], pool: int) -> list[int]:

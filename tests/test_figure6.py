@@ -63,6 +63,29 @@ def test_rmnet_pruning_34_converts_exactly():
     check_exact(masked_model(name="rmnet_pruning_34"), 16, downsample="reserve_input", fuse_bn=False)
 
 
+@pytest.mark.parametrize("scheme,fuse_bn,stem", [("reserve_input", True, "imagenet"), ("reserve_shortcut", False, "cifar")])
+def test_the_graph_pass_folds_trained_masks_as_the_block_converter_does(scheme, fuse_bn, stem):
+    """The model's order comes from its forward (no model-level converter), and forced through the graph
+    pass (only the mask conv keeps its converter) the masks, zeros and negatives among them, fold where the
+    block converter folds them: the same layers, equal weights. (The registry test's masks are all 1.)"""
+    model = masked_model(stem)
+    assert type(model) not in rm.registered_types()
+    registered = rm.convert(model, fuse_bn=fuse_bn, downsample=scheme)
+    derived = rm.convert(model, fuse_bn=fuse_bn, downsample=scheme, use_registered=False)
+    assert [type(m) for m in registered] == [type(m) for m in derived]
+    a, b = registered.state_dict(), derived.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_conversion_keeps_the_masks_on_the_models_device():
+    """The mask scales stay on the model's device, as every other weight (a GPU model converts on the GPU):
+    on the meta device the conversion gives the CPU conversion's layer shapes."""
+    model = masked_model()
+    shapes = [p.shape for p in rm.convert(model, use_registered=False).parameters()]
+    assert [p.shape for p in rm.convert(model.to("meta")).parameters()] == shapes
+
+
 def test_plain_channel_masks_name_the_zero_channels():
     """Every plain channel whose mask is 0 is exactly 0 before its activation (so removing it is exact),
     in the chain the pruner ranks (BN kept, reserve_input); the masks line up with the chain's units."""
@@ -84,10 +107,13 @@ def test_plain_channel_masks_name_the_zero_channels():
     assert sum(int((m == 0).sum()) for m in masks) > 10
 
 
-def test_conversion_needs_a_non_negative_block_input():
+@pytest.mark.parametrize("use_registered", [True, False])
+def test_conversion_needs_a_non_negative_block_input(use_registered):
+    """relu(mask_res * x) is the per-channel scale max(mask_res, 0) * x only where x >= 0: a block on its own
+    (signed input) is refused by its converter and by the graph pass alike."""
     block = masked_model().layer1[0]
     with pytest.raises(rm.ConversionError, match="non-negative"):
-        rm.convert(block)
+        rm.convert(block, use_registered=use_registered)
 
 
 def _sparse_net() -> tuple[nn.Module, ChannelMask, nn.BatchNorm2d]:

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 import models
 import rm
+from models.rmnet_pruning import ChannelMask
 from tests.helpers import FLOAT64_TOL, ROOT, check_exact, randomize_bn
 
 PLAIN = (nn.Conv2d, nn.ReLU, nn.PReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten,
@@ -44,8 +45,18 @@ def _bn(c: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(c)
 
 
+def _mask(c: int) -> ChannelMask:
+    """A trained per-channel scale: negative, zero and positive entries."""
+    mask = ChannelMask(c)
+    with torch.no_grad():
+        mask.weight.copy_(torch.linspace(-0.5, 1.5, c).view(-1, 1, 1, 1))
+        mask.weight[c // 4] = 0.0
+    return mask
+
+
 class Basic(nn.Module):
-    """conv-BN-ReLU-conv-BN + shortcut (identity, BN alone, or 1x1 conv + BN), ReLU; the add in three spellings."""
+    """conv-BN-ReLU-conv-BN + shortcut (identity, BN alone, or 1x1 conv + BN, these two optionally reading
+    relu(mask * x)), ReLU; the add in three spellings."""
 
     def __init__(self, cin: int, cout: int, stride: int = 1, add: str = "+", shortcut: str = "auto"):
         super().__init__()
@@ -54,6 +65,9 @@ class Basic(nn.Module):
         self.add = add
         if shortcut == "bn":
             self.short = _bn(cout)
+        elif shortcut == "mask":   # relu(mask * x) on x >= 0: max(mask, 0) * x, then BN or 1x1 conv + BN
+            proj = [nn.Conv2d(cin, cout, 1, stride, bias=False)] if stride != 1 or cin != cout else []
+            self.short = nn.Sequential(_mask(cin), nn.ReLU(), *proj, _bn(cout))
         elif shortcut == "pool":   # ResNet-D: 2x2 average pool, then 1x1 conv + BN
             self.short = nn.Sequential(nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False),
                                        nn.Conv2d(cin, cout, 1, bias=False), _bn(cout))
@@ -129,6 +143,7 @@ USER_MODELS = {
     "basic +=": lambda: Net(Basic(8, 8, add="+="), Basic(8, 16, 2, add="+="), width=16),
     "basic torch.add": lambda: Net(Basic(8, 8, add="torch.add"), Basic(8, 16, 2, add="torch.add"), width=16),
     "BN shortcut": lambda: Net(Basic(8, 8, shortcut="bn")),
+    "masked shortcut": lambda: Net(Basic(8, 8, shortcut="mask"), Basic(8, 16, 2, shortcut="mask"), width=16),
     "bottleneck": lambda: Net(Bottleneck(8, 4, 16, 2), Bottleneck(16, 8, 16, groups=2), width=16),
     "bottleneck SE": lambda: Net(Bottleneck(8, 8, 16, 2, se=True), Bottleneck(16, 8, 16, se=True), width=16),
     "pre-activation": lambda: Net(PreAct(8, 8), PreAct(8, 16, 2), PreAct(16, 16), width=16, preact_head=True),
