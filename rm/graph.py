@@ -36,7 +36,7 @@ from .convert import Context, Item, append_item, is_leaf, unsupported
 from .deploy import InputSizeCheck, SqueezeExcite
 from .layer import BNParams, ConvLayer, identity_slopes, relu_slopes
 from .ops import ConversionError, dirac, embed_kernel, kernel_center, to_dense
-from .rules import fuse_branches, rm_residual
+from .rules import after_avg_pool, fuse_branches, rm_residual
 
 _ADDS = {operator.add, operator.iadd, torch.add, "add", "add_", "__add__", "__iadd__"}
 _RELUS = {F.relu, torch.relu, torch.relu_, "relu", "relu_"}
@@ -309,6 +309,7 @@ class _Term:
     offset: int = 0
     preact: BNParams | None = None          # the operand starts with ReLU(BN(fork))
     pool: int = 1                           # the operand starts with an average pool of this window
+    pool_inside: bool = False               # an average pool between its convs, composed into the next one
 
     @property
     def simple(self) -> bool:
@@ -331,6 +332,7 @@ def _term(steps: list[Step], ctx: Context, where: str) -> _Term:
     items: list[Item] = []
     for item in raw:
         append_item(items, item, ctx)
+    items, pool_inside = _compose_pools(items, where)
     layers, gates, odd = [], [], []
     for i, item in enumerate(items):
         if isinstance(item, ConvLayer):
@@ -342,7 +344,21 @@ def _term(steps: list[Step], ctx: Context, where: str) -> _Term:
     if odd:
         raise ConversionError(f"a residual operand at {where} holds {', '.join(odd)} between its "
                               f"convs; RM carries the shortcut through conv, BN, ReLU/PReLU and SE gates only")
-    return _Term(layers, gates, preact=preact, pool=pool)
+    return _Term(layers, gates, preact=preact, pool=pool, pool_inside=pool_inside)
+
+
+def _compose_pools(items: list[Item], where: str) -> tuple[list[Item], bool]:
+    """Each average pool before a conv composed into it (anti-aliased ResNet-D, CLIP ResNets), so the reserved
+    channels bypass it; and whether there was one (exact at multiples of the pool's window only)."""
+    out: list[Item] = []
+    for item in items:
+        if isinstance(item, ConvLayer) and out and isinstance(out[-1], nn.AvgPool2d):
+            composed = after_avg_pool(item, _pool_window(out[-1], where))
+            if composed is not None:
+                out[-1] = composed
+                continue
+        out.append(item)
+    return out, len(out) < len(items)
 
 
 def _pool_window(pool: nn.AvgPool2d, where: str) -> int:
@@ -369,6 +385,8 @@ def _add_items(term_steps: list[list[Step]], ctx: Context, where: str) -> list[I
                                   f"{len(terms) - len(branches)} shortcuts; RM merges one branch with one shortcut")
         shortcut = next(t for t in terms if t.simple)
         items = _residual(branches[0], shortcut, ctx, where)
+    if any(t.pool_inside for t in terms):
+        items = [_PooledShortcut(), *items]   # its size check covers the composed pools too
     return items
 
 
