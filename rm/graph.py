@@ -15,6 +15,10 @@ uses (`rules.rm_residual`, `rules.fuse_branches`, `blocks.preact_residual`, `blo
   + BN) -> `rm_residual`; a branch that starts with BN + ReLU is a pre-activation block;
 * single linear layers (RepVGG's parallel branches, an identity BN) -> `fuse_branches`.
 
+An average pool inside an operand (window == stride, unpadded: anti-aliasing) composes into the conv after it
+(`rules.after_avg_pool`), so the reserved channels bypass it; exact at multiples of its window, which the
+block's `InputSizeCheck` enforces.
+
 A concatenation of one-layer paths and channel slices of its fork (RM-RepVGG's kept channels, a
 DenseNet layer) becomes one layer whose Dirac rows carry the slices.
 

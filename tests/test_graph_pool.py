@@ -29,7 +29,7 @@ def test_a_pool_composes_into_a_padded_grouped_conv():
     torch.testing.assert_close(got, conv(nn.functional.avg_pool2d(x, 2)), rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["legacy_seresnet18", "resnetaa34d", "seresnetaa50d"])
+@pytest.mark.parametrize("name", ["legacy_seresnet18", "resnetaa34d", "seresnetaa50d", "resnet50_clip_gap"])
 def test_the_timm_name_converts_exactly(name):
     """Float64, randomised BN statistics, 32x32, relative error <= 1e-10 (the sweep's check)."""
     assert cov.sweep_one(name).converted
