@@ -65,11 +65,11 @@ mobilenetv2_050 mobilenetv2_100 efficientnet_b0 efficientnet_b1 efficientnet_b2 
 # pattern (below), so a refusal is a missing converter, not a limit of the method.
 FITS_RULE = ("a name fits when every residual merge is an `add` of a branch of conv/BatchNorm(running "
              "statistics)/ReLU chains (SE or ECA gates with a sigmoid allowed, channel split and concat "
-             "inside one branch allowed, an average pool applied alike to branch and shortcut allowed) and a "
-             "shortcut that is an identity, a 1x1 conv + BN or an average pool then a 1x1 conv + BN; every "
+             "inside one branch allowed, an average pool whose window is its stride allowed anywhere in the branch) "
+             "and a shortcut that is an identity, a 1x1 conv + BN or an average pool then a 1x1 conv + BN; every "
              "activation the reserved channels pass is ReLU (or an identity, re-parameterised or PReLU "
-             "slope 1). Everything else does not fit: other activations, other normalisations, anti-aliasing "
-             "filters on one path only, softmax attention, concatenation across depths")
+             "slope 1). Everything else does not fit: other activations, other normalisations, other "
+             "anti-aliasing filters (blur pools) on one path only, softmax attention, concatenation across depths")
 REFUSABLE: tuple[tuple[str, bool, str], ...] = (
     ("resnet50_gn", False, "GroupNorm"),
     ("resnetv2_*_gn", False, "GroupNorm"),
@@ -79,12 +79,7 @@ REFUSABLE: tuple[tuple[str, bool, str], ...] = (
     ("resnetv2_*_frn", False, "FilterResponseNorm"),
     ("regnetz_*_evos", False, "EvoNorm"),
     ("resnetblur*", False, "blur pool: reflection padding and a filter on the branch only"),
-    ("resnetaa50", False, "anti-aliasing average pool on the branch only (the shortcut subsamples)"),
-    ("*aa*d*", True, "anti-aliasing average pool in the branch, the same as the shortcut's: the ResNet "
-                     "converter refuses it"),
     ("resnet*_clip", False, "attention-pool head (softmax attention)"),
-    ("resnet*_clip_gap", True, "ByobNet: no converter"),
-    ("resnet50_mlp", True, "ByobNet: no converter"),
     ("resnet3[23]ts", False, "SiLU"),
     ("resnet[56]1q", False, "SiLU"),
     ("resnext26ts", False, "SiLU"),
@@ -99,12 +94,7 @@ REFUSABLE: tuple[tuple[str, bool, str], ...] = (
     ("skresnext*", False, "SelectiveKernel: softmax attention between branches"),
     ("resnest*", False, "split attention (softmax across radix groups)"),
     ("dla*", False, "tree aggregation: concatenation across depths"),
-    ("resnetv2_*", True, "ResNetV2 (pre-activation): no converter"),
-    ("regnet[xy]_*", True, "RegNet: no converter"),
-    ("repvgg_*", True, "ByobNet: no converter (timm's reparameterize_model runs first)"),
-    ("gernet_*", True, "ByobNet: no converter"),
     ("res2ne*", True, "Res2Net (split/concat inside the branch): no converter"),
-    ("legacy_seresnet*", True, "SENet (legacy): no converter"),
 )
 # timm constructors that take narrow widths (timm.models.resnet.ResNet and the families built on it).
 NARROW = {"channels": (16, 32, 64, 128), "stem_width": 8}

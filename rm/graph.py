@@ -17,6 +17,10 @@ uses (`rules.rm_residual`, `rules.fuse_branches`, `blocks.preact_residual`, `blo
   (relu(s * x) = max(s, 0) * x for x >= 0: the authors' pruning network's mask on the shortcut);
 * single linear layers (RepVGG's parallel branches, an identity BN) -> `fuse_branches`.
 
+An average pool inside an operand (window == stride, unpadded: anti-aliasing) composes into the conv after it
+(`rules.after_avg_pool`), so the reserved channels bypass it; exact at multiples of its window, which the
+block's `InputSizeCheck` enforces.
+
 A concatenation of one-layer paths and channel slices of its fork (RM-RepVGG's kept channels, a
 DenseNet layer) becomes one layer whose Dirac rows carry the slices.
 
@@ -38,7 +42,7 @@ from .convert import ChannelScale, Context, Item, append_item, is_leaf, unsuppor
 from .deploy import InputSizeCheck, SqueezeExcite
 from .layer import BNParams, ConvLayer, identity_slopes, relu_slopes
 from .ops import ConversionError, dirac, embed_kernel, kernel_center, to_dense
-from .rules import fuse_branches, rm_residual
+from .rules import after_avg_pool, fuse_branches, rm_residual
 
 _ADDS = {operator.add, operator.iadd, torch.add, "add", "add_", "__add__", "__iadd__"}
 _RELUS = {F.relu, torch.relu, torch.relu_, "relu", "relu_"}
@@ -313,6 +317,7 @@ class _Term:
     preact: BNParams | None = None          # the operand starts with ReLU(BN(fork))
     pool: int = 1                           # the operand starts with an average pool of this window
     input_scale: torch.Tensor | None = None  # the operand starts with ReLU(s * fork), fork >= 0: max(s, 0)
+    pool_inside: bool = False               # an average pool between its convs, composed into the next one
 
     @property
     def simple(self) -> bool:
@@ -342,6 +347,7 @@ def _term(steps: list[Step], ctx: Context, where: str) -> _Term:
     items: list[Item] = []
     for item in raw:
         append_item(items, item, ctx)
+    items, pool_inside = _compose_pools(items, where)
     layers, gates, odd = [], [], []
     for i, item in enumerate(items):
         if isinstance(item, ConvLayer):
@@ -353,7 +359,21 @@ def _term(steps: list[Step], ctx: Context, where: str) -> _Term:
     if odd:
         raise ConversionError(f"a residual operand at {where} holds {', '.join(odd)} between its "
                               f"convs; RM carries the shortcut through conv, BN, ReLU/PReLU and SE gates only")
-    return _Term(layers, gates, preact=preact, pool=pool, input_scale=input_scale)
+    return _Term(layers, gates, preact=preact, pool=pool, input_scale=input_scale, pool_inside=pool_inside)
+
+
+def _compose_pools(items: list[Item], where: str) -> tuple[list[Item], bool]:
+    """Each average pool before a conv composed into it (anti-aliased ResNet-D, CLIP ResNets), so the reserved
+    channels bypass it; and whether there was one (exact at multiples of the pool's window only)."""
+    out: list[Item] = []
+    for item in items:
+        if isinstance(item, ConvLayer) and out and isinstance(out[-1], nn.AvgPool2d):
+            composed = after_avg_pool(item, _pool_window(out[-1], where))
+            if composed is not None:
+                out[-1] = composed
+                continue
+        out.append(item)
+    return out, len(out) < len(items)
 
 
 def _pool_window(pool: nn.AvgPool2d, where: str) -> int:
@@ -383,6 +403,8 @@ def _add_items(term_steps: list[list[Step]], ctx: Context, where: str) -> list[I
             raise ConversionError(f"the residual branch at {where} starts with relu(scale * x); RM scales the "
                                   f"reserved shortcut input, not the branch's")
         items = _residual(branches[0], shortcut, ctx, where)
+    if any(t.pool_inside for t in terms):
+        items = [_PooledShortcut(), *items]   # its size check covers the composed pools too
     return items
 
 

@@ -85,17 +85,19 @@ def rm_residual(main: list[ConvLayer], shortcut: ConvLayer | None, act: torch.Te
     The branch layer that carries the stride averages the reserved channels over the same window
     instead of picking the centre pixel; equal where every window lies inside the input (even
     sizes for pool 2: an odd-sized input makes the pool average a partial last window).
-    gate: a gate (SE, ECA) scales main(x) before the addition. Ln then keeps its output and the
-    reserved channels apart (the gate goes after it, on the first Ln.out_channels channels) and
-    an extra 1x1 conv adds them: the chain has n + 1 layers.
+    gate: a gate (SE, ECA) scales main(x) before the addition. Ln then keeps its output (activated or
+    not) and the reserved channels apart (the gate goes after it, on the first Ln.out_channels
+    channels) and an extra 1x1 conv adds them: the chain has n + 1 layers.
     input_scale: the shortcut reads input_scale * x (per channel, >= 0, so that reserved channels stay
     non-negative): the kernel that reads x for the shortcut (the reserved rows, the shortcut conv
     computed in L1, or the one layer's added kernel) takes it on its input channels.
     """
     if scheme not in SCHEMES:
         raise ValueError(f"downsample scheme must be one of {SCHEMES}, got {scheme!r}")
-    if main[-1].act is not None or any(layer.act is None for layer in main[:-1]):
-        raise ConversionError("a residual branch must be conv layers with activations, ending linear")
+    # Behind a gate, Ln keeps its output apart from the reserved channels: it may end activated (the legacy
+    # SENet's BasicBlock: ReLU, SE, add).
+    if (main[-1].act is not None and not gate) or any(layer.act is None for layer in main[:-1]):
+        raise ConversionError("a residual branch must be conv layers with activations, ending linear (or gated)")
     c_in, c_out = main[0].in_channels, main[-1].out_channels
     stride = tuple(math.prod(layer.stride[i] for layer in main) for i in range(2))
     windows = _windows(main, pool)
@@ -220,6 +222,23 @@ def compose(first: ConvLayer, second: ConvLayer) -> ConvLayer | None:
         weight = torch.einsum("omkl,mi->oikl", w2, w1[:, :, 0, 0])
         return replace(second, weight=weight, bias=second.bias + w2.sum((2, 3)) @ b1)
     return None
+
+
+def after_avg_pool(second: ConvLayer, window: int) -> ConvLayer | None:
+    """One conv equal to `second(avg_pool(x))` for an unpadded average pool whose window equals its stride (an
+    anti-aliasing pool inside a residual branch), or None for a dilated `second`. Each tap of `second` becomes a
+    window x window patch of weight / window^2: the result strides by both, pads `second`'s padding in whole
+    patches (zero, as the pool's output there is) and keeps `second`'s groups. Exact where H and W are multiples
+    of `window` (else the pool drops or, in ceil mode, shrinks the last partial window, which the result does
+    not), so its caller checks the input size; the chain composes it into `second` rather than keep a pool that
+    the reserved channels would pass."""
+    if second.dilation != (1, 1):
+        return None
+    out, in_pg, kh, kw = second.weight.shape
+    patch = second.weight[:, :, :, None, :, None].expand(-1, -1, -1, window, -1, window) / window ** 2
+    return replace(second, weight=patch.reshape(out, in_pg, kh * window, kw * window),
+                   stride=(second.stride[0] * window, second.stride[1] * window),
+                   padding=(second.padding[0] * window, second.padding[1] * window))
 
 
 def split_output(layer: ConvLayer, bn: BNParams, keep_raw: bool) -> ConvLayer:

@@ -10,8 +10,9 @@ relu(m) and relu(-m): their difference is m, so the gate computes exactly sigmoi
 An average-pool shortcut is exact only where every pooled feature map has even size, so a model with one
 starts its plain chain with an `InputSizeCheck` for multiples of its total stride (sufficient, if not
 the loosest rule). Refused, naming the block and the reason: activations other than ReLU, normalisations other than
-BatchNorm, anti-aliasing layers between the branch's convs, other attention modules, and pooled
-heads other than average or max.
+BatchNorm, anti-aliasing layers between the branch's convs other than an average pool whose window equals
+its stride (resnetaa*: composed into the conv after it, `rules.after_avg_pool`), other attention modules,
+and pooled heads other than average or max.
 """
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ from .convert import ChannelGate, Context, Item, import_path, register_converter
 from .deploy import InputSizeCheck, SqueezeExcite
 from .layer import ConvLayer, relu_slopes
 from .ops import ConversionError
-from .rules import rm_residual
+from .rules import after_avg_pool, rm_residual
 
 _SIGMOIDS = ("torch.nn.modules.activation.Sigmoid", "timm.layers.activations.Sigmoid")
+_LEGACY_SE = "timm.models.senet.SEModule"   # legacy_seresnet*: mean, fc1, relu, fc2, sigmoid, x * gate
 _EVAL_NO_OPS = ("torch.nn.modules.linear.Identity", "timm.layers.drop.DropPath", "timm.layers.drop.DropBlock2d")
 
 
@@ -39,10 +41,10 @@ def _check_parts(block: nn.Module, ctx: Context, depth: int) -> None:
             part = getattr(block, name)
             if not fits(part):
                 raise unsupported(ctx, block, f"{name} is {import_path(type(part))}; {why_unsupported(part)}")
-    if not isinstance(block.aa, nn.Identity):
-        raise unsupported(ctx, block, f"its anti-aliasing layer aa ({import_path(type(block.aa))}) filters the "
-                                      f"branch between two convs; the reserved channels would pass the same filter, "
-                                      f"which the shortcut does not apply")
+    if not isinstance(block.aa, nn.Identity) and _pool_window(block.aa) is None:
+        raise unsupported(ctx, block, f"its anti-aliasing layer aa ({block.aa}) filters the branch between two "
+                                      f"convs; only an average pool whose window equals its stride composes into "
+                                      f"the conv after it, which the reserved channels then bypass")
     for name in ("drop_block", "drop_path"):
         part = getattr(block, name)
         if part is not None and import_path(type(part)) not in _EVAL_NO_OPS:
@@ -56,10 +58,8 @@ def _shortcut(block: nn.Module, ctx: Context) -> tuple[ConvLayer | None, int]:
     parts, pool = list(block.downsample), 1
     if len(parts) == 3:   # timm's downsample_avg: pool (Identity at stride 1), 1x1 conv, BN
         first = parts.pop(0)
-        if type(first) is nn.AvgPool2d and first.kernel_size == first.stride and first.padding == 0 \
-                and isinstance(first.kernel_size, int) and first.divisor_override is None:
-            pool = first.kernel_size
-        elif not isinstance(first, nn.Identity):
+        pool = _pool_window(first) or 1
+        if pool == 1 and not isinstance(first, nn.Identity):
             raise unsupported(ctx, block, f"its shortcut pools with {first}; only an average pool whose window "
                                           f"equals its stride (ResNet-D) rides through the branch's strided conv")
     if len(parts) != 2 or type(parts[0]) is not nn.Conv2d or not _is_batchnorm(parts[1]):
@@ -67,9 +67,20 @@ def _shortcut(block: nn.Module, ctx: Context) -> tuple[ConvLayer | None, int]:
     return ConvLayer.from_conv(parts[0], parts[1]), pool
 
 
+def _pool_window(pool: nn.Module) -> int | None:
+    """The window of an unpadded average pool whose window equals its stride; None for any other module."""
+    if type(pool) is nn.AvgPool2d and pool.kernel_size == pool.stride and pool.padding == 0 \
+            and isinstance(pool.kernel_size, int) and pool.divisor_override is None:
+        return pool.kernel_size
+    return None
+
+
 def _se_weights(se: nn.Module, ctx: Context, block: nn.Module) -> list[torch.Tensor]:
-    if se.add_maxpool or not isinstance(se.bn, nn.Identity) or type(se.act) is not nn.ReLU \
-            or import_path(type(se.gate)) not in _SIGMOIDS:
+    """fc1, fc2 weights and biases of timm's SEModule or of the legacy SENet's (relu, sigmoid; no options)."""
+    legacy = import_path(type(se)) == _LEGACY_SE
+    act, gate = (se.relu, se.sigmoid) if legacy else (se.act, se.gate)
+    if not legacy and (se.add_maxpool or not isinstance(se.bn, nn.Identity)) or type(act) is not nn.ReLU \
+            or import_path(type(gate)) not in _SIGMOIDS:
         raise unsupported(ctx, block, "its SE module is not mean -> fc -> ReLU -> fc -> sigmoid (max pooling, "
                                       "a norm, or another activation or gate), which rm.SqueezeExcite computes")
     return [t.detach() if t is not None else torch.zeros(fc.out_channels)
@@ -117,6 +128,10 @@ def _block(block: nn.Module, ctx: Context, depth: int) -> list[Item]:
     _check_parts(block, ctx, depth)
     shortcut, pool = _shortcut(block, ctx)
     main = branch_layers(block, [(f"conv{i}", f"bn{i}") for i in range(1, depth + 1)])
+    if not isinstance(block.aa, nn.Identity):   # aa pools the input of the last conv (Basic: conv2, Bottleneck: conv3)
+        main[-1] = after_avg_pool(main[-1], _pool_window(block.aa))
+        if main[-1] is None:
+            raise unsupported(ctx, block, "its anti-aliasing pool precedes a dilated conv, which no conv composes")
     gated = block.se is not None
     try:
         chain = rm_residual(main, shortcut, relu_slopes(main[-1].out_channels), ctx.nonneg, ctx.downsample,
@@ -145,7 +160,7 @@ def _resnet(model: nn.Module, ctx: Context) -> list[Item]:
     names = ["conv1", "bn1", "act1", "maxpool", *(n for n, _ in model.named_children() if n.startswith("layer")),
              "global_pool", "fc"]
     items = ctx.convert_seq([getattr(model, n) for n in names], names)
-    if not any(type(m) is nn.AvgPool2d for n, m in model.named_modules() if ".downsample." in n):
+    if not any(type(m) is nn.AvgPool2d for n, m in model.named_modules() if ".downsample." in n or n.endswith(".aa")):
         return items
     return [InputSizeCheck(total_stride(items)), *items]
 
@@ -184,9 +199,10 @@ def _bn_act_forward(bn: nn.Module):
     return next(cls.forward for cls in type(bn).__mro__ if import_path(cls) == "timm.layers.norm_act.BatchNormAct2d")
 
 
-@register_converter("timm.layers.squeeze_excite.SEModule", leaf=True)
+@register_converter("timm.layers.squeeze_excite.SEModule", _LEGACY_SE, leaf=True)
 def _se_module(se: nn.Module, ctx: Context) -> list[Item]:
-    """timm's SE as an `rm.SqueezeExcite` over all its channels (the graph pass lets reserved channels bypass it)."""
+    """timm's SE (or the legacy SENet's) as an `rm.SqueezeExcite` over all its channels (the graph pass lets
+    reserved channels bypass it)."""
     return [_as_gate(_se_weights(se, ctx, se), se.fc1.in_channels, se.fc1.in_channels)]
 
 

@@ -62,6 +62,13 @@ def _meta(name: str, **kwargs) -> nn.Module:
         return timm.create_model(name, pretrained=False, **kwargs).eval()
 
 
+def _overlapping_aa_pool() -> nn.Module:
+    """resnetaa34d's pools 2x2/2 compose into the conv after them; an overlapping, padded pool does not."""
+    model = _meta("resnetaa34d")
+    model.layer2[0].aa = nn.AvgPool2d(3, 2, 1)
+    return model.eval()
+
+
 def _silu_in_a_block() -> nn.Module:
     model = _meta("resnet18")
     model.layer2[1].act1 = nn.SiLU()
@@ -71,8 +78,9 @@ def _silu_in_a_block() -> nn.Module:
 REFUSED = {
     "GroupNorm": (lambda: _meta("resnet50_gn"), r"ResNet\.bn1 of type timm\.layers\.norm\.GroupNorm: it normalises"),
     "blur pool": (lambda: _meta("resnetblur18"), r"maxpool\.1 of type timm\.layers\.blur_pool\.BlurPool2d: .*reflection"),
-    "anti-aliasing in a block": (lambda: _meta("resnetaa34d"),
-                                 r"layer2\.0 of type timm\.models\.resnet\.BasicBlock: its anti-aliasing layer aa"),
+    "anti-aliasing in a block": (_overlapping_aa_pool,
+                                 r"layer2\.0 of type timm\.models\.resnet\.BasicBlock: its anti-aliasing layer aa "
+                                 r"\(AvgPool2d\(kernel_size=3, stride=2, padding=1\)\)"),
     "SiLU on the reserved path": (_silu_in_a_block, r"layer2\.1 of type timm\.models\.resnet\.BasicBlock: act1 is "
                                                     r"torch\.nn\.modules\.activation\.SiLU; the plain chain's activations"),
     "effective SE": (lambda: _meta("resnet18", block_args={"attn_layer": "ese"}),
