@@ -19,8 +19,8 @@ Examples:
 from omegaconf import DictConfig
 
 from engine.cli import run_app, setup_logging
-from prune import job
-from prune.amc import pipeline
+from jobs import amc as pipeline
+from pruning import job
 
 
 def main(cfg: DictConfig) -> None:

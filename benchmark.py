@@ -13,8 +13,8 @@ Examples:
   python benchmark.py checkpoints=[checkpoints/run/best.pt] runtime=[eager,compile,onnxruntime,onnxruntime_int8] \
       fidelity=true                                                   # runtimes and INT8, ratios in one run
 """
-from bench.benchmark import run
 from engine.cli import run_app
+from jobs.benchmark import run
 
 if __name__ == "__main__":
     run_app("benchmark", run, __doc__)

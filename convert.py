@@ -10,7 +10,7 @@ Examples:
   python convert.py checkpoint=best.pt conversion=keep_bn recalibrate.batches=200 out=a3.pt  # paper A.3
 """
 from engine.cli import run_app
-from engine.convert_checkpoint import run
+from jobs.convert import run
 
 if __name__ == "__main__":
     run_app("convert", run, __doc__, with_keys=True)

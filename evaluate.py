@@ -10,7 +10,7 @@ Examples:
   torchrun --nproc_per_node=8 evaluate.py checkpoint=best.pt batch_size=128
 """
 from engine.cli import run_app
-from engine.eval_checkpoint import run
+from jobs.evaluate import run
 
 if __name__ == "__main__":
     run_app("evaluate", run, __doc__, with_keys=True)

@@ -10,14 +10,15 @@ Examples:
   python prune.py prune.eval=PATH                  # evaluate a pruned model (or any checkpoint)
   python prune.py prune.finetune=PATH              # fine-tune a pruned model file, then evaluate it
   python prune.py -m prune.sr=1e-4,5e-4,1e-3 prune.threshold=5e-4,1e-3,5e-3   # Figure 6 sweep
-  python -m prune.figure checkpoints               # (re)draw Figure 6 from the runs' reports
+  python -m pruning.figure checkpoints               # (re)draw Figure 6 from the runs' reports
 """
 
 from omegaconf import DictConfig
 
 from engine.cli import run_app, setup_logging
-from prune import job, pipeline
-from prune.figure import draw_figure6
+from jobs import prune as pipeline
+from pruning import job
+from pruning.figure import draw_figure6
 
 
 def main(cfg: DictConfig, explicit: set[str]) -> None:

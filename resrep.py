@@ -12,8 +12,8 @@ Examples:
 from omegaconf import DictConfig
 
 from engine.cli import run_app, setup_logging
-from prune import job
-from prune.resrep import pipeline
+from jobs import resrep as pipeline
+from pruning import job
 
 
 def main(cfg: DictConfig) -> None:

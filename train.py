@@ -10,7 +10,7 @@ Examples:
   python train.py resume=auto                       # continue the latest run of this model and data
 """
 from engine.cli import run_app
-from engine.stages import run_training
+from jobs.train import run as run_training
 
 if __name__ == "__main__":
     run_app("train", run_training, __doc__)

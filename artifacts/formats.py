@@ -29,7 +29,7 @@ PRUNED_FORMAT = "rmnet-pruned-residual"
 PRUNED_VERSION = 2
 
 __all__ = ["TRAIN_FORMAT", "TRAIN_VERSION", "PRUNED_FORMAT", "PRUNED_VERSION", "DEPLOY_FORMAT", "model_entries",
-           "save_deploy", "save_pruned"]
+           "save_plain", "save_pruned"]
 
 
 def conv_groups(model: nn.Module) -> dict[str, int]:
@@ -53,7 +53,7 @@ def _layers(model: nn.Module) -> list[dict[str, Any]] | None:
         return None
 
 
-def save_deploy(model: nn.Module, spec: ModelSpec, path: str, **meta: Any) -> None:
+def save_plain(model: nn.Module, spec: ModelSpec, path: str, **meta: Any) -> None:
     """Write a plain model as a deploy artifact; `meta` adds plain values (verify report, accuracy,
     data_config, ...)."""
     if spec.form != "plain":

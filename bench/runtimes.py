@@ -24,7 +24,7 @@ Run = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
-class Context:
+class RuntimeContext:
     """What preparing a runtime needs beyond the model, shared by the forms of one model."""
     work_dir: str                 # exported and quantized files (a temporary folder)
     example: torch.Tensor         # float32 CPU input at the model's size, for the export
@@ -37,19 +37,19 @@ class Context:
 
 @dataclass(frozen=True)
 class Runtime:
-    prepare: Callable[[nn.Module, str, Context], Run]   # (model, form name, context) -> run
+    prepare: Callable[[nn.Module, str, RuntimeContext], Run]   # (model, form name, context) -> run
     torch: bool          # runs the PyTorch module itself: any device, precision and memory format
     exact: bool          # float arithmetic: within 1e-4 relative of eager float32 at precision fp32
     packages: tuple[str, ...] = ()
 
 
-def _compile(model: nn.Module, form: str, ctx: Context) -> Run:
+def _compile(model: nn.Module, form: str, ctx: RuntimeContext) -> Run:
     # Static shapes: the benchmark resets dynamo before each batch size, so every size is compiled
     # for itself rather than as one dynamic-shape graph (slower kernels) or past the recompile limit.
     return torch.compile(model, mode=ctx.compile_mode, dynamic=False)
 
 
-def _exported(model: nn.Module, form: str, ctx: Context) -> str:
+def _exported(model: nn.Module, form: str, ctx: RuntimeContext) -> str:
     if form not in ctx.onnx:
         ctx.onnx[form] = to_onnx(model, ctx.example, os.path.join(ctx.work_dir, f"{form}.onnx"))
     return ctx.onnx[form]
@@ -60,11 +60,11 @@ def _session_run(path: str) -> Run:
     return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
 
 
-def _onnxruntime(model: nn.Module, form: str, ctx: Context) -> Run:
+def _onnxruntime(model: nn.Module, form: str, ctx: RuntimeContext) -> Run:
     return _session_run(_exported(model, form, ctx))
 
 
-def _onnxruntime_int8(model: nn.Module, form: str, ctx: Context) -> Run:
+def _onnxruntime_int8(model: nn.Module, form: str, ctx: RuntimeContext) -> Run:
     path = os.path.join(ctx.work_dir, f"{form}.int8.onnx")
     ctx.int8[form] = quantize_int8(_exported(model, form, ctx), path, ctx.calibration, ctx.keep_float)
     return _session_run(path)

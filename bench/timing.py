@@ -28,7 +28,7 @@ def physical_cores() -> int:
 
 
 def cpu_threads() -> int:
-    """The CPU thread count for timing: physical cores minus one, at least one (bench.benchmark._threads says why)."""
+    """The CPU thread count for timing: physical cores minus one, at least one (jobs.benchmark._threads says why)."""
     return max(physical_cores() - 1, 1)
 
 

@@ -221,6 +221,22 @@ def markdown(results: list[Result], seconds: float, cpu_seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The guide shows the summary and the per-family table; the generator keeps its copy current.
+GUIDE, TABLE = "docs/bring-your-own-model.md", "docs/timm_coverage.md"
+BEGIN, END = "<!-- the timm coverage summary: written by python -m bench.timm_coverage -->", "<!-- end of the summary -->"
+
+
+def summary(table: str) -> str:
+    """The fraction line and the per-family table of a coverage file."""
+    return table[table.index("**Converted:"):table.index("\n## Refused")].strip()
+
+
+def with_summary(guide: str, table: str) -> str:
+    """`guide` with the text between its markers replaced by the summary of `table`."""
+    head, rest = guide.split(BEGIN + "\n", 1)
+    return f"{head}{BEGIN}\n{summary(table)}\n{END}{rest.split(END, 1)[1]}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.timm_coverage", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="docs/timm_coverage.md", help="Markdown file to write")
@@ -238,8 +254,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r.seconds:6.1f} s  {name:24s} {'converts ' + r.detail if r.converted else _short(r.detail)}",
               flush=True)
     with rm.atomic_path(args.out) as tmp, open(tmp, "w") as f:
-        f.write(markdown(results, time.perf_counter() - start, time.process_time() - cpu))
+        f.write(text := markdown(results, time.perf_counter() - start, time.process_time() - cpu))
     print(f"wrote {args.out}")
+    if args.out == TABLE:   # the committed table: the guide's copy follows it
+        with open(GUIDE) as f:
+            guide = with_summary(f.read(), text)
+        with rm.atomic_path(GUIDE) as tmp, open(tmp, "w") as f:
+            f.write(guide)
+        print(f"updated the summary in {GUIDE}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """The stages of a training job, which pass artifacts: build -> train -> convert + verify -> evaluate.
 
-`run_training(cfg)` is train.py: it reads the config into `TrainSettings` once, `build` makes the
+`jobs.train.run(cfg)` is train.py: it reads the config into `TrainSettings` once, `build` makes the
 model they describe (a registry model, or
 the model of any file `model.init` names, optionally converted to its plain form), `Trainer` trains
 it, and `finish` converts the best checkpoint with the conversion policy, evaluates both forms on
@@ -27,10 +27,10 @@ from models.mobilenet import has_relu6
 
 from . import distributed as D
 from .config import init_path, per_process_batch
-from .evaluate import evaluate
 from .inputs import check_data
 from .settings import TrainSettings
 from .trainer import Trainer
+from .validation import evaluate
 
 log = logging.getLogger("rmnet.train")
 
@@ -114,7 +114,7 @@ def finish(settings: TrainSettings, run_dir: str, val_loader: Any, device: torch
         log.info(f"conversion error: float32 max rel {errors['float32']['max_rel']:.2e}, float64 max rel "
                  f"{errors['float64']['max_rel']:.2e}; top-1 difference "
                  f"{results['plain']['top1'] - results['residual']['top1']:+.2f}")
-        artifacts.save_deploy(plain.model, plain.spec, deploy, verify=errors,
+        artifacts.save_plain(plain.model, plain.spec, deploy, verify=errors,
                               data_config=settings.to_dict()["data"],
                               top1_residual=results["residual"]["top1"], top1_plain=results["plain"]["top1"])
         summary["deploy"] = deploy
@@ -123,16 +123,6 @@ def finish(settings: TrainSettings, run_dir: str, val_loader: Any, device: torch
             json.dump(summary, f, indent=2)
     D.barrier()
     return summary
-
-
-def run_training(cfg: DictConfig) -> dict[str, Any]:
-    """train.py: build, train, convert and evaluate; the process group lives for the whole job."""
-    settings = TrainSettings.from_cfg(cfg)
-    D.setup(settings.device, settings.dist_timeout_min)
-    try:
-        return train(settings, *build(settings))
-    finally:
-        D.cleanup()
 
 
 def build_val_loader(cfg: DictConfig | TrainSettings) -> Any:

@@ -33,11 +33,11 @@ from .amp import autocast, check_amp, grad_scaler
 from .checkpoint import link_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import ConfigError, per_process_batch
 from .ema import EMA
-from .evaluate import evaluate
 from .faults import NonFiniteLossError, RunDirError, StopSignal, probe_run_dir
 from .hooks import build_hooks
 from .optim import build_optimizer, build_scheduler, scaled_lr
 from .settings import TrainSettings
+from .validation import evaluate
 
 log = logging.getLogger("rmnet.train")
 RECORDS = ("config.yaml", "train.log", "metrics.jsonl", "tb")   # what a run writes before its first checkpoint

@@ -34,8 +34,8 @@ import torch.nn as nn
 
 import rm
 from rm.blocks import branch_layers
-from rm.convert import unsupported
 from rm.rules import rm_residual
+from rm.walker import unsupported
 
 from .layers import init_conv_weights
 from .registry import register_model

@@ -10,7 +10,7 @@ mask1 scales the block's inner channels, mask2 its output, mask_res the input ch
 reads (the channels RM reserves). Masks start at 1. Left out of the authors' module: `running1` and
 `running2`, affine-free BNs that only record the statistics their deploy gives the identity BNs
 (`rm.recalibrate_identity_bn` measures them from data), and the per-model `prune()`
-(`prune.plain.prune_plain` prunes the converted chain). Their conv init is PyTorch's default, kept.
+(`pruning.plain.prune_plain` prunes the converted chain). Their conv init is PyTorch's default, kept.
 
 RM conversion folds every mask into its neighbours, exactly: a mask is a `ChannelScale` item, which
 scales the BN (or the merged conv) before it (mask1, mask2: the block's merged conv); mask_res
@@ -30,9 +30,9 @@ import torch.nn as nn
 
 import rm
 from rm.blocks import with_relu
-from rm.convert import ChannelScale, unsupported
 from rm.layer import ConvLayer, relu_slopes
 from rm.rules import rm_residual, scale_output
+from rm.walker import ChannelScale, unsupported
 
 from .layers import check_widths, resnet_stem
 from .registry import register_model

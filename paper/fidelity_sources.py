@@ -204,7 +204,7 @@ _AMC_DATA = {
         _s("held-out images", "amc.holdout", "not stated", f"3000 for ImageNet: {_AMC}amc_search.py:58", 3000))),
 }
 _ACTS = ("ReLU in place of ReLU6", "ours replaces every ReLU6 (stem, blocks without shortcut and last conv too): "
-         "the plain chain has ReLU and PReLU only (rm/convert.py); the difference is measured and reported, "
+         "the plain chain has ReLU and PReLU only (rm/walker.py); the difference is measured and reported, "
          "and step 2's fine-tuning follows, as theirs does")
 
 
@@ -248,12 +248,12 @@ def _amc(data: str) -> tuple[Setting, ...]:
         _s("which held-out images (ours: a permutation seeded by)", "seed", "not stated",
            f"the first of the training set, in order: {_AMC}data.py:103-107 (CIFAR), a shuffled split (ImageNet, "
            "data.py:139-142)", "the first, unshuffled",
-           "ours draws both data sets' held-out images by `seed` (prune/amc/pipeline.search_loaders); CIFAR-10's "
+           "ours draws both data sets' held-out images by `seed` (pruning/amc/pipeline.search_loaders); CIFAR-10's "
            "training files are not ordered by class, so the first 5,000 are an arbitrary sample too"),
         _s("calibration images", "amc.holdout", "not stated",
            f"the held-out images the reward is scored on: {_NNI}", "the held-out images",
            "ours samples the feature maps from other training images, disjoint from the held-out ones "
-           "(prune/amc/pipeline.search_loaders): no policy is scored on images its least-squares refit saw"),
+           "(pruning/amc/pipeline.search_loaders): no policy is scored on images its least-squares refit saw"),
     )
 
 
@@ -313,7 +313,7 @@ def _fig6_method(paper_variant: bool) -> tuple[Setting, ...]:
            f"every mask not 0 in the saved model is kept: {_MODELS_TP}:200", NO_SOURCE,
            "the channels whose scale is under prune.threshold go (masked every step: the mask the next step would "
            "apply); theirs keeps every mask that is not 0, also those the last steps' momentum moved off 0 "
-           "(prune/penalty.py)"),
+           "(pruning/penalty.py)"),
         _s("pruned forms", "prune.forms", "§4.4 'RMNet retains higher accuracy than ResNet under a larger pruning ratio'", f"the RM form only: {_TP}:62", ["rm"],
            why["forms"]),
         _s("reserved channels (downsample scheme)", "conversion.downsample", "not stated",

@@ -6,13 +6,13 @@ Imports torch and nothing else, so that deploy artifacts load wherever torch doe
 import path: neither library is imported).
 """
 from . import blocks, timm_resnet  # noqa: F401  (importing registers the built-in converters)
-from .convert import Context, convert, register_converter, registered_types
 from .deploy import DeployFormatError, SqueezeExcite, load_deploy, save_deploy
 from .io import CheckpointError, atomic_path, atomic_save, load_file
 from .layer import BNParams, ConvLayer
 from .ops import ConversionError
 from .recalibrate import recalibrate_identity_bn
 from .verify import convert_verified, output_error, verify, verify_conversion
+from .walker import Context, convert, register_converter, registered_types
 
 __all__ = ["convert", "convert_verified", "verify", "verify_conversion", "output_error", "register_converter",
            "registered_types", "Context", "ConvLayer", "BNParams", "ConversionError", "SqueezeExcite",

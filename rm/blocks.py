@@ -12,11 +12,11 @@ from dataclasses import replace
 import torch
 import torch.nn as nn
 
-from .convert import Context, Item, register_converter, unsupported
 from .deploy import SqueezeExcite
 from .layer import BNParams, ConvLayer, PreActivation, relu_slopes
 from .ops import ConversionError, dirac, to_dense
 from .rules import rm_residual
+from .walker import Context, Item, register_converter, unsupported
 
 
 def bn_shortcut(bn: BNParams) -> ConvLayer:

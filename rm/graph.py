@@ -38,11 +38,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .blocks import bn_shortcut, preact_residual, total_stride, with_se
-from .convert import ChannelScale, Context, Item, append_item, is_leaf, unsupported
 from .deploy import InputSizeCheck, SqueezeExcite
 from .layer import BNParams, ConvLayer, identity_slopes, relu_slopes
 from .ops import ConversionError, dirac, embed_kernel, kernel_center, to_dense
 from .rules import after_avg_pool, fuse_branches, rm_residual
+from .walker import ChannelScale, Context, Item, append_item, is_leaf, unsupported
 
 _ADDS = {operator.add, operator.iadd, torch.add, "add", "add_", "__add__", "__iadd__"}
 _RELUS = {F.relu, torch.relu, torch.relu_, "relu", "relu_"}

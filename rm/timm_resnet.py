@@ -20,11 +20,11 @@ import torch
 import torch.nn as nn
 
 from .blocks import branch_layers, total_stride
-from .convert import ChannelGate, Context, Item, import_path, register_converter, unsupported, why_unsupported
 from .deploy import InputSizeCheck, SqueezeExcite
 from .layer import ConvLayer, relu_slopes
 from .ops import ConversionError
 from .rules import after_avg_pool, rm_residual
+from .walker import ChannelGate, Context, Item, import_path, register_converter, unsupported, why_unsupported
 
 _SIGMOIDS = ("torch.nn.modules.activation.Sigmoid", "timm.layers.activations.Sigmoid")
 _LEGACY_SE = "timm.models.senet.SEModule"   # legacy_seresnet*: mean, fc1, relu, fc2, sigmoid, x * gate

@@ -1,4 +1,4 @@
-"""AMC (prune/amc): the cost model, the budget rule, channel selection with the least-squares refit,
+"""AMC (pruning/amc): the cost model, the budget rule, channel selection with the least-squares refit,
 the DDPG agent on a toy problem, and a killed search that resumes."""
 import math
 
@@ -10,7 +10,7 @@ import models
 import rm
 from bench.forms import fold_bn
 from models.complexity import count_macs
-from prune.amc import (
+from pruning.amc import (
     ChannelPruningEnv,
     SearchSettings,
     apply_policy,
@@ -18,8 +18,8 @@ from prune.amc import (
     plain_graph,
     residual_graph,
 )
-from prune.amc.ddpg import AgentSettings
-from prune.amc.search import search
+from pruning.amc.ddpg import AgentSettings
+from pruning.amc.search import search
 from tests.helpers import randomize_bn
 
 SIZE = 16

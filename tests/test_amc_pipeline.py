@@ -11,11 +11,11 @@ from hydra import compose, initialize_config_dir
 
 import amc
 import artifacts
-from bench import benchmark as B
 from engine.config import CONF_DIR, check_values
-from engine.eval_checkpoint import run as evaluate_run
-from prune.amc import pipeline
-from prune.row import FIELDS
+from jobs import amc as pipeline
+from jobs import benchmark as B
+from jobs.evaluate import run as evaluate_run
+from pruning.row import FIELDS
 
 TINY = ["+model.kwargs.width_mult=0.25", "data.input_size=16", "data.train_size=96", "data.val_size=32",
         "batch_size=16", "epochs=1", "max_steps_per_epoch=2", "workers=0", "progress=false", "amc.holdout=32",

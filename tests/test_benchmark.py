@@ -11,10 +11,10 @@ from hydra import compose, initialize_config_dir
 import artifacts
 import models
 import rm
-from bench import benchmark as B
 from bench import timing
 from bench.export import export_onnx, export_torchscript
 from bench.memory import tensor_lifetime_peak
+from jobs import benchmark as B
 from models import ModelSpec
 from tests.helpers import markdown_table, randomize_bn, run_script
 
@@ -130,7 +130,7 @@ def test_a_deploy_artifact_is_timed_in_its_plain_form_at_its_trained_size(tmp_pa
     """checkpoints=[deploy.pt]: the file's model, its plain form only, at the input size it was trained at."""
     spec = ModelSpec("resnet20", 10, "cifar", input=models.InputSpec(24, (0.5,) * 3, (0.25,) * 3, "synthetic"))
     plain = rm.convert(randomize_bn(spec.build()))
-    artifacts.save_deploy(plain, spec.as_plain(models.ConversionSettings()), str(tmp_path / "deploy.pt"))
+    artifacts.save_plain(plain, spec.as_plain(models.ConversionSettings()), str(tmp_path / "deploy.pt"))
     report = B.run(_cfg(f"checkpoints=[{tmp_path / 'deploy.pt'}]", "batch_size=1", "warmup=0", "iters=1",
                         "repeats=1", "memory=false", f"out_dir={tmp_path}", "name=d"))
     assert [(r["model"], r["form"], r["input_size"]) for r in report["results"]] == [("resnet20", "plain", 24)]
@@ -172,7 +172,7 @@ def _deploy_file(path, widths, seed=0) -> str:
     spec = ModelSpec("resnet20", 10, "cifar", {"widths": widths},
                      input=models.InputSpec(16, (0.5,) * 3, (0.25,) * 3, "synthetic"))
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    artifacts.save_deploy(rm.convert(randomize_bn(spec.build(), seed)), spec.as_plain(models.ConversionSettings()),
+    artifacts.save_plain(rm.convert(randomize_bn(spec.build(), seed)), spec.as_plain(models.ConversionSettings()),
                           str(path))
     return str(path)
 

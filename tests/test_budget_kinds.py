@@ -9,14 +9,14 @@ import torch
 import torch.nn as nn
 
 import models
-import prune.budget
+import pruning.budget
 import rm
 from bench.latency import LatencyTable
-from prune.amc import ChannelPruningEnv, apply_policy, plain_graph, residual_graph
-from prune.amc.graph import graph_cost
-from prune.budget import UNITS, Budget
-from prune.resrep import Layout, ResRepHook, add_compactors, compactors, fold_compactors, resolve
-from prune.resrep.fold import folded_cost
+from pruning.amc import ChannelPruningEnv, apply_policy, plain_graph, residual_graph
+from pruning.amc.graph import graph_cost
+from pruning.budget import UNITS, Budget
+from pruning.resrep import CompactorLayout, ResRepHook, add_compactors, compactors, fold_compactors, resolve
+from pruning.resrep.fold import folded_cost
 from tests.helpers import randomize_bn
 from tests.test_resrep import model_of
 
@@ -157,7 +157,7 @@ def _zero_rows(model, seed):
 def test_resrep_cost_is_the_budget_cost_of_the_folded_model(kind, form):
     model = model_of(form)
     add_compactors(model)
-    layout, b = Layout(model, SIZE), budget(kind)
+    layout, b = CompactorLayout(model, SIZE), budget(kind)
     cost = folded_cost(layout, model, b)
     assert cost(layout.full()) == pytest.approx(b.cost(fold_compactors(model).model), rel=1e-12)
     _zero_rows(model, 1)
@@ -180,7 +180,7 @@ def test_resrep_hook_masks_until_each_kind_meets_its_target(kind, form, monkeypa
         made.append(LatencyTable(runtime, batch_size, timer=ShapeTimer()))
         return made[-1]
 
-    monkeypatch.setattr(prune.budget, "latency_table", table)
+    monkeypatch.setattr(pruning.budget, "latency_table", table)
     model = model_of(form)
     b = budget(kind, runtime="onnxruntime_int8", batch_size=2)
     target = 0.5 * b.cost(model)
@@ -223,7 +223,7 @@ def fake_table(monkeypatch):
         made.append(LatencyTable(runtime, batch_size, timer=ShapeTimer()))
         return made[-1]
 
-    monkeypatch.setattr(prune.budget, "latency_table", table)
+    monkeypatch.setattr(pruning.budget, "latency_table", table)
     return made
 
 
@@ -231,7 +231,7 @@ def test_amc_runs_under_a_latency_budget(tmp_path, fake_table, caplog):
     """amc.py end to end with amc.budget.kind=latency: the search's target and reached cost in ms of
     the table (its runtime and batch from the budget), the row's target in ms, its own run folder, and
     a log line in ms whose target says whose latency it is a fraction of."""
-    from prune.amc import pipeline
+    from jobs import amc as pipeline
     from tests.test_amc_pipeline import compose_amc
     with caplog.at_level("INFO", logger="rmnet.amc"):
         report = pipeline.run(compose_amc([f"output_dir={tmp_path}", "amc.forms=[rm]", "amc.budget.kind=latency",
@@ -248,7 +248,7 @@ def test_amc_runs_under_a_latency_budget(tmp_path, fake_table, caplog):
 def test_resrep_runs_under_a_params_budget(tmp_path):
     """resrep.py end to end with resrep.budget.kind=params: the hook masks to the params target, the
     folded model meets it, the row's target is in params."""
-    from prune.resrep import pipeline
+    from jobs import resrep as pipeline
     from tests.test_resrep_pipeline import compose_resrep
     report = pipeline.run(compose_resrep([f"output_dir={tmp_path}", "resrep.target=0.4", "resrep.forms=[rm]",
                                           "resrep.budget.kind=params"]))

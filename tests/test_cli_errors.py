@@ -40,15 +40,15 @@ def _no_work(*_, **__):
 # (entry point, arguments with {out} for an output under a regular file, the function doing the work)
 UNWRITABLE = {
     "evaluate out=": ("evaluate", ["checkpoint={ckpt}", "out={out}/report.json", "workers=0"],
-                      "engine.eval_checkpoint.evaluate"),
+                      "jobs.evaluate.evaluate"),
     "convert out=": ("convert", ["checkpoint={ckpt}", "out={out}/deploy.pt"], "artifacts.to_plain"),
     "benchmark out_dir=": ("benchmark", ["models=[resnet18]", "stem=cifar", "out_dir={out}/bench"],
-                           "bench.benchmark.benchmark_model"),
+                           "jobs.benchmark.benchmark_model"),
     "prune output_dir=": ("prune", ["prune.sparse_ckpt={ckpt}", *TINY, "output_dir={out}/runs"],
-                          "prune.job.check_stored_model"),
+                          "pruning.job.check_stored_model"),
     "prune prune.out_dir=": ("prune", ["prune.sparse_ckpt={ckpt}", *TINY, "prune.out_dir={out}/p"],
-                             "prune.job.check_stored_model"),
-    "amc output_dir=": ("amc", ["amc.checkpoint={ckpt}", "output_dir={out}/runs"], "prune.job.check_stored_model"),
+                             "pruning.job.check_stored_model"),
+    "amc output_dir=": ("amc", ["amc.checkpoint={ckpt}", "output_dir={out}/runs"], "pruning.job.check_stored_model"),
 }
 
 
@@ -67,7 +67,7 @@ def test_an_unwritable_output_is_refused_before_any_work(case, ckpt, tmp_path, m
 
 
 def test_an_output_file_that_is_a_folder_is_refused(ckpt, tmp_path, monkeypatch):
-    monkeypatch.setattr("engine.eval_checkpoint.evaluate", _no_work)
+    monkeypatch.setattr("jobs.evaluate.evaluate", _no_work)
     code, _, err = run_script("evaluate", [f"checkpoint={ckpt}", f"out={tmp_path}", "workers=0"])
     assert "is a folder" in _one_line(code, err)
 
@@ -116,7 +116,7 @@ def test_ctrl_c_is_one_line_and_exit_130(script, monkeypatch):
 
 
 def test_ctrl_c_during_evaluation(ckpt, monkeypatch):
-    monkeypatch.setattr("engine.eval_checkpoint.evaluate", _interrupt)
+    monkeypatch.setattr("jobs.evaluate.evaluate", _interrupt)
     code, _, err = run_script("evaluate", [f"checkpoint={ckpt}", "workers=0"])
     assert _one_line(code, err, status=130) == "interrupted"
 

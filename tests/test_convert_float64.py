@@ -2,7 +2,7 @@
 import pytest
 
 import artifacts
-from engine import convert_checkpoint
+from jobs import convert as convert_checkpoint
 from tests.helpers import run_script
 
 SMALL = ["model=resnet20", "stem=cifar", "num_classes=10", "model.kwargs.widths=[8,8,8]"]

@@ -30,7 +30,7 @@ def test_deploy_round_trip(tmp_path):
     model = _small_model()
     plain = rm.convert(model)
     path = tmp_path / "deploy.pt"
-    artifacts.save_deploy(plain, SPEC.as_plain(ConversionSettings()), str(path), note="kept")
+    artifacts.save_plain(plain, SPEC.as_plain(ConversionSettings()), str(path), note="kept")
     loaded, meta = rm.load_deploy(str(path))   # torch-level: the layer list, weights and plain metadata
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(loaded(x), plain(x), rtol=0, atol=0)
@@ -39,7 +39,7 @@ def test_deploy_round_trip(tmp_path):
     assert art.kind == "deploy" and art.spec == SPEC.as_plain(ConversionSettings()) and art.meta == {"note": "kept"}
     assert torch.load(path, weights_only=True)["format"] == "rmnet-deploy"
     with pytest.raises(ValueError, match="holds a plain model"):
-        artifacts.save_deploy(model, SPEC, str(tmp_path / "residual.pt"))
+        artifacts.save_plain(model, SPEC, str(tmp_path / "residual.pt"))
 
 
 def test_float64_artifact_keeps_float64_weights(tmp_path):

@@ -11,10 +11,10 @@ import artifacts
 import rm
 from engine.checkpoint import save_checkpoint
 from engine.config import ConfigError
-from engine.evaluate import evaluate
 from engine.hooks import BNL1, build_hooks
 from engine.optim import lr_factor, param_groups
 from engine.trainer import _choose_run
+from engine.validation import evaluate
 from tests.helpers import build_tiny, randomize_bn, tiny_config
 
 
@@ -84,7 +84,7 @@ def test_init_from_checkpoint_deploy_and_converted(tmp_path):
     assert any(isinstance(m, nn.BatchNorm2d) for m in kept.modules())
     torch.testing.assert_close(kept.eval()(x), model(x), rtol=1e-4, atol=1e-5)
 
-    artifacts.save_deploy(rm.convert(model, fuse_bn=False), kept_spec, str(tmp_path / "plain.pt"))
+    artifacts.save_plain(rm.convert(model, fuse_bn=False), kept_spec, str(tmp_path / "plain.pt"))
     plain, plain_spec = build_tiny(tmp_path, f"model.init=deploy:{tmp_path / 'plain.pt'}", "data.input_size=24")
     assert plain.training and isinstance(plain, nn.Sequential) and plain_spec.form == "plain"
     assert plain_spec.input.size == 24   # trained on from now on

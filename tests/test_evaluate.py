@@ -13,7 +13,7 @@ import rm
 from artifacts import CheckpointError
 from engine.checkpoint import save_checkpoint
 from engine.config import check_overrides
-from engine.eval_checkpoint import SCHEMA, run
+from jobs.evaluate import SCHEMA, run
 from models import ConversionSettings, InputSpec, ModelSpec
 from rm import atomic_save
 from tests.authors_models import RepVGGDeploy, RMNeXt, RMRep, authors_checkpoint, randomized
@@ -78,7 +78,7 @@ def test_training_checkpoint_both_forms_agree(train_ckpt, tmp_path):
 
 
 def test_the_job_from_python_is_the_command_line(residual, tmp_path):
-    """engine.eval_checkpoint.run reads no global state: called from Python inside another Hydra app
+    """jobs.evaluate.run reads no global state: called from Python inside another Hydra app
     (whose command line set data.input_size), it gives what evaluate.py's command line with the same
     settings gives; the keys a command line sets are passed explicitly (run_app does)."""
     from hydra.core.hydra_config import HydraConfig
@@ -110,7 +110,7 @@ def test_the_job_from_python_is_the_command_line(residual, tmp_path):
 
 def test_deploy_artifact_plain_only(residual, train_ckpt, tmp_path):
     deploy = str(tmp_path / "deploy.pt")
-    artifacts.save_deploy(rm.convert(residual), SPEC.as_plain(ConversionSettings()), deploy)
+    artifacts.save_plain(rm.convert(residual), SPEC.as_plain(ConversionSettings()), deploy)
     report = _evaluate(f"checkpoint={deploy}", "data=synthetic", "data.val_size=37", f"out={tmp_path / 'd.json'}")
     assert report["kind"] == "deploy" and list(report["results"]) == ["plain"]
     assert report["data"]["input_size"] == 16   # the trained size, not the data group's 32
@@ -200,7 +200,7 @@ def test_torchrun_counts_every_image_once(train_ckpt, tmp_path):
 def test_a_trained_run_evaluates_at_the_size_it_was_trained_at(tmp_path, capsys):
     """The chain users run: train.py at 16x16, then evaluate.py on its deploy.pt and best.pt with a data
     group chosen (whose default size is 32) gives the accuracy the run reported, at 16x16."""
-    from engine.stages import run_training
+    from jobs.train import run as run_training
     from tests.helpers import tiny_config
 
     summary = run_training(tiny_config(tmp_path, "run_name=run", "epochs=2", "data.val_size=37"))

@@ -11,9 +11,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import artifacts
-from engine import evaluate as E
+from engine import validation as E
 from engine.checkpoint import save_checkpoint
-from engine.eval_checkpoint import format_table, run
+from jobs.evaluate import format_table, run
 from models import InputSpec, ModelSpec
 from tests.helpers import ROOT
 
@@ -43,7 +43,7 @@ def test_evaluation_runs_with_cudnn_autotuning_and_ieee_float32(tmp_path, monkey
         return evaluate(model, loader, device, *args, **kwargs)
 
     evaluate = E.evaluate
-    monkeypatch.setattr("engine.eval_checkpoint.evaluate", spy)
+    monkeypatch.setattr("jobs.evaluate.evaluate", spy)
     with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
         run(compose("evaluate", overrides=[f"checkpoint={path}", "workers=0", "progress=false"]), set())
     assert seen == [(True, "ieee", "ieee")] * 2

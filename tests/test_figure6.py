@@ -134,7 +134,7 @@ def _backward(net: nn.Module) -> None:
 def test_threshold_every_step_is_the_authors_update_mask(on):
     """Between backward and the step (train_pruning.py:81-84, update_mask): grad += sr * sign(s), then the
     scales with |s| <= threshold and their gradients are zeroed; the other kind of scale is untouched."""
-    from prune.penalty import ScaleL1
+    from pruning.penalty import ScaleL1
 
     net, mask, bn = _sparse_net()
     _backward(net)
@@ -151,7 +151,7 @@ def test_threshold_every_step_is_the_authors_update_mask(on):
 def test_momentum_moves_a_zeroed_mask_and_the_next_step_zeroes_it_again():
     """SGD's momentum buffer still holds a zeroed mask's earlier gradients, so the step moves it off 0;
     the next update zeroes it again while it stays under the threshold (as in the authors' loop)."""
-    from prune.penalty import ScaleL1
+    from pruning.penalty import ScaleL1
 
     net, mask, _ = _sparse_net()
     hook = ScaleL1(sr=0.01, on="mask_conv", threshold=0.005)
@@ -177,7 +177,7 @@ def test_momentum_moves_a_zeroed_mask_and_the_next_step_zeroes_it_again():
 def test_the_hooks_of_sparse_training():
     """bn_scale thresholded once keeps today's bn_l1 hook; every other variant is ScaleL1, by import path."""
     from engine.hooks import build_hooks
-    from prune.penalty import ScaleL1, hooks
+    from pruning.penalty import ScaleL1, hooks
 
     assert hooks("bn_scale", 1e-4, None) == {"bn_l1": {"sr": 1e-4}}
     for penalty, threshold in (("mask_conv", 5e-3), ("mask_conv", None), ("bn_scale", 5e-3)):
@@ -200,7 +200,7 @@ def test_every_figure6_recipe_has_an_entry():
 def test_figure6_recipe_composes_in_prune_py(name):
     """prune.py composes each recipe to its own model on CIFAR-10 with the authors' training (train_pruning.py:
     200 + 200 epochs, lr 0.1 at batch 128, weight decay 5e-4 on everything, cosine) and passes prune.py's checks."""
-    from prune import pipeline
+    from jobs import prune as pipeline
 
     code, out, err = run_script("prune", [f"experiment={name}", "--cfg", "job"])
     assert code == 0, err
@@ -252,7 +252,7 @@ def test_a_tiny_mask_conv_run_writes_a_plain_model_evaluate_reproduces(tmp_path)
     assert report["penalty"] == {"sr": 1.0, "on": "mask_conv", "threshold": 0.9}
     rm_form = report["forms"]["rm"]
     sparse = load_checkpoint(str(root / "sparse" / "best.pt"))
-    assert sparse["config"]["hooks"]["scale_l1"] == {"_target_": "prune.penalty.ScaleL1", "sr": 1.0, "on": "mask_conv",
+    assert sparse["config"]["hooks"]["scale_l1"] == {"_target_": "pruning.penalty.ScaleL1", "sr": 1.0, "on": "mask_conv",
                                                      "threshold": 0.9}
     base = artifacts.load(str(root / "sparse" / "best.pt"))
     masks = plain_channel_masks(base.model)
@@ -271,8 +271,8 @@ def test_a_tiny_mask_conv_run_writes_a_plain_model_evaluate_reproduces(tmp_path)
 def test_pruning_the_zero_masks_is_exact_and_follows_the_masks():
     """Pruned by its masks at a threshold just above 0, the converted chain loses exactly the zero-mask
     channels (widths = the non-zero masks per layer) and still computes the residual model, in float64."""
-    from prune.plain import prune_plain
-    from prune.surgery import PruneError
+    from pruning.plain import prune_plain
+    from pruning.surgery import PruneError
 
     model = masked_model().double()
     plain = rm.convert(model, fuse_bn=False, downsample="reserve_input").eval()
@@ -293,8 +293,8 @@ def test_slimming_ranks_the_rm_chain_by_the_masks_not_the_bn_scales():
     all under the threshold) would remove the channel."""
     from types import SimpleNamespace
 
-    from prune import pipeline
-    from prune.job import Job
+    from jobs import prune as pipeline
+    from pruning.job import Job
 
     model = random_masks(randomize_bn(create_model("rmnet_pruning_18", num_classes=10, stem="cifar", widths=WIDTHS),
                                       gamma_scale=1e-3)).eval()

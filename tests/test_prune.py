@@ -9,8 +9,8 @@ import rm
 from models.complexity import count_params
 from models.resnet import ResNet
 from models.rmnet import RMNet
-from prune import PruneError, channel_scores, prune_plain
-from prune.residual import prune_residual
+from pruning import PruneError, channel_scores, prune_plain
+from pruning.residual import prune_residual
 from rm import recalibrate_identity_bn
 from tests.helpers import randomize_bn
 
@@ -210,7 +210,7 @@ def test_shortcut_bn_converts_exactly(downsample):
 
 
 def test_missed_names_what_a_pruned_model_failed_at():
-    from prune.report import missed
+    from pruning.report import missed
 
     assert missed(0, 10, 20) == "pruned nothing"
     assert missed(3, 25_000_000, 20_000_000.0) == "target missed: 25.000 M MACs > 20.000 M"

@@ -9,9 +9,9 @@ import torch.nn as nn
 
 import models
 import rm
-from prune.budget import Budget, check_budget, search
-from prune.plain import channel_scores, prune_plain
-from prune.residual import prune_residual, residual_scores
+from pruning.budget import Budget, check_budget, search
+from pruning.plain import channel_scores, prune_plain
+from pruning.residual import prune_residual, residual_scores
 from tests.helpers import randomize_bn
 
 SIZE = 16
@@ -141,8 +141,8 @@ def test_bad_budgets_are_refused(settings, message):
 
 def test_rows_of_older_reports_still_compare():
     """Reports written before the typed row (target in each method's own sense, no flag, no speeds)."""
-    from prune.compare import to_markdown
-    from prune.row import Row
+    from pruning.compare import to_markdown
+    from pruning.row import Row
 
     old = {"method": "amc", "form": "rm", "model": "mobilenetv2_rm", "data": "synthetic", "target": 0.5,
            "params": 1000, "macs": 2_000_000, "top1_before": 90.0, "top1_pruned": 80.0, "top1_finetuned": None,

@@ -1,4 +1,4 @@
-"""The one pruning job (prune.job.run) with a fake pruner (no training: a freshly built tiny model, a
+"""The one pruning job (pruning.job.run) with a fake pruner (no training: a freshly built tiny model, a
 fixed pruning ratio), and the three real pruners going through it."""
 import json
 import os
@@ -11,13 +11,13 @@ from engine import stages
 from engine.checkpoint import save_checkpoint
 from engine.config import CONF_DIR
 from engine.settings import TrainSettings
-from prune import job
-from prune.amc import pipeline as amc_pipeline
-from prune.job import Pruner, Selection
-from prune.plain import prune_plain
-from prune.residual import prune_residual
-from prune.resrep import pipeline as resrep_pipeline
-from prune.row import FIELDS
+from jobs import amc as amc_pipeline
+from jobs import resrep as resrep_pipeline
+from pruning import job
+from pruning.job import Pruner, Selection
+from pruning.plain import prune_plain
+from pruning.residual import prune_residual
+from pruning.row import FIELDS
 from tests.helpers import randomize_bn, run_script
 
 TINY = ["model=resnet18", "+model.kwargs.widths=[8,8,16,16]", "+model.kwargs.shortcut_bn=true",
@@ -58,7 +58,7 @@ class Fixed(Pruner):
         return os.path.join(self.root(cfg), "half")
 
     def budget(self, cfg, input_size):
-        from prune.budget import Budget
+        from pruning.budget import Budget
         return Budget.from_cfg(cfg.prune.budget, cfg.prune.budget.keep, input_size)
 
     def select(self, job, form, start, form_dir, target):
@@ -140,11 +140,11 @@ def test_an_unwritable_output_is_refused_before_the_base_model(tmp_path):
 @pytest.mark.parametrize("script, module, pruner", [("prune", None, "Slimming"), ("amc", amc_pipeline, "AMC"),
                                                     ("resrep", resrep_pipeline, "ResRep")])
 def test_every_entry_point_runs_its_pruner_through_the_one_job(script, module, pruner, monkeypatch, tmp_path):
-    from prune import pipeline
+    from jobs import prune as pipeline
 
     seen = []
     monkeypatch.setattr(job, "run", lambda cfg, p: seen.append((cfg, p)) or {})
-    monkeypatch.setattr("prune.figure.draw_figure6", lambda *_: None)
+    monkeypatch.setattr("pruning.figure.draw_figure6", lambda *_: None)
     code, _, err = run_script(script, [f"output_dir={tmp_path}"])
     assert code == 0, err
     (_, p), = seen
@@ -161,7 +161,7 @@ def test_a_fine_tune_that_lowers_top1_is_warned_about(monkeypatch, caplog, tmp_p
     import torch.nn as nn
     from omegaconf import OmegaConf
 
-    from prune import common
+    from pruning import common
 
     scores = iter([50.0, tuned])
     monkeypatch.setattr(common, "save_model", lambda *a, **k: None)

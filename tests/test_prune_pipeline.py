@@ -10,8 +10,8 @@ from hydra import compose, initialize_config_dir
 import artifacts
 from engine.checkpoint import load_checkpoint
 from engine.config import CONF_DIR
-from prune import pipeline
-from prune.figure import draw_figure6
+from jobs import prune as pipeline
+from pruning.figure import draw_figure6
 
 TINY = ["model=resnet18", "+model.kwargs.widths=[8,8,16,16]", "data.input_size=16", "data.train_size=32",
         "data.val_size=16", "batch_size=8", "max_steps_per_epoch=2", "workers=0", "progress=false",
@@ -90,8 +90,8 @@ def test_a_sparse_checkpoint_of_another_model_is_refused(run_dir):
 
 
 def test_comparison_table_lists_every_pruned_model(run_dir, capsys):
-    from prune.compare import collect, main
-    from prune.row import FIELDS as ROW
+    from pruning.compare import collect, main
+    from pruning.row import FIELDS as ROW
 
     out, _, report = run_dir
     rows = collect([str(out)])
@@ -114,17 +114,17 @@ def test_comparison_table_lists_every_pruned_model(run_dir, capsys):
 def test_compare_times_every_model_again_in_one_interleaved_run(run_dir, capsys, monkeypatch, tmp_path):
     """--time: the reports' own speeds were taken at different moments; every model file is timed
     again, all (model, runtime) pairs in ONE interleaved call, and those numbers drive the table."""
-    import prune.retime
-    from prune.compare import main
+    import pruning.retime
+    from pruning.compare import main
 
     out, _, _ = run_dir
-    real, calls = prune.retime.time_interleaved, []
+    real, calls = pruning.retime.time_interleaved, []
 
     def spy(fns, *args):
         calls.append(sorted(fns))
         return real(fns, *args)
 
-    monkeypatch.setattr(prune.retime, "time_interleaved", spy)
+    monkeypatch.setattr(pruning.retime, "time_interleaved", spy)
     plot = tmp_path / "new" / "pareto.png"   # a folder that does not exist yet
     main([str(out), "--time", "eager", "onnxruntime", "onnxruntime_int8", "--repeats", "2", "--plot", str(plot)])
     assert calls == [[(i, rt) for i in (0, 1) for rt in ("eager", "onnxruntime", "onnxruntime_int8")]]
@@ -143,7 +143,7 @@ def test_model_stats_time_the_deploy_runtimes():
     from omegaconf import OmegaConf
 
     from models import create_model
-    from prune.report import model_stats
+    from pruning.report import model_stats
 
     model = create_model("resnet18", num_classes=10, stem="cifar", widths=[8, 8, 16, 16]).eval()
     bench = OmegaConf.create({"device": "cpu", "batch_size": 2, "warmup": 0, "iters": 1, "repeats": 1,

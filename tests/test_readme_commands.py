@@ -86,7 +86,7 @@ PLAN = {
     "runtime=[eager,compile,onnxruntime,onnxruntime_int8] fidelity=true":
         ("run", BENCH[:5], {"runtime=[eager,compile,onnxruntime,onnxruntime_int8]": "runtime=[eager,onnxruntime_int8]"}),
     ".venv/bin/python benchmark.py models=[rmnet41x5_16] runtime=[onnxruntime,onnxruntime_int8] batch_size=1": ("cfg",),
-    ".venv/bin/python -m benchmarks.int8_layers checkpoints/<run>/best.pt": ("run", ["--keep-float", "0"]),
+    ".venv/bin/python -m bench.int8_layers checkpoints/<run>/best.pt": ("run", ["--keep-float", "0"]),
     ".venv/bin/python benchmark.py preset=a1_batch_sweep": ("cfg",),
     ".venv/bin/python benchmark.py checkpoints=[checkpoints/<run>/deploy.pt]": ("run", BENCH[:5]),
     ".venv/bin/python benchmark.py models=[rmnet26x3_32] stem=cifar export=[onnx,torchscript]":
@@ -101,8 +101,8 @@ PLAN = {
         ("check",),
     ".venv/bin/python prune.py -m experiment=figure6_bn_scale prune.sr=1e-4,5e-4,1e-3 prune.threshold=5e-4,1e-3,5e-3":
         ("check",),
-    ".venv/bin/python -m prune.figure checkpoints": ("run", []),
-    ".venv/bin/python -m prune.compare checkpoints": ("run", []),
+    ".venv/bin/python -m pruning.figure checkpoints": ("run", []),
+    ".venv/bin/python -m pruning.compare checkpoints": ("run", []),
     # AMC's search takes a minute even on a tiny model: its commands are composed here and run end to end
     # by tests/test_amc_pipeline.py.
     ".venv/bin/python amc.py": ("cfg",),
@@ -228,7 +228,7 @@ def _run(argv: list[str]) -> tuple[int, str]:
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             module = importlib.import_module(argv[1])
-            if hasattr(module, "main"):   # prune.figure, scripts.paper_tables, ...: they read sys.argv
+            if hasattr(module, "main"):   # pruning.figure, scripts.paper_tables, ...: they read sys.argv
                 code = module.main() or 0
             else:   # python -m models runs models/__main__.py
                 runpy.run_module(argv[1], run_name="__main__")

@@ -112,7 +112,7 @@ def test_convert_recalibrates_with_the_stored_data_at_the_trained_size(tmp_path,
     import artifacts
     from engine.checkpoint import save_checkpoint
     from engine.cli import run_app
-    from engine.convert_checkpoint import run
+    from jobs.convert import run
     from models import InputSpec, ModelSpec
 
     data = {"name": "synthetic", "num_classes": 10, "stem": "cifar", "input_size": 16, "train_size": 64,

@@ -349,7 +349,7 @@ def test_skipped_images_are_left_out_of_evaluation_not_counted_twice(tmp_path):
     """With bad_images=skip, validation counts the 4 decodable images once each (a substitute would make
     it 5, one of them twice) and reports the skipped one; the class-a prediction is right on 2 of 4."""
     import data
-    from engine.evaluate import evaluate
+    from engine.validation import evaluate
 
     _image_folder(tmp_path, b"not an image")
     cfg = OmegaConf.load(os.path.join(CONF_DIR, "data", "imagenet.yaml"))
@@ -372,7 +372,7 @@ def test_a_run_whose_data_is_missing_leaves_no_run_folder(tmp_path):
     """The data is checked before the run folder exists: a failed start leaves nothing to clean up."""
     import data
     from engine.config import check_overrides
-    from engine.stages import run_training
+    from jobs.train import run as run_training
 
     cfg = check_overrides(["model=resnet20", "model.kwargs.widths=[8,8,8]", "data=cifar10", "workers=0",
                            f"data.root={tmp_path / 'nowhere'}", f"output_dir={tmp_path / 'runs'}"])

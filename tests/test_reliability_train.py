@@ -18,8 +18,8 @@ from artifacts import CheckpointError
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import ConfigError
 from engine.faults import NonFiniteLossError, StopSignal
-from engine.stages import run_training
 from engine.trainer import Trainer
+from jobs.train import run as run_training
 from tests.helpers import TINY, tiny_config, trainer_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

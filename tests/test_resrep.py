@@ -18,10 +18,10 @@ from engine.trainer import Trainer
 from models import InputSpec, ModelSpec
 from models.complexity import count_macs
 from models.resnet import ResNet
-from prune import PruneError
-from prune.resrep import (
+from pruning import PruneError
+from pruning.resrep import (
     CompactedBN,
-    Layout,
+    CompactorLayout,
     ResRepHook,
     add_compactors,
     compactors,
@@ -100,7 +100,7 @@ def test_fold_is_exact_and_narrower(kind):
     assert rel_err(result.model(x), model(x)) < TOL
     assert result.removed > 0 and result.max_removed_norm == 0.0
     assert sum(layer["channels"] - layer["kept"] for layer in result.layers) == result.removed
-    layout = Layout(model, SIZE)
+    layout = CompactorLayout(model, SIZE)
     norms = [s.compactor.row_norms() for s in layout.slots]
     assert layout.macs(resolve(layout.slots, [n > 0 for n in norms], norms)) == count_macs(result.model, SIZE)
     if kind.startswith("resnext"):   # grouped convs stay grouped, and some of their groups go
@@ -228,7 +228,7 @@ def test_next_masks_when_the_target_is_met_takes_the_shortest_prefix():
     first layer's rows are the weakest of all, and the prefix passes them: its strongest stays."""
     model = model_of("resnet20-residual")
     add_compactors(model)
-    layout = Layout(model, SIZE)
+    layout = CompactorLayout(model, SIZE)
     norms = [torch.arange(1, c + 1, dtype=torch.float64) * (i + 1) + i * 1e-3 for i, c in enumerate(layout.channels())]
     norms[0] = norms[0] * 1e-3
 
@@ -264,7 +264,7 @@ def test_masks_resume_with_the_run(tmp_path):
     import artifacts
     from engine.checkpoint import save_checkpoint
     from engine.stages import train
-    from prune.resrep.compactor import Compactor
+    from pruning.resrep.compactor import Compactor
 
     cfg = tiny_config(tmp_path, "run_name=r", "epochs=1", "max_steps_per_epoch=3", "+hooks.resrep.target=1e5",
                       "+hooks.resrep.interval=1", "+hooks.resrep.start_epochs=0", "final.enabled=false")

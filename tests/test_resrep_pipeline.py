@@ -8,11 +8,11 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import artifacts
-from bench import benchmark as B
 from engine.config import CONF_DIR, check_overrides, check_values
-from engine.eval_checkpoint import run as evaluate_run
-from prune.resrep import pipeline
-from prune.row import FIELDS
+from jobs import benchmark as B
+from jobs import resrep as pipeline
+from jobs.evaluate import run as evaluate_run
+from pruning.row import FIELDS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 # 4 steps an epoch; the mask meets the target at the first update, and the lasso (with lr 0.05) brings
@@ -132,8 +132,8 @@ def test_recipes_compose(recipe, target, epochs):
 def test_a_form_that_prunes_nothing_is_flagged_and_warned(run, tmp_path, caplog):
     """No mask before training ends (start_epochs past the end): the RM form keeps every channel and
     costs more than the residual model. The log says so in plain numbers, warns, and the report row,
-    report.md and prune.compare flag it (issue 20: "0/3152 channels (-90.6% removed, target 50.0%)")."""
-    from prune.compare import to_markdown as compare_table
+    report.md and pruning.compare flag it (issue 20: "0/3152 channels (-90.6% removed, target 50.0%)")."""
+    from pruning.compare import to_markdown as compare_table
 
     out, _, _ = run
     base = os.path.join(out, "resrep-resnet18-synthetic", "base", "best.pt")

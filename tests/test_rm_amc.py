@@ -20,9 +20,9 @@ import models
 import rm
 from engine.config import CONF_DIR, check_values
 from engine.optim import lr_factor
+from jobs import amc as pipeline
 from models.complexity import count_macs, count_params
 from models.mobilenet import InvertedResidual, relu6_as_relu
-from prune.amc import pipeline
 from tests.helpers import check_exact, randomize_bn, run_script
 
 

@@ -15,12 +15,12 @@ from onnx import numpy_helper
 import artifacts
 import models
 import rm
-from bench import benchmark as B
 from bench.export import ort_session, to_onnx
 from bench.quantize import layer_errors, quantize_int8
-from engine.evaluate import evaluate
 from engine.inputs import trained_loaders
-from engine.stages import run_training
+from engine.validation import evaluate
+from jobs import benchmark as B
+from jobs.train import run as run_training
 from models import ModelSpec
 from tests.helpers import markdown_table, randomize_bn, tiny_config
 

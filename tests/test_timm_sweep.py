@@ -1,6 +1,8 @@
 """The timm sweep (`bench.timm_coverage`): every name of its fixed list converts exactly into a plain chain
 or is refused in one line; a crash, a wrong answer or an unexpected refusal fails. CI runs one or two
 names per family; the whole list runs under `-m slow` (and writes docs/timm_coverage.md as a generator)."""
+import os
+
 import pytest
 import timm
 import torch
@@ -9,6 +11,8 @@ import torch.nn as nn
 import rm
 from bench import timm_coverage as cov
 from tests.helpers import markdown_table
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # One or two names per family and per kind of refusal: the structures the full sweep meets.
 SAMPLE = ["resnet10t", "resnet18d", "resnet26t", "seresnext26d_32x4d", "ecaresnet26t", "resnetrs50", "resnet50_gn",
@@ -100,3 +104,13 @@ def test_the_plainness_check_finds_a_layer_that_does_not_take_the_previous_outpu
             return self.c(y)
     with pytest.raises(AssertionError, match="c does not take b alone"):
         cov.check_plain(Skip())
+
+
+def test_the_guide_shows_the_committed_coverage_summary():
+    """The bring-your-own-model guide's copy of the fraction and the per-family table is the committed table's."""
+    with open(os.path.join(ROOT, cov.TABLE)) as f:
+        table = f.read()
+    with open(os.path.join(ROOT, cov.GUIDE)) as f:
+        guide = f.read()
+    assert cov.with_summary(guide, table) == guide, f"stale: run python -m bench.timm_coverage ({cov.GUIDE})"
+    assert cov.summary(table) in guide

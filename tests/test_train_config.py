@@ -78,7 +78,7 @@ def test_train_settings_are_built_once_and_edited_as_values(tmp_path):
     assert narrow.model.kwargs == {"shortcut_bn": True} and narrow.optim.lr == 0.01
     assert settings.model.kwargs == {} and settings.optim.lr == 0.2   # the original is untouched
 
-    from prune.common import train_settings
+    from pruning.common import train_settings
     pruner = check_overrides(["model=resnet20", "+hooks.bn_l1.sr=1e-4"], config_name="prune")
     run = train_settings(pruner, str(tmp_path), "finetune", {"resrep": {"target": 1.0}})
     assert (run.output_dir, run.run_name, run.resume, run.final) == (str(tmp_path), "finetune", "auto", False)

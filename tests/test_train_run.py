@@ -10,9 +10,9 @@ import torch
 import artifacts
 import data
 from engine.checkpoint import load_checkpoint
-from engine.evaluate import evaluate
-from engine.stages import run_training
 from engine.trainer import Trainer
+from engine.validation import evaluate
+from jobs.train import run as run_training
 from tests.helpers import TINY, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

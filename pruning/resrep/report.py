@@ -1,4 +1,4 @@
-"""The ResRep report.md (report.json and its comparison `rows` are prune.job's, as for every pruner)."""
+"""The ResRep report.md (report.json and its comparison `rows` are pruning.job's, as for every pruner)."""
 from __future__ import annotations
 
 from typing import Any

@@ -33,7 +33,7 @@ from ..budget import Budget, check_budget
 from ..cost import amount
 from .compactor import Compactor, compactors
 from .fold import folded_cost
-from .layout import Layout, resolve
+from .layout import CompactorLayout, resolve
 from .schedule import next_masks
 
 log = logging.getLogger("rmnet.train")
@@ -94,7 +94,7 @@ class ResRepHook(Hook):
         self.target, self.lasso, self.all_rows = float(target), float(lasso), penalty_rows == "all"
         self.interval, self.start_epochs, self.granularity = interval, float(start_epochs), granularity
         self.compactor_momentum = compactor_momentum
-        self.layout: Layout | None = None
+        self.layout: CompactorLayout | None = None
         self.cost: Callable[[list[torch.Tensor]], float] | None = None   # built with the layout
         self.compactors: list[Compactor] = []   # the trained model's, in model order (param_groups)
 
@@ -103,7 +103,7 @@ class ResRepHook(Hook):
         params = [c.weight for c in self.compactors]
         if not params:
             raise ValueError("the resrep hook trains compactors, and the model has none: put them in with "
-                             "prune.resrep.add_compactors (resrep.py does)")
+                             "pruning.resrep.add_compactors (resrep.py does)")
         group: dict[str, Any] = {"params": params, "weight_decay": 0.0}
         if self.compactor_momentum is not None:
             group["momentum"] = float(self.compactor_momentum)
@@ -128,7 +128,7 @@ class ResRepHook(Hook):
     @torch.no_grad()
     def update(self, model: nn.Module, input_size: int, step: int) -> None:
         if self.layout is None:
-            self.layout = Layout(model, input_size)
+            self.layout = CompactorLayout(model, input_size)
             self.cost = folded_cost(self.layout, model, Budget.from_cfg(self.budget, 1.0, input_size))
         found = [s.compactor for s in self.layout.slots]
         norms = [c.row_norms() for c in found]

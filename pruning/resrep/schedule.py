@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from .layout import Layout, resolve
+from .layout import CompactorLayout, resolve
 
 
 class _Ranking:
@@ -57,7 +57,7 @@ def _first(lo: int, hi: int, ok) -> int:
     return lo
 
 
-def next_masks(layout: Layout, norms: list[torch.Tensor], masked: list[torch.Tensor], target: float,
+def next_masks(layout: CompactorLayout, norms: list[torch.Tensor], masked: list[torch.Tensor], target: float,
                granularity: int, cost: Callable[[list[torch.Tensor]], float]) -> list[torch.Tensor]:
     """The new masks (True: the row is pruned) of the layers of `layout`, from the row norms and the
     current masks; `cost` prices kept channels (`layout.macs` for a MACs target)."""

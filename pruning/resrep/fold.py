@@ -31,7 +31,7 @@ from ..cost import width_cost
 from ..masks import round_up
 from ..surgery import slice_bn, slice_conv, slice_linear, slice_prelu
 from .compactor import CompactedBN, compacted_slots
-from .layout import Layout, resolve
+from .layout import CompactorLayout, resolve
 
 
 @dataclass
@@ -124,7 +124,7 @@ def fold_compactors(model: nn.Module, threshold: float = 1e-5, channel_round: in
     return result
 
 
-def folded_cost(layout: Layout, model: nn.Module, budget: Budget) -> Callable[[list[torch.Tensor]], float]:
+def folded_cost(layout: CompactorLayout, model: nn.Module, budget: Budget) -> Callable[[list[torch.Tensor]], float]:
     """The cost in `budget.kind` of the folded `model` (with compactors, `layout`'s) when each slot
     keeps `keeps[i]` (already `resolve`d); `model`'s full width is its fold keeping every channel."""
     return width_cost(budget, fold_compactors(model, threshold=0.0).model, layout.widths, layout.full(), layout.macs)

@@ -188,7 +188,7 @@ def prune_form(job: Job, pruner: Pruner, name: str, residual_cost: float | None)
 
 
 def row(job: Job, pruner: Pruner, form: Form) -> dict[str, Any]:
-    """The form as a comparison row (prune.compare merges every report's rows): the final model's
+    """The form as a comparison row (pruning.compare merges every report's rows): the final model's
     file, size, speed and top-1."""
     after, budget = form.done.stats, job.budget
     return Row(pruner.method, form.name, job.cfg.model.name, job.cfg.data.name, pruner.budget_text(job), form.target,

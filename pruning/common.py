@@ -21,9 +21,9 @@ from artifacts import ConversionPolicy
 from data import calibration_loader
 from engine import stages
 from engine.config import model_kwargs, per_process_batch
-from engine.evaluate import evaluate
 from engine.inputs import check_data
 from engine.settings import TrainSettings
+from engine.validation import evaluate
 from models import InputSpec, ModelSpec, create_model
 from rm import recalibrate_identity_bn
 
@@ -138,7 +138,7 @@ def save_model(model: nn.Module, spec: ModelSpec, path: str, data: Any, **meta: 
     spec = replace(spec, input=InputSpec.from_data(data), pruned=spec.form != "plain")
     meta = {**meta, "data_config": OmegaConf.to_container(data, resolve=True)}
     if spec.form == "plain":
-        artifacts.save_deploy(model, spec, path, **meta)
+        artifacts.save_plain(model, spec, path, **meta)
     else:
         artifacts.save_pruned(model, spec, path, **meta)
 

@@ -5,13 +5,13 @@ conv to be pruned: conv -> BN -> compactor -> activation computes what conv -> B
 did, and the training that follows drives whole rows of it to zero. A row that is zero makes its
 output channel zero, and activations and pooling keep a zero channel zero, so the channel and the
 reader's input slice go without a trace (`fold`). The compactor's `mask` marks the rows being
-zeroed; it is the `resrep` hook's state, which checkpoints hold under "hooks" (prune.resrep.hook), not
+zeroed; it is the `resrep` hook's state, which checkpoints hold under "hooks" (pruning.resrep.hook), not
 a weight of the model. Files written when it was a buffer still load, mask included.
 
 Where compactors go (`slots`):
 * a plain chain (`rm.convert(model, fuse_bn=False)`): after every conv unit whose output another
   conv or the Linear head reads, reserved and merged channels included; this is RM + ResRep.
-* a ResNet (`prune.residual`'s models): after every conv inside a block except the last; the stream
+* a ResNet (`pruning.residual`'s models): after every conv inside a block except the last; the stream
   channels that the additions tie keep their width (ResRep's own setting).
 A grouped producer gets a block-diagonal compactor (`groups`), so the fold stays a grouped conv;
 channels between two grouped convs get none (a kept group must keep equal widths on both sides, the
@@ -146,7 +146,7 @@ def compacted_slots(model: nn.Module) -> list[Slot]:
     """The slots of `model` that hold a compactor."""
     found = [s for s in slots(model) if isinstance(getattr(s.parent, s.bn), CompactedBN)]
     if not found:
-        raise PruneError(f"{type(model).__name__} has no compactors (prune.resrep.add_compactors puts them in)")
+        raise PruneError(f"{type(model).__name__} has no compactors (pruning.resrep.add_compactors puts them in)")
     return found
 
 

@@ -20,14 +20,13 @@ from tqdm import tqdm
 import artifacts
 from artifacts import ConversionPolicy
 from data import calibration_loader
+from engine.config import model_kwargs
+from engine.faults import probe_output_file
+from engine.inputs import check_data, data_for
 from models import ModelSpec, model_stems
 from models.complexity import count_macs, count_params
 from rm import recalibrate_identity_bn
 from rm.deploy import input_multiple
-
-from .config import model_kwargs
-from .faults import probe_output_file
-from .inputs import check_data, data_for
 
 
 def load_source(cfg: DictConfig) -> artifacts.Artifact:
@@ -114,6 +113,6 @@ def run(cfg: DictConfig, explicit: set[str] = frozenset()) -> str:
               f"); the plain model refuses other sizes")
     meta = {k: v for k, v in plain.meta.items() if k not in ("config", "epoch", "step", "best_top1", "random_weights", "layout",
                                                              "dropped")}
-    artifacts.save_deploy(plain.model, plain.spec, out, **meta)
+    artifacts.save_plain(plain.model, plain.spec, out, **meta)
     print(f"wrote {out}")
     return out

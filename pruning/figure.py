@@ -1,7 +1,7 @@
 """Paper Figure 6 from the reports of pruning runs: accuracy vs speed (a) and vs pruned-parameter
 ratio (b), RMNet (pruned after RM) against ResNet (pruned with its residual pruning groups).
 
-    python -m prune.figure checkpoints          # one PNG per (model, data) found under the folder
+    python -m pruning.figure checkpoints          # one PNG per (model, data) found under the folder
 """
 from __future__ import annotations
 

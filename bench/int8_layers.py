@@ -1,6 +1,6 @@
 """Where INT8 loses accuracy in a trained model's BN-folded and plain (RM) form, layer by layer.
 
-    .venv/bin/python -m benchmarks.int8_layers outputs/quickstart/<run>/best.pt --keep-float 0 4
+    .venv/bin/python -m bench.int8_layers outputs/quickstart/<run>/best.pt --keep-float 0 4
 
 For each form the script exports the float32 model, quantizes it as the benchmark's
 `onnxruntime_int8` runtime does (bench/quantize.py: min-max calibration on training images,

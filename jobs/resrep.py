@@ -1,14 +1,14 @@
-"""The ResRep pruner (`resrep.py`; the job is `prune.job.run`): base model -> per form: compactors -> ResRep training -> fold ->
+"""The ResRep pruner (`resrep.py`; the job is `pruning.job.run`): base model -> per form: compactors -> ResRep training -> fold ->
 evaluate -> benchmark -> report.
 
     <output_dir>/resrep-<model>-<data>/base/                 base training run (when resrep.base is null)
     <output_dir>/resrep-<model>-<data>/t<target>/<form>/     train/ (the run with compactors), pruned.pt
     <output_dir>/resrep-<model>-<data>/t<target>/            report.json, report.md (t<target>-<kind>...: a
-                                                             params or latency budget, prune.cost.kind_suffix)
+                                                             params or latency budget, pruning.cost.kind_suffix)
 
 Both forms start from the same trained residual model. `residual` puts compactors inside the
 ResNet's blocks (ResRep as published); `rm` converts the model with the conversion policy (BN
-kept), gives its identity BNs data statistics and verifies it (`prune.common.to_prunable_plain`,
+kept), gives its identity BNs data statistics and verifies it (`pruning.common.to_prunable_plain`,
 as slimming does), then puts compactors on every layer, reserved channels included. Both prune to
 the same budget by default: (1 - resrep.target) x the residual model's MACs, so the two forms are
 compared at equal cost (`resrep.budget.of=own`: x each form's own MACs). Training is `engine.stages.train` with the `resrep` hook; the transient model with
@@ -32,21 +32,23 @@ import artifacts
 from engine import stages
 from engine.checkpoint import load_checkpoint
 from engine.settings import TrainSettings
+from pruning import common
+from pruning.budget import UNITS, Budget
+from pruning.budget import check_budget as check_cost_budget
+from pruning.common import check_stored_model, top1, train_residual, train_settings
+from pruning.cost import amount, kind_suffix
+from pruning.job import Form, Job, Pruner, Selection
+from pruning.job import run as run_job
+from pruning.report import check_bench
+from pruning.resrep.compactor import add_compactors
+from pruning.resrep.fold import fold_compactors, folded_cost
+from pruning.resrep.hook import (  # also registers the `resrep` hook the training runs name
+    ResRepHook,
+    load_masks,
+)
+from pruning.resrep.layout import CompactorLayout, resolve
+from pruning.resrep.report import SCHEMA, budget_text, to_markdown
 from rm import CheckpointError
-
-from .. import common
-from ..budget import UNITS, Budget
-from ..budget import check_budget as check_cost_budget
-from ..common import check_stored_model, top1, train_residual, train_settings
-from ..cost import amount, kind_suffix
-from ..job import Form, Job, Pruner, Selection
-from ..job import run as run_job
-from ..report import check_bench
-from .compactor import add_compactors
-from .fold import fold_compactors, folded_cost
-from .hook import ResRepHook, load_masks  # also registers the `resrep` hook the training runs name
-from .layout import Layout, resolve
-from .report import SCHEMA, budget_text, to_markdown
 
 log = logging.getLogger("rmnet.resrep")
 
@@ -106,7 +108,7 @@ def base_model(cfg: DictConfig, path: str) -> artifacts.Artifact:
 
 def check_reachable(model: nn.Module, size: int, target: float, form: str, budget: Budget) -> None:
     """The target must be met with one channel left in every compacted layer."""
-    layout = Layout(model, size)
+    layout = CompactorLayout(model, size)
     ones = [torch.ones(c, dtype=torch.double) for c in layout.channels()]
     zeros = [torch.zeros(c, dtype=torch.bool) for c in layout.channels()]
     least = folded_cost(layout, model, budget)(resolve(layout.slots, zeros, ones))

@@ -44,21 +44,20 @@ from tqdm import tqdm
 import artifacts
 import models
 import rm
+from bench.export import EXPORTERS
+from bench.fidelity import compare, predictions
+from bench.forms import build_forms
+from bench.memory import peak_activation_memory
+from bench.report import FORMS, WIDE_SPREAD, source_labels, spread_warning, summary, to_markdown, write_report
+from bench.runtimes import RUNTIMES, RuntimeContext, check_runtimes
+from bench.timing import cpu_threads, time_interleaved
 from engine.environment import environment
-from engine.evaluate import backend_flags
 from engine.faults import probe_run_dir
 from engine.inputs import trained_loaders
+from engine.validation import backend_flags
 from models import ModelSpec
 from models.complexity import count_macs, count_params
 from models.mobilenet import exact_forms
-
-from .export import EXPORTERS
-from .fidelity import compare, predictions
-from .forms import build_forms
-from .memory import peak_activation_memory
-from .report import FORMS, WIDE_SPREAD, source_labels, spread_warning, summary, to_markdown, write_report
-from .runtimes import RUNTIMES, Context, check_runtimes
-from .timing import cpu_threads, time_interleaved
 
 SCHEMA = "rmnet-benchmark/3"   # 3: rows keyed by source (`source`, `file`), `sources`, threads, spread
 PRECISIONS = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -275,7 +274,7 @@ def benchmark_model(model: nn.Module, spec: ModelSpec, s: Settings, data: tuple 
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="rmnet-bench-") as work:
-        ctx = Context(work, example=torch.randn(2, 3, size, size), compile_mode=s.compile_mode,
+        ctx = RuntimeContext(work, example=torch.randn(2, 3, size, size), compile_mode=s.compile_mode,
                       calibration=_calibration(s, size, data) if "onnxruntime_int8" in s.runtimes else [],
                       keep_float=s.keep_float)
         for precision in s.precisions:

@@ -1,20 +1,20 @@
 """One table and one Pareto plot of every pruned model under some folders: the pruners (network
 slimming, RM + AMC, ResRep) and the two forms (pruned residual, pruned after RM) side by side.
 
-    python -m prune.compare checkpoints                       # Markdown on stdout, checkpoints/pareto.png
-    python -m prune.compare checkpoints --out outputs/pruning.md --plot outputs/pareto.png --runtime onnxruntime
-    python -m prune.compare checkpoints --time onnxruntime onnxruntime_int8    # time every model again, interleaved
+    python -m pruning.compare checkpoints                       # Markdown on stdout, checkpoints/pareto.png
+    python -m pruning.compare checkpoints --out outputs/pruning.md --plot outputs/pareto.png --runtime onnxruntime
+    python -m pruning.compare checkpoints --time onnxruntime onnxruntime_int8    # time every model again, interleaved
 
 The plot: top-1 (fine-tuned when the run fine-tuned) against img/s in `--runtime` (a runtime of the
 reports' bench.runtimes) and against MACs, one point per method x form x budget.
 
-Each pruner's report.json carries a `rows` list of one `prune.row.Row` per pruned model. `budget`
+Each pruner's report.json carries a `rows` list of one `pruning.row.Row` per pruned model. `budget`
 says in words what the run asked for (slimming's criterion thr<threshold> | ratio<ratio>, AMC's and
 ResRep's cost budget), `target` the absolute cost it allows; the MACs column says what each model
 reached, and `flag` (shown in bold) a model that pruned nothing or costs more than its target.
 
 Each report timed its models while it ran, at that moment's load; `--time RUNTIME...` times every
-row's model file again in one interleaved run (`prune.retime`), so the speed axis compares like
+row's model file again in one interleaved run (`pruning.retime`), so the speed axis compares like
 with like, and writes those numbers with their settings and load average beside the table.
 """
 from __future__ import annotations
@@ -97,7 +97,7 @@ def draw(rows: list[dict[str, Any]], runtime: str, path: str) -> str:
 
 
 def retimed(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    """Replace the rows' speeds by one interleaved run's (`prune.retime`), write that run's numbers
+    """Replace the rows' speeds by one interleaved run's (`pruning.retime`), write that run's numbers
     to timing.json beside the plot, and return the table's note on how they were measured."""
     missing = [r["artifact"] for r in rows if not os.path.isfile(r["artifact"])]
     if missing:

@@ -1,5 +1,5 @@
 """Time the pruned models of many reports again, all in one run and interleaved (`python -m
-prune.compare DIR --time`): each report timed its models while it ran, at whatever load the machine
+pruning.compare DIR --time`): each report timed its models while it ran, at whatever load the machine
 had then, so speeds of different reports (and of two forms of one report) are not comparable. Here
 every (model, runtime) pair is prepared first, then `bench.timing.time_interleaved` runs their
 timed blocks in turn, so a busy spell slows all of them alike and their ratios hold; the load
@@ -30,7 +30,7 @@ def retime(rows: list[dict[str, Any]], runtimes: list[str], batch_size: int = 1,
            iters: int = 50, repeats: int = 7, threads: int | None = None) -> dict[str, Any]:
     """img/s of every row's model file (`artifact`) in every runtime, interleaved in one run on the
     CPU; returns {"speeds": [{runtime: img/s} per row], "settings": ..., "load_before", "load_after"}.
-    INT8 calibrates on seeded N(0, 1) batches (`prune.report.prepare_run`)."""
+    INT8 calibrates on seeded N(0, 1) batches (`pruning.report.prepare_run`)."""
     check_runtimes(runtimes, "cpu", ["fp32"])
     threads = threads or cpu_threads()
     saved = torch.get_num_threads()

@@ -4,8 +4,8 @@ pipeline of `resrep.py`."""
 from .compactor import CompactedBN, Compactor, Slot, add_compactors, compacted_slots, compactors, slots
 from .fold import FoldResult, fold_compactors
 from .hook import ResRepHook, reset_gradient
-from .layout import Layout, resolve
+from .layout import CompactorLayout, resolve
 from .schedule import next_masks
 
 __all__ = ["Compactor", "CompactedBN", "Slot", "add_compactors", "compacted_slots", "compactors", "slots",
-           "FoldResult", "fold_compactors", "ResRepHook", "reset_gradient", "Layout", "resolve", "next_masks"]
+           "FoldResult", "fold_compactors", "ResRepHook", "reset_gradient", "CompactorLayout", "resolve", "next_masks"]

@@ -9,7 +9,7 @@ reference code). Channels that a residual addition ties, that feed or leave a gr
 The cost model is exact: every conv and Linear costs coef * n_a * n_b MACs, n_a and n_b the widths
 of the segments it reads and writes (1 for a fixed side, whose width is folded into coef), so
 `Graph.macs(counts)` equals `models.complexity.count_macs` of the BN-folded pruned model (tests).
-`graph_cost` prices counts in a budget's kind (MACs, params, latency: `prune.cost`) from the widths
+`graph_cost` prices counts in a budget's kind (MACs, params, latency: `pruning.cost`) from the widths
 each conv and Linear takes (`Graph.widths`).
 """
 from __future__ import annotations

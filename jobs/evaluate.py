@@ -7,7 +7,7 @@ the RMNet/RepVGG authors' layout) named with model=NAME. The model is evaluated 
 normalisation it was trained with unless the command line sets others (engine.inputs). A model/data
 mismatch (classes, stem) is an error before any data is read; the plain form is made and verified
 with the `conversion` policy. Evaluation is the trainer's exact distributed loop
-(`engine.evaluate.evaluate` over `data.build_loader`'s disjoint shards): under torchrun every
+(`engine.validation.evaluate` over `data.build_loader`'s disjoint shards): under torchrun every
 validation image is counted once.
 """
 from __future__ import annotations
@@ -23,14 +23,13 @@ from omegaconf import DictConfig, OmegaConf
 import artifacts
 from artifacts import ConversionPolicy
 from data import build_loader
+from engine import distributed as D
+from engine.config import model_kwargs
+from engine.environment import environment
+from engine.faults import probe_output_file
+from engine.inputs import check_data, data_for
+from engine.validation import backend_flags, evaluate
 from models.mobilenet import exact_forms
-
-from . import distributed as D
-from .config import model_kwargs
-from .environment import environment
-from .evaluate import backend_flags, evaluate
-from .faults import probe_output_file
-from .inputs import check_data, data_for
 
 SCHEMA = "rmnet-eval/1"
 FORMS = ("residual", "plain")

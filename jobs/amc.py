@@ -1,10 +1,10 @@
-"""The RM + AMC pruner (`amc.py`; the job is `prune.job.run`): train -> RM (BN kept) -> AMC search ->
+"""The RM + AMC pruner (`amc.py`; the job is `pruning.job.run`): train -> RM (BN kept) -> AMC search ->
 prune -> fine-tune -> report, and the AMC baseline on the residual model with the same budget, search length and fine-tuning.
 
     <output_dir>/amc-<model>-<data>/train/                  the residual model's training run
     <output_dir>/amc-<model>-<data>/rm_finetune/            the RM form's fine-tuning (amc.rm_finetune_epochs)
     <output_dir>/amc-<model>-<data>/r<flops_ratio>/         per budget (-own, and -<kind>[-<runtime>-b<batch>]
-                                                            for a params or latency budget: prune.cost.kind_suffix):
+                                                            for a params or latency budget: pruning.cost.kind_suffix):
         rm/{search.pt, policy.json, pruned.pt, finetune/, finetuned.pt}
         residual/{search.pt, policy.json, pruned.pt, finetune/, finetuned.pt}
         report.json  report.md  reward_curves.png
@@ -44,25 +44,24 @@ import rm
 from data import build_dataset, build_transform, worker_count
 from engine import stages
 from engine.config import per_process_batch
-from engine.evaluate import evaluate
+from engine.validation import evaluate
 from models import ModelSpec
 from models.complexity import count_macs
 from models.mobilenet import has_relu6, relu6_as_relu
-
-from .. import common
-from ..budget import UNITS, Budget
-from ..budget import check_budget as check_cost_budget
-from ..common import shape_only_model, to_prunable_plain, top1, train_residual, train_settings
-from ..cost import amount, kind_suffix
-from ..job import Form, Job, Pruner, Selection
-from ..job import run as run_job
-from ..report import check_bench
-from .channels import apply_policy, collect_features
-from .ddpg import AgentSettings
-from .env import ChannelPruningEnv, check_budget
-from .graph import Graph, check_residual, graph_cost, plain_graph, residual_graph
-from .report import SCHEMA, draw_reward_curves, to_markdown
-from .search import SearchSettings, search
+from pruning import common
+from pruning.amc.channels import apply_policy, collect_features
+from pruning.amc.ddpg import AgentSettings
+from pruning.amc.env import ChannelPruningEnv, check_budget
+from pruning.amc.graph import Graph, check_residual, graph_cost, plain_graph, residual_graph
+from pruning.amc.report import SCHEMA, draw_reward_curves, to_markdown
+from pruning.amc.search import SearchSettings, search
+from pruning.budget import UNITS, Budget
+from pruning.budget import check_budget as check_cost_budget
+from pruning.common import shape_only_model, to_prunable_plain, top1, train_residual, train_settings
+from pruning.cost import amount, kind_suffix
+from pruning.job import Form, Job, Pruner, Selection
+from pruning.job import run as run_job
+from pruning.report import check_bench
 
 log = logging.getLogger("rmnet.amc")
 LABELS = {"rm": "RM + AMC", "residual": "AMC"}
@@ -139,7 +138,7 @@ def graph_of(model: nn.Module, spec: ModelSpec) -> Graph:
 def amc_prune(cfg: DictConfig, model: nn.Module, spec: ModelSpec, out_dir: str, loaders: tuple[DataLoader, DataLoader],
               device: torch.device, desc: str, budget: Budget, target: float
               ) -> tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]:
-    """Search a policy for `model` under `target` (the budget's absolute cost in budget.kind, prune.job)
+    """Search a policy for `model` under `target` (the budget's absolute cost in budget.kind, pruning.job)
     and prune it; returns (pruned model, the policy record, the search's history). The search state in
     `out_dir/search.pt` makes a re-run resume."""
     a = cfg.amc
@@ -253,7 +252,7 @@ class AMC(Pruner):
 
 
 def rm_form(job: Job) -> artifacts.Artifact:
-    """The RM form of the base model (prune.job's); with amc.relu6=approximate that of its ReLU copy,
+    """The RM form of the base model (pruning.job's); with amc.relu6=approximate that of its ReLU copy,
     exact against the copy, and how far it is from the ReLU6 model, measured and logged (meta["relu6"])."""
     cfg = job.cfg
     if cfg.amc.relu6 == "exact":

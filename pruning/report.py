@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from bench.forms import fold_bn
-from bench.runtimes import RUNTIMES, Context, check_runtimes
+from bench.runtimes import RUNTIMES, RuntimeContext, check_runtimes
 from bench.timing import time_interleaved
 from models.complexity import count_macs, count_params
 
@@ -37,7 +37,7 @@ def prepare_run(deploy: nn.Module, x: torch.Tensor, runtime: str, work_dir: str)
     seeded N(0, 1) batches, the scale of normalised images, as benchmark.py does for a model without
     data: speed does not depend on the calibration data)."""
     gen = torch.Generator().manual_seed(0)
-    ctx = Context(work_dir, x.cpu(), calibration=[torch.randn(*x.shape, generator=gen) for _ in range(4)])
+    ctx = RuntimeContext(work_dir, x.cpu(), calibration=[torch.randn(*x.shape, generator=gen) for _ in range(4)])
     run = RUNTIMES[runtime].prepare(deploy, "pruned", ctx)
     return lambda: run(x)
 

@@ -1,4 +1,4 @@
-"""The network-slimming pruner (`prune.py`; the job is `prune.job.run`): sparse training -> RM
+"""The network-slimming pruner (`prune.py`; the job is `pruning.job.run`): sparse training -> RM
 conversion -> pruning -> fine-tuning -> report.
 
     <output_dir>/prune-<model>-<data>-sr<sr>/sparse/            sparse-training run (shared by criteria)
@@ -28,17 +28,16 @@ from engine import stages
 from engine.inputs import check_data, data_for
 from models import model_family
 from models.rmnet_pruning import plain_channel_masks
-
-from . import common
-from .budget import Budget, check_budget, search
-from .common import finetune, save_model, shape_only_model, top1, train_residual
-from .job import Form, Job, Pruner, Selection
-from .job import run as run_job
-from .penalty import PENALTIES, hooks, trained_penalty
-from .plain import channel_scores, prune_plain
-from .report import SCHEMA, check_bench, device_line, model_stats, to_markdown
-from .residual import check_residual, prune_residual, residual_scores
-from .surgery import PruneError
+from pruning import common
+from pruning.budget import Budget, check_budget, search
+from pruning.common import finetune, save_model, shape_only_model, top1, train_residual
+from pruning.job import Form, Job, Pruner, Selection
+from pruning.job import run as run_job
+from pruning.penalty import PENALTIES, hooks, trained_penalty
+from pruning.plain import channel_scores, prune_plain
+from pruning.report import SCHEMA, check_bench, device_line, model_stats, to_markdown
+from pruning.residual import check_residual, prune_residual, residual_scores
+from pruning.surgery import PruneError
 
 log = logging.getLogger("rmnet.prune")
 

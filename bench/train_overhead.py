@@ -1,7 +1,7 @@
 """Trainer overhead: img/s of the trainer's training step against a bare forward/backward/step loop.
 
-    .venv/bin/python -m benchmarks.train_overhead                      # resnet50, rmnet50x6_32 on CPU
-    .venv/bin/python -m benchmarks.train_overhead --batch 128 --amp bf16 --channels-last   # on a GPU
+    .venv/bin/python -m bench.train_overhead                      # resnet50, rmnet50x6_32 on CPU
+    .venv/bin/python -m bench.train_overhead --batch 128 --amp bf16 --channels-last   # on a GPU
 
 Both sides train the same model on the same images (synthetic, 224x224, ImageNet stem). The trainer
 side is `Trainer.train_epoch` (data loading and augmentation from the in-memory synthetic set,

@@ -1,5 +1,5 @@
 """The comparison row: one pruned model as every pruner's report writes it (`rows` of report.json)
-and `python -m prune.compare` reads it."""
+and `python -m pruning.compare` reads it."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +10,7 @@ from typing import Any
 @dataclass
 class Row:
     method: str                  # slimming | amc | resrep
-    form: str                    # residual | rm (prune.common.FORMS)
+    form: str                    # residual | rm (pruning.common.FORMS)
     model: str
     data: str
     budget: str                  # what the run was asked for, in words (the same text for both forms)

@@ -1,13 +1,13 @@
 """The pruned model a set of kept channels gives: grouped convs made valid, and its MACs.
 
 `resolve` turns wanted channels into ones the fold can cut (the slimming pruner's group rules,
-`prune.masks`): a grouped conv keeps equally many channels in every kept group, so a kept group
+`pruning.masks`): a grouped conv keeps equally many channels in every kept group, so a kept group
 keeps its top-k rows by norm (k the most any group wants), and a group none of whose outputs is
-wanted goes with its inputs. Every layer keeps a channel. `Layout.macs` is then the multiply-adds
+wanted goes with its inputs. Every layer keeps a channel. `CompactorLayout.macs` is then the multiply-adds
 of the folded model (conv + Linear, bias adds not counted: `models.complexity.count_macs`), from the
 kept counts alone, so the mask schedule can try thousands of masks; the tests hold it equal to
-`count_macs` of the folded model. `Layout.widths` gives the widths every resized conv and Linear
-takes, from which `fold.folded_cost` prices the kept channels in a budget's kind (`prune.cost`).
+`count_macs` of the folded model. `CompactorLayout.widths` gives the widths every resized conv and Linear
+takes, from which `fold.folded_cost` prices the kept channels in a budget's kind (`pruning.cost`).
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class _Term:
     in_slot: int | None
 
 
-class Layout:
+class CompactorLayout:
     """The compacted layers of a model with compactors and the cost of every conv and Linear."""
 
     def __init__(self, model: nn.Module, input_size: int):
