@@ -5,7 +5,7 @@ Imports torch and nothing else, so that deploy artifacts load wherever torch doe
 `register_converter`; converters for torchvision's and timm's ResNet families are built in (named by
 import path: neither library is imported).
 """
-from . import blocks, timm_resnet  # noqa: F401  (importing registers the built-in converters)
+from . import blocks, graph, timm_resnet  # noqa: F401  (importing registers the graph pass and the built-in converters)
 from .deploy import DeployFormatError, SqueezeExcite, load_deploy, save_deploy
 from .io import CheckpointError, atomic_path, atomic_save, load_file
 from .layer import BNParams, ConvLayer

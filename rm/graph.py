@@ -42,7 +42,7 @@ from .deploy import InputSizeCheck, SqueezeExcite
 from .layer import BNParams, ConvLayer, identity_slopes, relu_slopes
 from .ops import ConversionError, dirac, embed_kernel, kernel_center, to_dense
 from .rules import after_avg_pool, fuse_branches, rm_residual
-from .walker import ChannelScale, Context, Item, append_item, is_leaf, unsupported
+from .walker import ChannelScale, Context, Item, append_item, is_leaf, register_graph_pass, unsupported
 
 _ADDS = {operator.add, operator.iadd, torch.add, "add", "add_", "__add__", "__iadd__"}
 _RELUS = {F.relu, torch.relu, torch.relu_, "relu", "relu_"}
@@ -100,6 +100,7 @@ class _Tracer(fx.Tracer):
         return is_leaf(m, self.ctx)
 
 
+@register_graph_pass
 def convert_graph(module: nn.Module, ctx: Context) -> list[Item]:
     """The items of `module`, derived from its traced forward."""
     tracer = _Tracer(ctx)

@@ -47,6 +47,9 @@ Item = Union[ConvLayer, PreActivation, ChannelGate, ChannelScale, nn.Module]
 Converter = Callable[[nn.Module, "Context"], list[Item]]
 
 _CONVERTERS: dict[type | str, Converter] = {}
+# The converter of every other module: the graph pass (rm/graph.py). It builds on this module, so it
+# registers itself here (the package imports it) rather than being imported: no import cycle.
+_GRAPH_PASS: list[Converter] = []
 # Types whose converter stands for one operation, not a block with a forward of its own: they stay
 # converted by it when the graph pass is forced (`convert(..., use_registered=False)`).
 _LEAF_TYPES: set[type | str] = set()
@@ -73,6 +76,11 @@ def register_converter(*types: type | str, leaf: bool = False) -> Callable[[Conv
                 _LEAF_TYPES.add(t)
         return fn
     return deco
+
+
+def register_graph_pass(fn: Converter) -> Converter:
+    _GRAPH_PASS[:] = [fn]
+    return fn
 
 
 def registered_types() -> list[type | str]:
@@ -145,8 +153,7 @@ def _convert_one(module: nn.Module, ctx: Context) -> list[Item]:
         return ctx.convert_seq(list(module), [n for n, _ in module.named_children()])
     if _is_torch_module(module) or isinstance(module, _NORMS):
         raise unsupported(ctx, module, why_unsupported(module))
-    from .graph import convert_graph  # rm/graph.py builds on this module's walker
-    return convert_graph(module, ctx)
+    return _GRAPH_PASS[0](module, ctx)
 
 
 def _is_torch_module(module: nn.Module) -> bool:
