@@ -122,6 +122,12 @@ def test_a_rerun_resumes_the_finished_searches(run, caplog):
     (["amc.flops_ratoi=0.5"], r"unknown key 'amc.flops_ratoi'. Did you mean 'amc.flops_ratio'"),
     (["model=rmnet26x3_32"], r"AMC on the residual form supports MobileNetV2 \(mobilenetv2, mobilenetv2_rm\) and ResNets, not "
                              r"RMNet; prune it through RM alone \(amc.forms=\[rm\]\)"),
+    # the ReLU6 network of the authors' recipe and its search settings
+    (["model=mobilenetv2"], r"MobileNetV2: its blocks use ReLU6, which clamps at 6: .* amc\.relu6=approximate"),
+    (["amc.relu6=approximate"], r"amc\.relu6=approximate: mobilenetv2_rm has no ReLU6 and converts exactly"),
+    (["amc.relu6=roughly"], r"amc\.relu6='roughly': choose one of exact, approximate"),
+    (["amc.reward_metric=top3"], r"amc\.reward_metric='top3': choose one of top1, top5"),
+    (["amc.search_batch_size=0"], r"amc\.search_batch_size must be a positive integer, got 0"),
 ])
 def test_bad_settings_are_one_line_before_any_work(monkeypatch, capsys, tmp_path, argv, message):
     monkeypatch.setattr(sys, "argv", ["amc.py", f"output_dir={tmp_path}", *argv])

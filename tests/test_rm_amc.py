@@ -7,7 +7,6 @@ import json
 import math
 import os
 import re
-import sys
 
 import pytest
 import torch
@@ -15,7 +14,6 @@ import torchvision
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import amc
 import models
 import rm
 from engine.config import CONF_DIR, check_values
@@ -72,22 +70,6 @@ def test_relu6_as_relu_converts_exactly_and_the_difference_is_measurable():
                        gamma_scale=4.0)
     error = rm.verify(big, rm.convert(relu6_as_relu(big)), 32)["float64"]["max_rel"]
     assert 1e-3 < error < math.inf
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["model=mobilenetv2"], r"MobileNetV2: its blocks use ReLU6, which clamps at 6: .* amc\.relu6=approximate"),
-    (["amc.relu6=approximate"], r"amc\.relu6=approximate: mobilenetv2_rm has no ReLU6 and converts exactly"),
-    (["amc.relu6=roughly"], r"amc\.relu6='roughly': choose one of exact, approximate"),
-    (["amc.reward_metric=top3"], r"amc\.reward_metric='top3': choose one of top1, top5"),
-    (["amc.search_batch_size=0"], r"amc\.search_batch_size must be a positive integer, got 0"),
-])
-def test_bad_relu6_and_reward_settings_are_one_line_before_any_work(monkeypatch, capsys, tmp_path, argv, message):
-    monkeypatch.setattr(sys, "argv", ["amc.py", f"output_dir={tmp_path}", *argv])
-    with pytest.raises(SystemExit) as e:
-        amc.run_app("amc", amc.main, amc.__doc__)
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and err.count("\n") == 1 and re.search(message, err), err
-    assert os.listdir(tmp_path) == []
 
 
 def test_per_epoch_cosine_holds_each_epoch_at_its_first_steps_rate():
