@@ -41,7 +41,7 @@ from .blocks import bn_shortcut, preact_residual, total_stride, with_se
 from .deploy import InputSizeCheck, SqueezeExcite
 from .layer import BNParams, ConvLayer, identity_slopes, relu_slopes
 from .ops import ConversionError, dirac, embed_kernel, kernel_center, to_dense
-from .rules import after_avg_pool, fuse_branches, rm_residual
+from .rules import after_avg_pool, avg_pool_window, fuse_branches, rm_residual
 from .walker import ChannelScale, Context, Item, append_item, is_leaf, register_graph_pass, unsupported
 
 _ADDS = {operator.add, operator.iadd, torch.add, "add", "add_", "__add__", "__iadd__"}
@@ -378,11 +378,11 @@ def _compose_pools(items: list[Item], where: str) -> tuple[list[Item], bool]:
 
 
 def _pool_window(pool: nn.AvgPool2d, where: str) -> int:
-    k, s = pool.kernel_size, pool.stride
-    if k != s or pool.padding not in (0, (0, 0)) or pool.divisor_override is not None:
+    window = avg_pool_window(pool)
+    if window is None:
         raise ConversionError(f"the average pool at {where} ({pool}) has a window other than its "
                               f"stride or a padding: its divisor varies at the border, which no conv reproduces")
-    return k if isinstance(k, int) else k[0]
+    return window
 
 
 def _add_items(term_steps: list[list[Step]], ctx: Context, where: str) -> list[Item]:

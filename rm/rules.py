@@ -20,6 +20,7 @@ import math
 from dataclasses import replace
 
 import torch
+import torch.nn as nn
 
 from .layer import BNParams, ConvLayer, identity_slopes, relu_slopes
 from .ops import ConversionError, block_diag, dirac, embed_kernel, kernel_center, to_dense
@@ -221,6 +222,19 @@ def compose(first: ConvLayer, second: ConvLayer) -> ConvLayer | None:
             return None
         weight = torch.einsum("omkl,mi->oikl", w2, w1[:, :, 0, 0])
         return replace(second, weight=weight, bias=second.bias + w2.sum((2, 3)) @ b1)
+    return None
+
+
+def avg_pool_window(pool: nn.Module) -> int | None:
+    """The window of an unpadded average pool whose square window equals its stride (a conv can hold it at
+    multiples of the window); None for any other module."""
+    if type(pool) is nn.AvgPool2d and pool.kernel_size == pool.stride and pool.padding in (0, (0, 0)) \
+            and pool.divisor_override is None:
+        k = pool.kernel_size
+        if isinstance(k, int):
+            return k
+        if len(set(k)) == 1:
+            return k[0]
     return None
 
 

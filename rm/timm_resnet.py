@@ -23,7 +23,7 @@ from .blocks import branch_layers, total_stride
 from .deploy import InputSizeCheck, SqueezeExcite
 from .layer import ConvLayer, relu_slopes
 from .ops import ConversionError
-from .rules import after_avg_pool, rm_residual
+from .rules import after_avg_pool, avg_pool_window, rm_residual
 from .walker import ChannelGate, Context, Item, import_path, register_converter, unsupported, why_unsupported
 
 _SIGMOIDS = ("torch.nn.modules.activation.Sigmoid", "timm.layers.activations.Sigmoid")
@@ -41,7 +41,7 @@ def _check_parts(block: nn.Module, ctx: Context, depth: int) -> None:
             part = getattr(block, name)
             if not fits(part):
                 raise unsupported(ctx, block, f"{name} is {import_path(type(part))}; {why_unsupported(part)}")
-    if not isinstance(block.aa, nn.Identity) and _pool_window(block.aa) is None:
+    if not isinstance(block.aa, nn.Identity) and avg_pool_window(block.aa) is None:
         raise unsupported(ctx, block, f"its anti-aliasing layer aa ({block.aa}) filters the branch between two "
                                       f"convs; only an average pool whose window equals its stride composes into "
                                       f"the conv after it, which the reserved channels then bypass")
@@ -58,21 +58,13 @@ def _shortcut(block: nn.Module, ctx: Context) -> tuple[ConvLayer | None, int]:
     parts, pool = list(block.downsample), 1
     if len(parts) == 3:   # timm's downsample_avg: pool (Identity at stride 1), 1x1 conv, BN
         first = parts.pop(0)
-        pool = _pool_window(first) or 1
+        pool = avg_pool_window(first) or 1
         if pool == 1 and not isinstance(first, nn.Identity):
             raise unsupported(ctx, block, f"its shortcut pools with {first}; only an average pool whose window "
                                           f"equals its stride (ResNet-D) rides through the branch's strided conv")
     if len(parts) != 2 or type(parts[0]) is not nn.Conv2d or not _is_batchnorm(parts[1]):
         raise unsupported(ctx, block, f"its shortcut is {block.downsample}, not [pool,] conv, BatchNorm")
     return ConvLayer.from_conv(parts[0], parts[1]), pool
-
-
-def _pool_window(pool: nn.Module) -> int | None:
-    """The window of an unpadded average pool whose window equals its stride; None for any other module."""
-    if type(pool) is nn.AvgPool2d and pool.kernel_size == pool.stride and pool.padding == 0 \
-            and isinstance(pool.kernel_size, int) and pool.divisor_override is None:
-        return pool.kernel_size
-    return None
 
 
 def _se_weights(se: nn.Module, ctx: Context, block: nn.Module) -> list[torch.Tensor]:
@@ -129,7 +121,7 @@ def _block(block: nn.Module, ctx: Context, depth: int) -> list[Item]:
     shortcut, pool = _shortcut(block, ctx)
     main = branch_layers(block, [(f"conv{i}", f"bn{i}") for i in range(1, depth + 1)])
     if not isinstance(block.aa, nn.Identity):   # aa pools the input of the last conv (Basic: conv2, Bottleneck: conv3)
-        main[-1] = after_avg_pool(main[-1], _pool_window(block.aa))
+        main[-1] = after_avg_pool(main[-1], avg_pool_window(block.aa))
         if main[-1] is None:
             raise unsupported(ctx, block, "its anti-aliasing pool precedes a dilated conv, which no conv composes")
     gated = block.se is not None

@@ -84,6 +84,8 @@ def test_the_graph_pass_composes_a_pool_in_the_branch(last):
             plain(torch.randn(1, 3, size, size))
 
 
-def test_a_pool_whose_window_is_not_its_stride_stays_refused():
+@pytest.mark.parametrize("pool", [nn.AvgPool2d(3, 2, 1), nn.AvgPool2d((2, 3), (2, 3))])
+def test_a_pool_whose_window_is_not_its_stride_stays_refused(pool):
+    """Overlapping or padded, or a non-square window (read as square, it gave a wrong output shape)."""
     with pytest.raises(rm.ConversionError, match="its divisor varies at the border"):
-        rm.convert(_net(pool=nn.AvgPool2d(3, 2, 1)).eval())
+        rm.convert(_net(pool=pool).eval())
