@@ -20,12 +20,11 @@ from omegaconf import DictConfig
 
 from engine.cli import run_app, setup_logging
 from jobs import amc as pipeline
-from pruning import job
 
 
 def main(cfg: DictConfig) -> None:
     setup_logging()
-    job.run(cfg, pipeline.AMC())
+    pipeline.run(cfg)
 
 
 if __name__ == "__main__":

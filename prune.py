@@ -17,7 +17,6 @@ from omegaconf import DictConfig
 
 from engine.cli import run_app, setup_logging
 from jobs import prune as pipeline
-from pruning import job
 from pruning.figure import draw_figure6
 
 
@@ -28,7 +27,7 @@ def main(cfg: DictConfig, explicit: set[str]) -> None:
     elif cfg.prune.finetune:
         pipeline.finetune_file(cfg, cfg.prune.finetune, explicit)
     else:
-        job.run(cfg, pipeline.Slimming())
+        pipeline.run(cfg)
         draw_figure6(cfg.output_dir)
 
 

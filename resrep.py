@@ -13,12 +13,11 @@ from omegaconf import DictConfig
 
 from engine.cli import run_app, setup_logging
 from jobs import resrep as pipeline
-from pruning import job
 
 
 def main(cfg: DictConfig) -> None:
     setup_logging()
-    job.run(cfg, pipeline.ResRep())
+    pipeline.run(cfg)
 
 
 if __name__ == "__main__":

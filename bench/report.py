@@ -27,7 +27,7 @@ WIDE_SPREAD = 0.2
 def source_labels(sources: list[ModelSpec | str]) -> list[str]:
     """One short, unique label per source: a registry model's name; for a file, the last k parts of its
     path, with the smallest k that tells all files apart and from the names (`deploy.pt`,
-    `run1/deploy.pt`). Sources are distinct (`benchmark.resolve_models` refuses one listed twice)."""
+    `run1/deploy.pt`). Sources are distinct (`jobs.benchmark.resolve_models` refuses one listed twice)."""
     names = [s.name for s in sources if isinstance(s, ModelSpec)]
     paths = [Path(os.path.abspath(s)).parts for s in sources if not isinstance(s, ModelSpec)]
     tails: list[str] = []

@@ -49,6 +49,7 @@ from models import ModelSpec
 from models.complexity import count_macs
 from models.mobilenet import has_relu6, relu6_as_relu
 from pruning import common
+from pruning import job as pruning_job
 from pruning.amc.channels import apply_policy, collect_features
 from pruning.amc.ddpg import AgentSettings
 from pruning.amc.env import ChannelPruningEnv, check_budget
@@ -60,7 +61,6 @@ from pruning.budget import check_budget as check_cost_budget
 from pruning.common import shape_only_model, to_prunable_plain, top1, train_residual, train_settings
 from pruning.cost import amount, kind_suffix
 from pruning.job import Form, Job, Pruner, Selection
-from pruning.job import run as run_job
 from pruning.report import check_bench
 
 log = logging.getLogger("rmnet.amc")
@@ -272,4 +272,4 @@ def rm_form(job: Job) -> artifacts.Artifact:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The whole job for one FLOPs ratio; returns the report."""
-    return run_job(cfg, AMC())
+    return pruning_job.run(cfg, AMC())

@@ -7,7 +7,7 @@ eval mode, `torch.inference_mode`, random input at the model's resolution, `cudn
 timing between CUDA events. Every (form, runtime) of a model is warmed up, then the timed blocks
 run `repeats` times, interleaved: repeat 1 of every form and runtime, then repeat 2, ..., so load
 changes on a shared machine hit all of them alike and their ratios are measured in one run. img/s
-is the median over repeats with min/max as the spread (flagged when wide: `report.WIDE_SPREAD`). On
+is the median over repeats with min/max as the spread (flagged when wide: `bench.report.WIDE_SPREAD`). On
 CPU the protocol would take hours, so smaller defaults apply (CPU_DEFAULTS) unless set explicitly,
 and the report says so; torch runs on physical cores minus one thread unless `threads` is set.
 

@@ -50,7 +50,7 @@ LARGE_PARAMS = 30e6
 def verify_float64(setting, model) -> bool:
     """Whether the convert job checks the conversion in float64 too (`verify_float64`: true, false, auto)."""
     if setting == "auto":
-        return sum(p.numel() for p in model.parameters()) <= LARGE_PARAMS
+        return count_params(model) <= LARGE_PARAMS
     if isinstance(setting, bool):
         return setting
     raise ValueError(f"verify_float64 must be true, false or auto, got {setting!r}")

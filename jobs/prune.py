@@ -29,10 +29,10 @@ from engine.inputs import check_data, data_for
 from models import model_family
 from models.rmnet_pruning import plain_channel_masks
 from pruning import common
+from pruning import job as pruning_job
 from pruning.budget import Budget, check_budget, search
 from pruning.common import finetune, save_model, shape_only_model, top1, train_residual
 from pruning.job import Form, Job, Pruner, Selection
-from pruning.job import run as run_job
 from pruning.penalty import PENALTIES, hooks, trained_penalty
 from pruning.plain import channel_scores, prune_plain
 from pruning.report import SCHEMA, check_bench, device_line, model_stats, to_markdown
@@ -196,7 +196,7 @@ class Slimming(Pruner):
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The whole job for one sr and one threshold/ratio/budget; returns the report."""
-    return run_job(cfg, Slimming())
+    return pruning_job.run(cfg, Slimming())
 
 
 def form_of(art: artifacts.Artifact) -> str:

@@ -33,12 +33,12 @@ from engine import stages
 from engine.checkpoint import load_checkpoint
 from engine.settings import TrainSettings
 from pruning import common
+from pruning import job as pruning_job
 from pruning.budget import UNITS, Budget
 from pruning.budget import check_budget as check_cost_budget
 from pruning.common import check_stored_model, top1, train_residual, train_settings
 from pruning.cost import amount, kind_suffix
 from pruning.job import Form, Job, Pruner, Selection
-from pruning.job import run as run_job
 from pruning.report import check_bench
 from pruning.resrep.compactor import add_compactors
 from pruning.resrep.fold import fold_compactors, folded_cost
@@ -185,4 +185,4 @@ class ResRep(Pruner):
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The whole job for one target; returns the report."""
-    return run_job(cfg, ResRep())
+    return pruning_job.run(cfg, ResRep())

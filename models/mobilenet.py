@@ -190,7 +190,7 @@ def has_relu6(model: nn.Module) -> bool:
 
 
 def exact_forms(forms: list[str], model: nn.Module) -> tuple[list[str], str | None]:
-    """`forms` (evaluate.py's, benchmark.py's) without "plain" for a ReLU6 model, with the note why,
+    """`forms` (of `jobs.evaluate` and `jobs.benchmark`) without "plain" for a ReLU6 model, with the note why,
     so that their defaults measure the rest; asked for alone, the plain form meets the refusal."""
     if "plain" not in forms or len(forms) == 1 or not has_relu6(model):
         return list(forms), None

@@ -248,12 +248,12 @@ def _amc(data: str) -> tuple[Setting, ...]:
         _s("which held-out images (ours: a permutation seeded by)", "seed", "not stated",
            f"the first of the training set, in order: {_AMC}data.py:103-107 (CIFAR), a shuffled split (ImageNet, "
            "data.py:139-142)", "the first, unshuffled",
-           "ours draws both data sets' held-out images by `seed` (pruning/amc/pipeline.search_loaders); CIFAR-10's "
+           "ours draws both data sets' held-out images by `seed` (jobs/amc.search_loaders); CIFAR-10's "
            "training files are not ordered by class, so the first 5,000 are an arbitrary sample too"),
         _s("calibration images", "amc.holdout", "not stated",
            f"the held-out images the reward is scored on: {_NNI}", "the held-out images",
            "ours samples the feature maps from other training images, disjoint from the held-out ones "
-           "(pruning/amc/pipeline.search_loaders): no policy is scored on images its least-squares refit saw"),
+           "(jobs/amc.search_loaders): no policy is scored on images its least-squares refit saw"),
     )
 
 

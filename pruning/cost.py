@@ -1,4 +1,4 @@
-"""A pruner's cost over its choice of widths, in the budget's kind (`prune.budget.Budget`), for the
+"""A pruner's cost over its choice of widths, in the budget's kind (`pruning.budget.Budget`), for the
 pruners that try thousands of choices without building a model (AMC's environment, ResRep's mask
 schedule).
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from .deploy import allowed_size
+from .walker import convert
 
 
 def output_error(ref: torch.Tensor, out: torch.Tensor) -> dict[str, float]:
@@ -62,7 +63,6 @@ def verify_conversion(model: nn.Module, input_size: int = 224, batch: int = 2, s
     Converting in float64 keeps the fused weights in float64, so the float64 figure measures the
     conversion itself rather than the float32 rounding of the deploy weights.
     """
-    from .walker import convert
 
     report = {}
     for dtype in dtypes:
@@ -78,7 +78,6 @@ def convert_verified(model: nn.Module, input_size: int = 224, batch: int = 2, se
     twice: the returned plain model is the one the float32 figure measures. `float64=False` leaves out
     the float64 conversion and check (two thirds of the time on a ResNet-152: a second conversion and two
     float64 forward passes), for large models whose float32 check is enough to refuse a broken one."""
-    from .walker import convert
 
     plain = convert(model, **convert_kwargs)
     report = verify_conversion(model, input_size, batch, seed, dtypes=(torch.float64,), **convert_kwargs) \

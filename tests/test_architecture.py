@@ -28,8 +28,8 @@ ALLOWED = {
 }
 # The jobs: each entry point's work. Only the entry points (and tests) import them; a helper two jobs share
 # lives in a module of its own (bench.timing, bench.forms, engine.environment, engine.inputs, ...).
-JOBS = ("jobs.train", "jobs.evaluate", "jobs.convert", "jobs.benchmark", "jobs.prune",
-        "jobs.amc", "jobs.resrep")
+JOBS = tuple(f"jobs.{name[:-3]}" for name in sorted(os.listdir(os.path.join(ROOT, "jobs")))
+             if name.endswith(".py") and name != "__init__.py")
 BLOCKED = ("models", "engine", "data", "pruning", "artifacts", "bench", "paper", "jobs", "hydra", "omegaconf", "timm",
            "torchvision", "tqdm")
 

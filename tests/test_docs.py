@@ -46,7 +46,7 @@ def file_paths(text: str) -> set[str]:
 
 def _exists(path: str, doc: str) -> bool:
     """A path names a file of the repo (from its root or the doc's folder), or a tool's output: one git
-    ignores (checkpoints/, deploy/, outputs/, ...). A bare name of code (`pipeline.py`) is one of the repo's
+    ignores (checkpoints/, deploy/, outputs/, ...). A bare name of code (`walker.py`) is one of the repo's
     files of that name; other bare names (`config.yaml`, `report.md`) are files a tool writes in a run."""
     if "/" not in path:
         return not path.endswith((".py", ".sh")) or path in _tracked_names()

@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn as nn
 import yaml
-from helpers import check_exact, randomize_bn, run_script
 from omegaconf import OmegaConf
 
 import rm
 from models import create_model
 from models.rmnet_pruning import ChannelMask, plain_channel_masks
+from tests.helpers import check_exact, randomize_bn, run_script
 
 WIDTHS = [4, 8, 8, 12]
 

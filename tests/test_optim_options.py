@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from helpers import tiny_config
 from omegaconf import OmegaConf
 
 from engine.config import ConfigError, check_choices
 from engine.optim import build_optimizer, build_scheduler
 from models import create_model
+from tests.helpers import tiny_config
 
 
 def _model():
